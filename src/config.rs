@@ -1,0 +1,127 @@
+//! Service configuration with Elide's defaults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Settings of an [`AsyncQueryService`](crate::AsyncQueryService).
+///
+/// Defaults follow Elide's `elide.async.*` properties where Elide has one.
+/// Durations deserialise from humantime strings (`"10s"`, `"7days"`), so a
+/// `Config` can live in a TOML/YAML/JSON file:
+///
+/// ```
+/// let config: async_query::Config =
+///     serde_json::from_str(r#"{ "pool_size": 8, "max_async_after": "5s" }"#).unwrap();
+/// assert_eq!(config.pool_size, 8);
+/// assert_eq!(config.max_run_time, std::time::Duration::from_secs(3600));
+///
+/// // In code, override what you need and keep the rest:
+/// let config = async_query::Config { pool_size: 8, ..Default::default() };
+/// # let _ = config;
+/// ```
+///
+/// Always construct it with `..Default::default()`: new settings are added
+/// in minor releases.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Jobs this instance runs at once (Elide `thread-pool-size`). Default 5.
+    pub pool_size: usize,
+    /// Jobs waiting `QUEUED` for a slot on this instance before `submit`
+    /// returns [`Error::QueueFull`](crate::Error::QueueFull). Default 1,000.
+    pub max_queued: usize,
+    /// Upper bound on a request's async-after wait (Elide
+    /// `max-async-after-seconds`). Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub max_async_after: Duration,
+    /// Async-after used when a request does not say. Default 10 s (Elide's
+    /// `asyncAfterSeconds` default), capped by `max_async_after`.
+    #[serde(with = "humantime_serde")]
+    pub default_async_after: Duration,
+    /// Longest a job may run before it is stopped and marked `TIMEDOUT`
+    /// (Elide `max-run-time-seconds`). Requests may ask for less, never more.
+    /// Default 3,600 s.
+    #[serde(with = "humantime_serde")]
+    pub max_run_time: Duration,
+    /// How long terminal records and their results are kept (Elide
+    /// `query-cleanup-days`). Default 7 days.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Role whose holders may see and cancel everyone's jobs. Default `"admin"`.
+    pub admin_role: String,
+    /// Largest inline body a [`JobKind::Query`](crate::JobKind::Query) may
+    /// return; larger ends the job `FAILURE` with a message saying so (never
+    /// a truncated body). Default 1 MiB.
+    pub max_inline_result_bytes: usize,
+    /// Lease a running job holds on its record; the owner renews it every
+    /// third of this. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the dispatcher looks for queued jobs it was not told about,
+    /// and how often `wait` re-reads a job running on another instance.
+    /// Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How long [`cancel`](crate::AsyncQueryService::cancel) waits for a
+    /// job running on this instance to stop before returning it `CANCELLED`.
+    /// Default 5 s.
+    #[serde(with = "humantime_serde")]
+    pub cancel_grace: Duration,
+    /// Whether CSV exports start with a header row (Elide
+    /// `export.format.csv.write-header`). Default true.
+    pub csv_header: bool,
+    /// Whether stored export names end in `.csv`, `.json` or `.ndjson` (Elide
+    /// `export.append-file-extension`). Default false.
+    pub append_file_extension: bool,
+    /// Status-change events kept for slow subscribers before they lag.
+    /// Default 1,024.
+    pub event_capacity: usize,
+    /// This instance's id, recorded as the owner of the jobs it runs. Default:
+    /// a new random id per service.
+    pub instance_id: Uuid,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            pool_size: 5,
+            max_queued: 1_000,
+            max_async_after: Duration::from_secs(10),
+            default_async_after: Duration::from_secs(10),
+            max_run_time: Duration::from_secs(3_600),
+            retention: Duration::from_secs(7 * 24 * 3_600),
+            admin_role: "admin".to_owned(),
+            max_inline_result_bytes: 1 << 20,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            cancel_grace: Duration::from_secs(5),
+            csv_header: true,
+            append_file_extension: false,
+            event_capacity: 1_024,
+            instance_id: Uuid::new_v4(),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn validate(&self) -> crate::Result<()> {
+        let reason = if self.pool_size == 0 {
+            "pool_size must be at least 1"
+        } else if self.event_capacity == 0 {
+            "event_capacity must be at least 1"
+        } else if self.lease < Duration::from_millis(30) {
+            "lease must be at least 30 ms"
+        } else if self.poll_interval.is_zero() {
+            "poll_interval must be above zero"
+        } else if self.max_run_time.is_zero() {
+            "max_run_time must be above zero"
+        } else {
+            return Ok(());
+        };
+        Err(crate::Error::Config {
+            reason: reason.to_owned(),
+        })
+    }
+}

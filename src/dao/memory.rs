@@ -1,0 +1,165 @@
+//! The in-memory [`AsyncApiDao`]: fast, for one process and for tests.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use super::{AsyncApiDao, CasOutcome, ListFilter, StatusChange, apply_change, check_transition};
+use crate::model::{AsyncQuery, Lease, QueryStatus};
+use crate::{Error, Result};
+
+/// Job records in a `HashMap` behind a mutex, with an ordered index of
+/// queued jobs so claims are `O(log n)`.
+///
+/// Records live as long as the `MemoryDao` (share it with `Arc` to keep them
+/// across service restarts in tests).
+#[derive(Debug, Default)]
+pub struct MemoryDao {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    jobs: HashMap<Uuid, Entry>,
+    /// Queued jobs by creation sequence.
+    queue: BTreeMap<u64, Uuid>,
+    next_seq: u64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    job: AsyncQuery,
+}
+
+impl MemoryDao {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave a half-applied change
+        // (every change is computed before it is written), so poisoning is
+        // safe to ignore.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl AsyncApiDao for MemoryDao {
+    async fn create(&self, job: &AsyncQuery) -> Result<()> {
+        let mut state = self.lock();
+        if state.jobs.contains_key(&job.id) {
+            return Err(Error::DuplicateId { id: job.id });
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        if job.status == QueryStatus::Queued {
+            state.queue.insert(seq, job.id);
+        }
+        state.jobs.insert(
+            job.id,
+            Entry {
+                seq,
+                job: job.clone(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>> {
+        Ok(self.lock().jobs.get(&id).map(|entry| entry.job.clone()))
+    }
+
+    async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
+        check_transition(&change)?;
+        let mut state = self.lock();
+        let state = &mut *state;
+        let entry = state.jobs.get_mut(&id).ok_or(Error::NotFound { id })?;
+        if entry.job.status != change.from {
+            return Ok(CasOutcome::Conflict(entry.job.clone()));
+        }
+        if change.from == QueryStatus::Queued {
+            state.queue.remove(&entry.seq);
+        }
+        apply_change(&mut entry.job, change);
+        Ok(CasOutcome::Applied(entry.job.clone()))
+    }
+
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: usize,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<AsyncQuery>> {
+        let mut state = self.lock();
+        let mut claimed = Vec::with_capacity(limit.min(state.queue.len()));
+        while claimed.len() < limit {
+            let Some((_, id)) = state.queue.pop_first() else {
+                break;
+            };
+            if let Some(entry) = state.jobs.get_mut(&id) {
+                let change = StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, at)
+                    .with_lease(lease.clone());
+                apply_change(&mut entry.job, change);
+                claimed.push(entry.job.clone());
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: Uuid,
+        ids: &[Uuid],
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, QueryStatus)>> {
+        let mut state = self.lock();
+        let mut statuses = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(entry) = state.jobs.get_mut(id) else {
+                continue;
+            };
+            let job = &mut entry.job;
+            if matches!(job.status, QueryStatus::Processing | QueryStatus::Cancelled)
+                && let Some(lease) = job.lease.as_mut().filter(|l| l.owner == owner)
+            {
+                lease.expires_at = expires_at;
+            }
+            statuses.push((*id, job.status));
+        }
+        Ok(statuses)
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>> {
+        let state = self.lock();
+        let mut found: Vec<&Entry> = state
+            .jobs
+            .values()
+            .filter(|entry| filter.matches(&entry.job))
+            .collect();
+        found.sort_by_key(|entry| entry.seq);
+        if filter.limit > 0 {
+            found.truncate(filter.limit);
+        }
+        Ok(found.into_iter().map(|entry| entry.job.clone()).collect())
+    }
+
+    async fn delete(&self, ids: &[Uuid]) -> Result<u64> {
+        let mut state = self.lock();
+        let mut deleted = 0;
+        for id in ids {
+            if let Some(entry) = state.jobs.remove(id) {
+                state.queue.remove(&entry.seq);
+                deleted += 1;
+            }
+        }
+        Ok(deleted)
+    }
+}

@@ -1,0 +1,226 @@
+//! Persistence of job records: the [`AsyncApiDao`] trait and its contract.
+//!
+//! Built in: [`MemoryDao`]. A host can implement the trait for its own
+//! database; every implementation must keep the contract below.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::Result;
+use crate::model::{AsyncQuery, Lease, QueryResult, QueryStatus};
+
+mod memory;
+
+pub use memory::MemoryDao;
+
+/// A compare-and-set status change: applied only if the stored status is
+/// still `from`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StatusChange {
+    /// The status the caller believes the job has.
+    pub from: QueryStatus,
+    /// The status to move to; must be allowed by
+    /// [`QueryStatus::can_transition_to`].
+    pub to: QueryStatus,
+    /// When the change happens; becomes `updated_on`.
+    pub at: DateTime<Utc>,
+    /// The result to store with the change (normally with a terminal `to`).
+    pub result: Option<QueryResult>,
+    /// The lease to set when `to` is `Processing`.
+    pub lease: Option<Lease>,
+}
+
+impl StatusChange {
+    /// A change from `from` to `to` at `at`, with no result and no lease.
+    pub fn new(from: QueryStatus, to: QueryStatus, at: DateTime<Utc>) -> Self {
+        StatusChange {
+            from,
+            to,
+            at,
+            result: None,
+            lease: None,
+        }
+    }
+
+    /// Stores `result` with the change.
+    pub fn with_result(mut self, result: QueryResult) -> Self {
+        self.result = Some(result);
+        self
+    }
+
+    /// Sets the lease the job holds after the change.
+    pub fn with_lease(mut self, lease: Lease) -> Self {
+        self.lease = Some(lease);
+        self
+    }
+}
+
+/// The answer to a compare-and-set.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CasOutcome {
+    /// The change was applied; this is the record after it.
+    Applied(AsyncQuery),
+    /// The stored status was no longer `from`: somebody else decided first.
+    /// This is the record as it is now. Not an error.
+    Conflict(AsyncQuery),
+}
+
+/// Which records [`AsyncApiDao::list`] returns. Every condition that is set
+/// must hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct ListFilter {
+    /// Status is one of these (empty: any status).
+    pub statuses: Vec<QueryStatus>,
+    /// `updated_on` is strictly before this.
+    pub updated_before: Option<DateTime<Utc>>,
+    /// The job has a lease that expires strictly before this.
+    pub lease_expired_before: Option<DateTime<Utc>>,
+    /// The lease is held by this instance.
+    pub owner: Option<Uuid>,
+    /// At most this many records, oldest `created_on` first. `0` means no limit.
+    pub limit: usize,
+}
+
+impl ListFilter {
+    /// Records in any of `statuses`.
+    pub fn statuses(statuses: impl IntoIterator<Item = QueryStatus>) -> Self {
+        ListFilter {
+            statuses: statuses.into_iter().collect(),
+            ..ListFilter::default()
+        }
+    }
+
+    /// Whether `job` matches every condition (not the limit). Back-ends that
+    /// filter in memory use this; SQL back-ends translate it.
+    pub fn matches(&self, job: &AsyncQuery) -> bool {
+        (self.statuses.is_empty() || self.statuses.contains(&job.status))
+            && self.updated_before.is_none_or(|t| job.updated_on < t)
+            && self
+                .lease_expired_before
+                .is_none_or(|t| job.lease.as_ref().is_some_and(|l| l.expires_at < t))
+            && self
+                .owner
+                .is_none_or(|o| job.lease.as_ref().is_some_and(|l| l.owner == o))
+    }
+}
+
+/// Persistence of job records.
+///
+/// # Contract
+///
+/// - `create` stores a new record as given, and fails with
+///   [`Error::DuplicateId`](crate::Error::DuplicateId) if the id exists.
+/// - `update_status` is an atomic compare-and-set: it applies the change only
+///   if the stored status equals `change.from`, returning
+///   [`CasOutcome::Conflict`] with the current record otherwise. It fails with
+///   [`Error::InvalidTransition`](crate::Error::InvalidTransition) if
+///   `from -> to` is not in [`TRANSITIONS`](crate::model::TRANSITIONS) and
+///   with [`Error::NotFound`](crate::Error::NotFound) for an unknown id.
+///   When applied: `status = to`, `updated_on = at`, `result` is replaced if
+///   given; moving to `Processing` sets `lease`, moving to a terminal status
+///   clears it, other moves keep it.
+/// - `claim` atomically moves up to `limit` of the oldest `Queued` jobs (by
+///   creation order) to `Processing` with the given lease; two concurrent
+///   claimers never get the same job.
+/// - `renew_leases` extends the lease of those `ids` whose lease `owner`
+///   holds and that are `Processing` or `Cancelled`, and reports the current
+///   status of every id that exists, so the owner learns of cancellations
+///   made elsewhere.
+/// - All times come from the caller (the service's clock), never from the
+///   back-end's own clock, so tests can run on a paused clock.
+///
+/// The conformance suite (feature `test-util`, `async_query::testing`)
+/// checks all of this.
+#[async_trait]
+pub trait AsyncApiDao: Send + Sync + 'static {
+    /// Stores a new record.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateId`](crate::Error::DuplicateId) if the id exists;
+    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    async fn create(&self, job: &AsyncQuery) -> Result<()>;
+
+    /// Reads a record; `None` if there is none with this id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>>;
+
+    /// Compare-and-set status change; see the trait docs.
+    ///
+    /// # Errors
+    ///
+    /// `NotFound`, `InvalidTransition`, or `Dao` as described above.
+    async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome>;
+
+    /// Claims up to `limit` of the oldest queued jobs for `lease.owner`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: usize,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<AsyncQuery>>;
+
+    /// Extends `owner`'s leases on `ids` to `expires_at`; returns
+    /// `(id, current status)` for every id that exists.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    async fn renew_leases(
+        &self,
+        owner: Uuid,
+        ids: &[Uuid],
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, QueryStatus)>>;
+
+    /// Records matching `filter`, oldest first.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>>;
+
+    /// Deletes the records with these ids; returns how many existed.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    async fn delete(&self, ids: &[Uuid]) -> Result<u64>;
+}
+
+/// Checks a change against the transition table; shared by back-ends.
+pub(crate) fn check_transition(change: &StatusChange) -> Result<()> {
+    if change.from.can_transition_to(change.to) {
+        Ok(())
+    } else {
+        Err(crate::Error::InvalidTransition {
+            from: change.from,
+            to: change.to,
+        })
+    }
+}
+
+/// Applies an already-checked change to a record in memory; shared by
+/// back-ends that hold records as structs.
+pub(crate) fn apply_change(job: &mut AsyncQuery, change: StatusChange) {
+    job.status = change.to;
+    job.updated_on = change.at;
+    if let Some(result) = change.result {
+        job.result = Some(result);
+    }
+    if change.to == QueryStatus::Processing {
+        job.lease = change.lease;
+    } else if change.to.is_terminal() {
+        job.lease = None;
+    }
+}

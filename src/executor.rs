@@ -1,0 +1,134 @@
+//! The host's side: [`QueryExecutor`] runs one query and returns a
+//! [`QueryOutput`].
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BoxError;
+use crate::model::{AsyncQuery, Principal};
+use crate::service::SubmitRequest;
+
+/// Runs queries. The host implements this for its own query engine.
+///
+/// The library calls [`execute`](QueryExecutor::execute) on a worker slot,
+/// at most [`Config::pool_size`](crate::Config::pool_size) at once per
+/// instance. A returned error ends the job `FAILURE` with the error's text;
+/// a panic is caught and does the same.
+///
+/// Cancellation and time-outs drop the future returned by `execute` at once.
+/// Work that does not yield to the runtime (a blocking database call, say)
+/// should watch [`ExecutionContext::cancel`] and stop itself, or run in
+/// `spawn_blocking` and check the token.
+///
+/// ```
+/// use async_query::{AsyncQuery, BoxError, ExecutionContext, QueryExecutor, QueryOutput};
+///
+/// struct Echo;
+///
+/// #[async_trait::async_trait]
+/// impl QueryExecutor for Echo {
+///     async fn execute(&self, job: &AsyncQuery, _ctx: ExecutionContext) -> Result<QueryOutput, BoxError> {
+///         Ok(QueryOutput::body(format!("{{\"echo\":{:?}}}", job.query), 1))
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait QueryExecutor: Send + Sync + 'static {
+    /// Checks a request before anything is stored. An `Err` is returned to the
+    /// submitter as [`Error::InvalidRequest`](crate::Error::InvalidRequest)
+    /// with this text. The default accepts everything.
+    fn validate(&self, request: &SubmitRequest) -> Result<(), String> {
+        let _ = request;
+        Ok(())
+    }
+
+    /// Runs `job` and returns its output: a body for
+    /// [`JobKind::Query`](crate::JobKind::Query), a record stream for
+    /// [`JobKind::TableExport`](crate::JobKind::TableExport).
+    ///
+    /// # Errors
+    ///
+    /// Any error ends the job `FAILURE`; its `Display` text becomes the
+    /// result's message, so make it useful to the person who submitted the
+    /// query.
+    async fn execute(
+        &self,
+        job: &AsyncQuery,
+        ctx: ExecutionContext,
+    ) -> Result<QueryOutput, BoxError>;
+}
+
+/// What an executor gets besides the job record.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ExecutionContext {
+    /// Fires when the job is cancelled, timed out, or the service shuts down.
+    pub cancel: CancellationToken,
+    /// The principal that submitted the job.
+    pub principal: Principal,
+}
+
+impl ExecutionContext {
+    /// A context for calling an executor directly, e.g. in the host's own
+    /// unit tests.
+    pub fn new(cancel: CancellationToken, principal: Principal) -> Self {
+        ExecutionContext { cancel, principal }
+    }
+}
+
+/// A flat record of a table export: one JSON value per column.
+pub type Record = Vec<serde_json::Value>;
+
+/// The rows of a table export, with their column names.
+pub struct RecordStream {
+    /// Column names, in the order of each record's values.
+    pub columns: Vec<String>,
+    /// The rows. An `Err` ends the export `FAILURE` and removes what was
+    /// written.
+    pub records: BoxStream<'static, Result<Record, BoxError>>,
+}
+
+impl std::fmt::Debug for RecordStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecordStream")
+            .field("columns", &self.columns)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`QueryExecutor::execute`] returns.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum QueryOutput {
+    /// An inline body (typically JSON) and how many records it holds.
+    Body {
+        /// The response body stored in the record.
+        body: String,
+        /// Number of records in the body.
+        record_count: u64,
+    },
+    /// Rows to encode and stream into result storage.
+    Records(RecordStream),
+}
+
+impl QueryOutput {
+    /// An inline body of `record_count` records.
+    pub fn body(body: impl Into<String>, record_count: u64) -> Self {
+        QueryOutput::Body {
+            body: body.into(),
+            record_count,
+        }
+    }
+
+    /// A record stream for a table export.
+    pub fn records(
+        columns: Vec<String>,
+        records: impl futures::Stream<Item = Result<Record, BoxError>> + Send + 'static,
+    ) -> Self {
+        QueryOutput::Records(RecordStream {
+            columns,
+            records: Box::pin(records),
+        })
+    }
+}

@@ -1,0 +1,88 @@
+//! # async-query
+//!
+//! Run long analytic queries asynchronously, the way Elide's Async API
+//! (`AsyncQuery` / `TableExport`) and Superset's global async queries do,
+//! as a small embeddable library: no broker, no JVM.
+//!
+//! The host implements [`QueryExecutor`] for its query engine and calls
+//! [`AsyncQueryService`]: `submit` waits up to an *async-after* threshold and
+//! returns the finished job, or the unfinished job while it runs on in the
+//! background on a bounded pool. The job can then be polled, waited on,
+//! subscribed to, cancelled and (for exports) downloaded. Records live in an
+//! [`AsyncApiDao`], export files in a [`ResultStorageEngine`]; both are
+//! pluggable and default to memory.
+//!
+//! Every job follows Elide's lifecycle ([`QueryStatus`]), and every status
+//! change is a compare-and-set against one transition table, so races
+//! (cancel vs completion, several instances) always resolve to a legal
+//! history.
+//!
+//! ```
+//! use std::{sync::Arc, time::Duration};
+//! use async_query::*;
+//!
+//! struct Sleepy;
+//!
+//! #[async_trait::async_trait]
+//! impl QueryExecutor for Sleepy {
+//!     async fn execute(&self, job: &AsyncQuery, _ctx: ExecutionContext) -> Result<QueryOutput, BoxError> {
+//!         let secs: u64 = job.query.parse()?;
+//!         tokio::time::sleep(Duration::from_secs(secs)).await;
+//!         Ok(QueryOutput::body(format!("[{{\"slept\":{secs}}}]"), 1))
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)]
+//! # async fn main() -> async_query::Result<()> {
+//! let service = AsyncQueryService::builder().executor(Arc::new(Sleepy)).build()?;
+//! let alice = Principal::new("alice");
+//!
+//! // Finishes within async-after: the result comes back inline.
+//! let fast = service.submit(&alice, SubmitRequest::query("0")).await?;
+//! assert_eq!(fast.status, QueryStatus::Complete);
+//! assert_eq!(fast.result.unwrap().inline_body(), Some("[{\"slept\":0}]"));
+//!
+//! // Takes longer: returned unfinished, then awaited.
+//! let request = SubmitRequest::query("30").with_async_after(Duration::from_secs(1));
+//! let slow = service.submit(&alice, request).await?;
+//! assert_eq!(slow.status, QueryStatus::Processing);
+//! let done = service.wait(&alice, slow.id, Duration::from_secs(60)).await?;
+//! assert_eq!(done.status, QueryStatus::Complete);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Features
+//!
+//! | feature | what it adds |
+//! |---|---|
+//! | *(default)* | the service, in-memory DAO, in-memory and filesystem result storage |
+//! | `test-util` | conformance suites for your own back-ends (`async_query::testing`) |
+
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dao;
+pub mod error;
+pub mod executor;
+pub mod format;
+pub mod model;
+mod runtime;
+pub mod service;
+pub mod storage;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use async_trait::async_trait;
+pub use config::Config;
+pub use dao::{AsyncApiDao, MemoryDao};
+pub use error::{BoxError, Error, Result};
+pub use executor::{ExecutionContext, QueryExecutor, QueryOutput, Record, RecordStream};
+pub use model::{
+    AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
+};
+pub use service::{
+    AsyncQueryService, AsyncQueryServiceBuilder, CancelOutcome, Download, JobEvent, SubmitRequest,
+    Subscription,
+};
+pub use storage::{FileSystemStorage, MemoryStorage, ResultStorageEngine};

@@ -1,0 +1,338 @@
+//! The job record and its lifecycle: [`AsyncQuery`], [`JobKind`],
+//! [`QueryStatus`] (with the one transition table), [`QueryResult`] and
+//! [`Principal`].
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// The lifecycle state of a job, with Elide's seven states spelled as Elide
+/// serialises them (`QUEUED`, `PROCESSING`, …).
+///
+/// ```text
+/// Queued ──► Processing ──► Complete | Failure | TimedOut
+///   │             │
+///   └──► Cancelled ◄┘ ──► CancelComplete
+/// Queued | Processing ──► TimedOut
+/// ```
+///
+/// [`can_transition_to`](QueryStatus::can_transition_to) is the single source
+/// of truth for which changes are legal; every back-end enforces it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum QueryStatus {
+    /// Accepted and waiting for a free worker slot.
+    Queued,
+    /// Running on some instance.
+    Processing,
+    /// Finished; the result is in the record (or in result storage for exports).
+    Complete,
+    /// Cancellation requested; the instance running the job stops it and
+    /// moves it to [`CancelComplete`](QueryStatus::CancelComplete).
+    Cancelled,
+    /// Stopped because it hit a run-time limit or its instance died.
+    #[serde(rename = "TIMEDOUT")]
+    TimedOut,
+    /// The executor returned an error or panicked, or the result could not be saved.
+    Failure,
+    /// Cancellation finished: the job is no longer running.
+    CancelComplete,
+}
+
+/// Every legal status change, `(from, to)`. Nothing else is allowed.
+pub const TRANSITIONS: &[(QueryStatus, QueryStatus)] = {
+    use QueryStatus::*;
+    &[
+        (Queued, Processing),
+        (Queued, Cancelled),
+        (Queued, TimedOut),
+        (Processing, Complete),
+        (Processing, Failure),
+        (Processing, TimedOut),
+        (Processing, Cancelled),
+        (Cancelled, CancelComplete),
+    ]
+};
+
+impl QueryStatus {
+    /// All seven states, in lifecycle order.
+    pub const ALL: [QueryStatus; 7] = [
+        QueryStatus::Queued,
+        QueryStatus::Processing,
+        QueryStatus::Complete,
+        QueryStatus::Cancelled,
+        QueryStatus::TimedOut,
+        QueryStatus::Failure,
+        QueryStatus::CancelComplete,
+    ];
+
+    /// Whether the lifecycle allows a change from `self` to `to` (looked up in
+    /// [`TRANSITIONS`]).
+    ///
+    /// ```
+    /// use async_query::QueryStatus::*;
+    /// assert!(Queued.can_transition_to(Processing));
+    /// assert!(!Complete.can_transition_to(Cancelled));
+    /// ```
+    pub fn can_transition_to(self, to: QueryStatus) -> bool {
+        TRANSITIONS.iter().any(|&(f, t)| f == self && t == to)
+    }
+
+    /// Whether no further change can happen: `Complete`, `Failure`,
+    /// `TimedOut` and `CancelComplete`.
+    pub fn is_terminal(self) -> bool {
+        !TRANSITIONS.iter().any(|&(f, _)| f == self)
+    }
+
+    /// Elide's spelling, as used in JSON and in SQL back-ends.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueryStatus::Queued => "QUEUED",
+            QueryStatus::Processing => "PROCESSING",
+            QueryStatus::Complete => "COMPLETE",
+            QueryStatus::Cancelled => "CANCELLED",
+            QueryStatus::TimedOut => "TIMEDOUT",
+            QueryStatus::Failure => "FAILURE",
+            QueryStatus::CancelComplete => "CANCEL_COMPLETE",
+        }
+    }
+}
+
+impl fmt::Display for QueryStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for QueryStatus {
+    type Err = crate::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        QueryStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| crate::Error::InvalidRequest {
+                reason: format!("unknown status {s:?}; expected one of QUEUED, PROCESSING, COMPLETE, CANCELLED, TIMEDOUT, FAILURE, CANCEL_COMPLETE"),
+            })
+    }
+}
+
+/// File format of a [`JobKind::TableExport`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ExportFormat {
+    /// RFC 4180 comma-separated values.
+    Csv,
+    /// One JSON array of objects.
+    Json,
+    /// Newline-delimited JSON, one object per line.
+    Ndjson,
+}
+
+/// What a job produces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum JobKind {
+    /// Elide's `AsyncQuery`: the result body is embedded in the record.
+    Query,
+    /// Elide's `TableExport`: records are streamed into a
+    /// [`ResultStorageEngine`](crate::ResultStorageEngine) and fetched later.
+    TableExport {
+        /// The encoding of the stored file.
+        format: ExportFormat,
+    },
+}
+
+/// Who asks. Owners and holders of the configured admin role may see a job;
+/// nobody else can tell it exists.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Principal {
+    /// The stable user name, compared for ownership.
+    pub name: String,
+    /// Roles, e.g. `"admin"`.
+    #[serde(default)]
+    pub roles: BTreeSet<String>,
+}
+
+impl Principal {
+    /// A principal with no roles.
+    pub fn new(name: impl Into<String>) -> Self {
+        Principal {
+            name: name.into(),
+            roles: BTreeSet::new(),
+        }
+    }
+
+    /// Adds a role (builder style).
+    ///
+    /// ```
+    /// let admin = async_query::Principal::new("ops").with_role("admin");
+    /// assert!(admin.has_role("admin"));
+    /// ```
+    pub fn with_role(mut self, role: impl Into<String>) -> Self {
+        self.roles.insert(role.into());
+        self
+    }
+
+    /// Whether the principal holds `role`.
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.contains(role)
+    }
+}
+
+/// Where a finished job's output is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "value", rename_all = "camelCase")]
+pub enum ResultBody {
+    /// No output (failures, cancellations, time-outs).
+    None,
+    /// The body itself, for [`JobKind::Query`].
+    Inline(String),
+    /// The name of the stored object in the result storage, for
+    /// [`JobKind::TableExport`].
+    Stored(String),
+}
+
+/// The outcome recorded on a job when it reaches a terminal state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResult {
+    /// Number of records the query produced, when known.
+    pub record_count: Option<u64>,
+    /// Length of the body in bytes, when there is one.
+    pub content_length: Option<u64>,
+    /// When the job reached its terminal state.
+    pub completed_on: DateTime<Utc>,
+    /// The output, or where to find it.
+    pub body: ResultBody,
+    /// A human-readable explanation for failures, time-outs and cancellations.
+    pub message: Option<String>,
+}
+
+impl QueryResult {
+    /// A result with no body and an explanatory message.
+    pub fn message(completed_on: DateTime<Utc>, message: impl Into<String>) -> Self {
+        QueryResult {
+            record_count: None,
+            content_length: None,
+            completed_on,
+            body: ResultBody::None,
+            message: Some(message.into()),
+        }
+    }
+
+    /// The inline body, if this is a [`JobKind::Query`] result.
+    pub fn inline_body(&self) -> Option<&str> {
+        match &self.body {
+            ResultBody::Inline(body) => Some(body),
+            _ => None,
+        }
+    }
+}
+
+/// Which instance runs a job, and until when it has promised to renew.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease {
+    /// The owning instance (see [`Config::instance_id`](crate::Config::instance_id)).
+    pub owner: Uuid,
+    /// When the lease runs out unless renewed.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// The job record: Elide's `AsyncQuery` / `TableExport` entity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AsyncQuery {
+    /// Unique id; clients may choose it (Elide lets them).
+    pub id: Uuid,
+    /// Query or table export.
+    pub kind: JobKind,
+    /// The query text, opaque to the library.
+    pub query: String,
+    /// The query language, opaque to the library (Elide: `GRAPHQL_V1_0`,
+    /// `JSONAPI_V1_0`).
+    pub query_type: String,
+    /// Who submitted it.
+    pub principal: Principal,
+    /// Current status.
+    pub status: QueryStatus,
+    /// How long `submit` waited for it (after capping).
+    #[serde(with = "humantime_serde")]
+    pub async_after: Duration,
+    /// The run-time limit that applies to this job.
+    #[serde(with = "humantime_serde")]
+    pub max_run_time: Duration,
+    /// When it was submitted.
+    pub created_on: DateTime<Utc>,
+    /// When its status last changed.
+    pub updated_on: DateTime<Utc>,
+    /// Set once the job is terminal.
+    pub result: Option<QueryResult>,
+    /// Set while the job runs.
+    pub lease: Option<Lease>,
+}
+
+impl AsyncQuery {
+    /// Whether `principal` may see this job: its owner, or anyone holding
+    /// `admin_role`.
+    pub fn is_visible_to(&self, principal: &Principal, admin_role: &str) -> bool {
+        self.principal.name == principal.name || principal.has_role(admin_role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::QueryStatus::{self, *};
+
+    #[test]
+    fn terminal_states_are_exactly_the_four_elide_end_states() {
+        let terminal: Vec<QueryStatus> = QueryStatus::ALL
+            .into_iter()
+            .filter(|s| s.is_terminal())
+            .collect();
+        assert_eq!(terminal, vec![Complete, TimedOut, Failure, CancelComplete]);
+    }
+
+    #[test]
+    fn no_transition_leaves_a_terminal_state_or_stays_put() {
+        for from in QueryStatus::ALL {
+            for to in QueryStatus::ALL {
+                if from.is_terminal() || from == to {
+                    assert!(!from.can_transition_to(to), "{from} -> {to}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn every_state_is_reachable_from_queued() {
+        let mut seen = vec![Queued];
+        let mut i = 0;
+        while i < seen.len() {
+            for to in QueryStatus::ALL {
+                if seen[i].can_transition_to(to) && !seen.contains(&to) {
+                    seen.push(to);
+                }
+            }
+            i += 1;
+        }
+        assert_eq!(seen.len(), QueryStatus::ALL.len());
+    }
+
+    #[test]
+    fn serialises_as_elide_spells_it() {
+        for status in QueryStatus::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            let back: QueryStatus = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, status);
+            assert_eq!(status.as_str().parse::<QueryStatus>().unwrap(), status);
+        }
+        assert!("DONE".parse::<QueryStatus>().is_err());
+    }
+}

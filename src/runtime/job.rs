@@ -1,0 +1,226 @@
+//! Running one job: call the executor, save its output, settle the status.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+use futures::{FutureExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use super::Inner;
+use crate::dao::{CasOutcome, StatusChange};
+use crate::executor::{ExecutionContext, QueryOutput, RecordStream};
+use crate::format::Encoder;
+use crate::model::{AsyncQuery, ExportFormat, JobKind, QueryResult, QueryStatus, ResultBody};
+
+/// How a job's run ended, before it is written down.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    Complete(QueryResult),
+    Failure(String),
+    TimedOut,
+    Cancelled,
+    /// The service is gone: write nothing, the lease will expire.
+    Abandoned,
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
+impl Inner {
+    pub(super) async fn execute(&self, job: &AsyncQuery, cancel: CancellationToken) -> Outcome {
+        let ctx = ExecutionContext::new(cancel.clone(), job.principal.clone());
+        let work = AssertUnwindSafe(async {
+            let output = self
+                .executor
+                .execute(job, ctx)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.save(job, output).await
+        })
+        .catch_unwind();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                if self.shutdown.is_cancelled() { Outcome::Abandoned } else { Outcome::Cancelled }
+            }
+            ran = tokio::time::timeout(job.max_run_time, work) => match ran {
+                Err(_elapsed) => Outcome::TimedOut,
+                Ok(Err(panic)) => Outcome::Failure(format!("the executor panicked: {}", panic_message(&*panic))),
+                Ok(Ok(Err(message))) => Outcome::Failure(message),
+                Ok(Ok(Ok(result))) => Outcome::Complete(result),
+            },
+        }
+    }
+
+    /// Turns executor output into the stored result.
+    async fn save(&self, job: &AsyncQuery, output: QueryOutput) -> Result<QueryResult, String> {
+        match (job.kind, output) {
+            (JobKind::Query, QueryOutput::Body { body, record_count }) => {
+                let limit = self.config.max_inline_result_bytes;
+                if body.len() > limit {
+                    return Err(format!(
+                        "the result is {} bytes, above the inline limit of {limit} bytes; use a table export for large results",
+                        body.len()
+                    ));
+                }
+                Ok(QueryResult {
+                    record_count: Some(record_count),
+                    content_length: Some(body.len() as u64),
+                    completed_on: self.clock.now(),
+                    body: ResultBody::Inline(body),
+                    message: None,
+                })
+            }
+            (JobKind::TableExport { format }, QueryOutput::Records(records)) => {
+                self.export(job, format, records).await
+            }
+            (JobKind::Query, QueryOutput::Records(_)) => Err(
+                "the executor returned records for a query job; return QueryOutput::Body".into(),
+            ),
+            (JobKind::TableExport { .. }, QueryOutput::Body { .. }) => Err(
+                "the executor returned a body for a table export; return QueryOutput::Records"
+                    .into(),
+            ),
+        }
+    }
+
+    /// Streams records into result storage; publishes only on success.
+    async fn export(
+        &self,
+        job: &AsyncQuery,
+        format: ExportFormat,
+        records: RecordStream,
+    ) -> Result<QueryResult, String> {
+        let name = if self.config.append_file_extension {
+            format!("{}.{}", job.id, crate::format::extension(format))
+        } else {
+            job.id.to_string()
+        };
+        let mut writer = self
+            .storage
+            .create(&name)
+            .await
+            .map_err(|e| format!("could not store the export: {e}"))?;
+        let RecordStream {
+            columns,
+            records: mut rows,
+        } = records;
+        let mut encoder = Encoder::new(format, columns, self.config.csv_header);
+        let written: Result<(), String> = async {
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(|e| e.to_string())?;
+                if let Some(chunk) = encoder.push(&row).map_err(|e| e.to_string())? {
+                    writer
+                        .write(chunk)
+                        .await
+                        .map_err(|e| format!("could not store the export: {e}"))?;
+                }
+            }
+            Ok(())
+        }
+        .await;
+        let record_count = encoder.records();
+        let written = match written {
+            Ok(()) => match encoder.finish() {
+                Ok(tail) => writer
+                    .write(tail)
+                    .await
+                    .map_err(|e| format!("could not store the export: {e}")),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e),
+        };
+        if let Err(message) = written {
+            if let Err(e) = writer.abort().await {
+                tracing::warn!(job = %job.id, error = %e, "removing a partial export failed");
+            }
+            return Err(message);
+        }
+        let content_length = writer
+            .publish()
+            .await
+            .map_err(|e| format!("could not publish the export: {e}"))?;
+        Ok(QueryResult {
+            record_count: Some(record_count),
+            content_length: Some(content_length),
+            completed_on: self.clock.now(),
+            body: ResultBody::Stored(name),
+            message: None,
+        })
+    }
+
+    /// Writes the outcome with compare-and-set. A job cancelled meanwhile ends
+    /// `CANCEL_COMPLETE` (its output discarded); a job someone else settled
+    /// (the cleaner) is left as they decided.
+    pub(super) async fn settle(&self, job: &AsyncQuery, outcome: Outcome) {
+        let now = self.clock.now();
+        let (mut from, mut to, mut result) = match outcome {
+            Outcome::Abandoned => return,
+            Outcome::Complete(result) => (QueryStatus::Processing, QueryStatus::Complete, result),
+            Outcome::Failure(message) => (
+                QueryStatus::Processing,
+                QueryStatus::Failure,
+                QueryResult::message(now, message),
+            ),
+            Outcome::TimedOut => (
+                QueryStatus::Processing,
+                QueryStatus::TimedOut,
+                QueryResult::message(
+                    now,
+                    format!(
+                        "stopped after exceeding its maximum run time of {:?}",
+                        job.max_run_time
+                    ),
+                ),
+            ),
+            Outcome::Cancelled => (
+                QueryStatus::Cancelled,
+                QueryStatus::CancelComplete,
+                QueryResult::message(now, "cancelled on request"),
+            ),
+        };
+        loop {
+            let change = StatusChange::new(from, to, now).with_result(result.clone());
+            match self.transition(job.id, change).await {
+                Ok(CasOutcome::Applied(_)) => return,
+                Ok(CasOutcome::Conflict(current)) => {
+                    self.discard_output(&result).await;
+                    if current.status == QueryStatus::Cancelled && to != QueryStatus::CancelComplete
+                    {
+                        (from, to) = (QueryStatus::Cancelled, QueryStatus::CancelComplete);
+                        result = QueryResult::message(now, "cancelled on request");
+                        continue;
+                    }
+                    self.forget(job.id);
+                    return;
+                }
+                Err(e) if to != QueryStatus::Failure && to != QueryStatus::CancelComplete => {
+                    tracing::warn!(job = %job.id, error = %e, "saving the job's outcome failed; marking it FAILURE");
+                    self.discard_output(&result).await;
+                    to = QueryStatus::Failure;
+                    result =
+                        QueryResult::message(now, format!("the result could not be saved: {e}"));
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "saving the job's outcome failed; its lease will expire");
+                    self.forget(job.id);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Deletes a stored export that will not be referenced by its record.
+    async fn discard_output(&self, result: &QueryResult) {
+        if let ResultBody::Stored(name) = &result.body
+            && let Err(e) = self.storage.delete(name).await
+        {
+            tracing::warn!(object = %name, error = %e, "deleting an unreferenced export failed");
+        }
+    }
+}

@@ -1,0 +1,484 @@
+//! The crate-private engine behind [`AsyncQueryService`](crate::AsyncQueryService):
+//! submission, the dispatcher, job tasks, heartbeats and waiting.
+//!
+//! One mechanism serves one instance and many: every job is a record in the
+//! DAO, every status change is a compare-and-set through [`Inner::transition`],
+//! and the local table of jobs only mirrors what the DAO decided (for fast
+//! waiting, cancellation tokens and the queue bound).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::dao::{AsyncApiDao, CasOutcome, StatusChange};
+use crate::executor::QueryExecutor;
+use crate::model::{AsyncQuery, Lease, Principal, QueryResult, QueryStatus};
+use crate::service::{CancelOutcome, JobEvent, SubmitRequest};
+use crate::storage::ResultStorageEngine;
+use crate::{Error, Result};
+
+mod job;
+
+/// Wall-clock time that advances with Tokio's clock, so a paused test clock
+/// moves record timestamps and leases too.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Clock {
+    wall: DateTime<Utc>,
+    mono: Instant,
+}
+
+impl Clock {
+    fn new() -> Self {
+        Clock {
+            wall: Utc::now(),
+            mono: Instant::now(),
+        }
+    }
+
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.wall + TimeDelta::from_std(self.mono.elapsed()).unwrap_or(TimeDelta::MAX)
+    }
+}
+
+fn to_delta(d: Duration) -> TimeDelta {
+    TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+}
+
+/// A job this instance submitted or runs.
+struct LocalJob {
+    /// The latest record, for waiters.
+    state: watch::Sender<Arc<AsyncQuery>>,
+    /// Stops the job's executor.
+    cancel: CancellationToken,
+    /// Still waiting for a slot (counts against `max_queued`).
+    queued: bool,
+}
+
+#[derive(Default)]
+struct Local {
+    jobs: HashMap<Uuid, LocalJob>,
+    queued: usize,
+}
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) dao: Arc<dyn AsyncApiDao>,
+    pub(crate) storage: Arc<dyn ResultStorageEngine>,
+    executor: Arc<dyn QueryExecutor>,
+    clock: Clock,
+    slots: Arc<Semaphore>,
+    local: Mutex<Local>,
+    wake_dispatcher: tokio::sync::Notify,
+    pub(crate) events: broadcast::Sender<JobEvent>,
+    shutdown: CancellationToken,
+}
+
+impl Inner {
+    pub(crate) fn new(
+        config: Config,
+        dao: Arc<dyn AsyncApiDao>,
+        storage: Arc<dyn ResultStorageEngine>,
+        executor: Arc<dyn QueryExecutor>,
+    ) -> Arc<Self> {
+        let (events, _) = broadcast::channel(config.event_capacity);
+        Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(config.pool_size)),
+            config,
+            dao,
+            storage,
+            executor,
+            clock: Clock::new(),
+            local: Mutex::new(Local::default()),
+            wake_dispatcher: tokio::sync::Notify::new(),
+            events,
+            shutdown: CancellationToken::new(),
+        })
+    }
+
+    pub(crate) fn shutdown_token(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Starts the dispatcher and the heartbeat; both end when the shutdown
+    /// token fires.
+    pub(crate) fn start(this: &Arc<Self>, runtime: &tokio::runtime::Handle) {
+        runtime.spawn(Arc::clone(this).dispatcher());
+        runtime.spawn(Arc::clone(this).heartbeat());
+    }
+
+    fn lock_local(&self) -> MutexGuard<'_, Local> {
+        // Every critical section is a few map operations that cannot panic
+        // half-way, so a poisoned lock still holds consistent data.
+        self.local.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lease(&self, now: DateTime<Utc>) -> Lease {
+        Lease {
+            owner: self.config.instance_id,
+            expires_at: now + to_delta(self.config.lease),
+        }
+    }
+
+    fn emit(&self, job: &AsyncQuery, from: Option<QueryStatus>) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(JobEvent {
+                id: job.id,
+                owner: job.principal.name.clone(),
+                from,
+                to: job.status,
+                at: job.updated_on,
+            });
+        }
+    }
+
+    /// Mirrors a change the DAO applied into the local table and the event
+    /// stream. With `adopt`, a job not yet known locally (claimed from the
+    /// queue) gets an entry; returns its cancellation token.
+    fn observe(
+        &self,
+        from: Option<QueryStatus>,
+        job: &AsyncQuery,
+        adopt: bool,
+    ) -> Option<CancellationToken> {
+        self.emit(job, from);
+        let snapshot = Arc::new(job.clone());
+        let mut local = self.lock_local();
+        let local = &mut *local;
+        let entry = match local.jobs.get_mut(&job.id) {
+            Some(entry) => entry,
+            None if adopt => local.jobs.entry(job.id).or_insert(LocalJob {
+                state: watch::channel(Arc::clone(&snapshot)).0,
+                cancel: self.shutdown.child_token(),
+                queued: false,
+            }),
+            None => return None,
+        };
+        if entry.queued && job.status != QueryStatus::Queued {
+            entry.queued = false;
+            local.queued -= 1;
+        }
+        entry.state.send_replace(snapshot);
+        let token = entry.cancel.clone();
+        if job.status.is_terminal() {
+            local.jobs.remove(&job.id);
+        }
+        Some(token)
+    }
+
+    /// Drops a local entry without a terminal status (the record could not be
+    /// written); waiters fall back to reading the DAO.
+    fn forget(&self, id: Uuid) {
+        let mut local = self.lock_local();
+        if let Some(entry) = local.jobs.remove(&id)
+            && entry.queued
+        {
+            local.queued -= 1;
+        }
+    }
+
+    /// The one way status changes happen: a compare-and-set in the DAO,
+    /// mirrored locally when applied.
+    pub(crate) async fn transition(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
+        let from = change.from;
+        let outcome = self.dao.update_status(id, change).await?;
+        if let CasOutcome::Applied(job) = &outcome {
+            self.observe(Some(from), job, false);
+        }
+        Ok(outcome)
+    }
+
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        principal: &Principal,
+        request: SubmitRequest,
+    ) -> Result<AsyncQuery> {
+        if self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        if request.query.trim().is_empty() {
+            return Err(Error::invalid("the query is empty"));
+        }
+        self.executor.validate(&request).map_err(Error::invalid)?;
+        let config = &self.config;
+        let max_run_time = request
+            .max_run_time
+            .map_or(config.max_run_time, |d| d.min(config.max_run_time));
+        if max_run_time.is_zero() {
+            return Err(Error::invalid("max_run_time must be above zero"));
+        }
+        let async_after = request
+            .async_after
+            .unwrap_or(config.default_async_after)
+            .min(config.max_async_after);
+        let now = self.clock.now();
+        let id = request.id.unwrap_or_else(Uuid::new_v4);
+        let mut job = AsyncQuery {
+            id,
+            kind: request.kind,
+            query: request.query,
+            query_type: request.query_type,
+            principal: principal.clone(),
+            status: QueryStatus::Queued,
+            async_after,
+            max_run_time,
+            created_on: now,
+            updated_on: now,
+            result: None,
+            lease: None,
+        };
+
+        // Take a worker slot (only when nobody older waits, to keep FIFO) or
+        // a place in the queue, before anything is stored.
+        let cancel = self.shutdown.child_token();
+        let (permit, job, mut rx) = {
+            let mut local = self.lock_local();
+            if local.jobs.contains_key(&id) {
+                return Err(Error::DuplicateId { id });
+            }
+            let permit = if local.queued == 0 {
+                Arc::clone(&self.slots).try_acquire_owned().ok()
+            } else {
+                None
+            };
+            if permit.is_some() {
+                // Created directly as PROCESSING: no extra round trip to claim it.
+                job.status = QueryStatus::Processing;
+                job.lease = Some(self.lease(now));
+            } else if local.queued >= config.max_queued {
+                return Err(Error::QueueFull {
+                    limit: config.max_queued,
+                });
+            } else {
+                local.queued += 1;
+            }
+            let job = Arc::new(job);
+            let (state, rx) = watch::channel(Arc::clone(&job));
+            local.jobs.insert(
+                id,
+                LocalJob {
+                    state,
+                    cancel: cancel.clone(),
+                    queued: permit.is_none(),
+                },
+            );
+            (permit, job, rx)
+        };
+        if let Err(e) = self.dao.create(&job).await {
+            self.forget(id);
+            return Err(e);
+        }
+        self.emit(&job, None);
+        match permit {
+            Some(permit) => self.spawn_job(Arc::clone(&job), cancel, permit),
+            None => self.wake_dispatcher.notify_one(),
+        }
+        if async_after.is_zero() {
+            return Ok(AsyncQuery::clone(&job));
+        }
+        drop(job);
+        let _ = tokio::time::timeout(async_after, rx.wait_for(|j| j.status.is_terminal())).await;
+        let latest = Arc::clone(&rx.borrow());
+        Ok(AsyncQuery::clone(&latest))
+    }
+
+    pub(crate) async fn get(&self, principal: &Principal, id: Uuid) -> Result<AsyncQuery> {
+        self.dao
+            .get(id)
+            .await?
+            .filter(|job| job.is_visible_to(principal, &self.config.admin_role))
+            .ok_or(Error::NotFound { id })
+    }
+
+    pub(crate) async fn wait(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<AsyncQuery> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let rx = self.lock_local().jobs.get(&id).map(|j| j.state.subscribe());
+            if let Some(mut rx) = rx {
+                if !rx
+                    .borrow()
+                    .is_visible_to(principal, &self.config.admin_role)
+                {
+                    return Err(Error::NotFound { id });
+                }
+                let closed =
+                    tokio::time::timeout_at(deadline, rx.wait_for(|j| j.status.is_terminal()))
+                        .await
+                        .is_ok_and(|waited| waited.is_err());
+                // Closed without a terminal status: the job left this
+                // instance's table; read the DAO instead.
+                if !closed {
+                    let latest = Arc::clone(&rx.borrow());
+                    return Ok(AsyncQuery::clone(&latest));
+                }
+            }
+            let job = self.get(principal, id).await?;
+            let now = Instant::now();
+            if job.status.is_terminal() || now >= deadline {
+                return Ok(job);
+            }
+            tokio::time::sleep_until(deadline.min(now + self.config.poll_interval)).await;
+        }
+    }
+
+    pub(crate) async fn cancel(&self, principal: &Principal, id: Uuid) -> Result<CancelOutcome> {
+        let mut job = self.get(principal, id).await?;
+        loop {
+            let now = self.clock.now();
+            let from = match job.status {
+                status if status.is_terminal() => return Ok(CancelOutcome::AlreadyFinished(job)),
+                QueryStatus::Cancelled => {
+                    self.fire(id);
+                    return Ok(CancelOutcome::Cancelled(self.settle_local(job).await));
+                }
+                status => status,
+            };
+            match self
+                .transition(id, StatusChange::new(from, QueryStatus::Cancelled, now))
+                .await?
+            {
+                CasOutcome::Conflict(current) => job = current,
+                CasOutcome::Applied(cancelled) if from == QueryStatus::Queued => {
+                    // Nobody runs a job that never left the queue: finish the
+                    // cancellation here.
+                    let done =
+                        StatusChange::new(QueryStatus::Cancelled, QueryStatus::CancelComplete, now)
+                            .with_result(QueryResult::message(now, "cancelled before it started"));
+                    let record = match self.transition(id, done).await? {
+                        CasOutcome::Applied(record) => record,
+                        CasOutcome::Conflict(_) => cancelled,
+                    };
+                    return Ok(CancelOutcome::Cancelled(record));
+                }
+                CasOutcome::Applied(cancelled) => {
+                    self.fire(id);
+                    return Ok(CancelOutcome::Cancelled(self.settle_local(cancelled).await));
+                }
+            }
+        }
+    }
+
+    /// Fires the cancellation token of a local job, if any.
+    fn fire(&self, id: Uuid) {
+        if let Some(entry) = self.lock_local().jobs.get(&id) {
+            entry.cancel.cancel();
+        }
+    }
+
+    /// Waits (up to the cancel grace) for a local job to stop; a job running
+    /// elsewhere is returned as it is.
+    async fn settle_local(&self, job: AsyncQuery) -> AsyncQuery {
+        let rx = self
+            .lock_local()
+            .jobs
+            .get(&job.id)
+            .map(|j| j.state.subscribe());
+        let Some(mut rx) = rx else {
+            return job;
+        };
+        let _ = tokio::time::timeout(
+            self.config.cancel_grace,
+            rx.wait_for(|j| j.status.is_terminal()),
+        )
+        .await;
+        let latest = Arc::clone(&rx.borrow());
+        AsyncQuery::clone(&latest)
+    }
+
+    /// Runs `job` on its own task, holding `permit` until it has settled.
+    fn spawn_job(
+        self: &Arc<Self>,
+        job: Arc<AsyncQuery>,
+        cancel: CancellationToken,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let inner = Arc::clone(self);
+        tokio::spawn(async move {
+            let outcome = inner.execute(&job, cancel).await;
+            inner.settle(&job, outcome).await;
+            drop(permit);
+            inner.wake_dispatcher.notify_one();
+        });
+    }
+
+    /// Claims queued jobs while worker slots are free, until told to stop.
+    async fn dispatcher(self: Arc<Self>) {
+        loop {
+            self.fill_slots().await;
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = self.wake_dispatcher.notified() => {}
+                () = tokio::time::sleep(self.config.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn fill_slots(self: &Arc<Self>) {
+        while !self.shutdown.is_cancelled() {
+            let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                return;
+            };
+            let now = self.clock.now();
+            let claimed = match self.dao.claim(&self.lease(now), 1, now).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    tracing::warn!(error = %e, "claiming queued jobs failed; retrying at the next poll");
+                    return;
+                }
+            };
+            let Some(job) = claimed.into_iter().next() else {
+                return;
+            };
+            if let Some(cancel) = self.observe(Some(QueryStatus::Queued), &job, true) {
+                self.spawn_job(Arc::new(job), cancel, permit);
+            }
+        }
+    }
+
+    /// Renews the leases of running jobs and stops those cancelled elsewhere.
+    async fn heartbeat(self: Arc<Self>) {
+        let period = self.config.lease / 3;
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                () = tokio::time::sleep(period) => {}
+            }
+            let running: Vec<Uuid> = self
+                .lock_local()
+                .jobs
+                .iter()
+                .filter(|(_, job)| !job.queued)
+                .map(|(id, _)| *id)
+                .collect();
+            if running.is_empty() {
+                continue;
+            }
+            let expires_at = self.clock.now() + to_delta(self.config.lease);
+            match self
+                .dao
+                .renew_leases(self.config.instance_id, &running, expires_at)
+                .await
+            {
+                Ok(statuses) => {
+                    for (id, status) in statuses {
+                        if status == QueryStatus::Cancelled {
+                            self.fire(id);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "renewing job leases failed"),
+            }
+        }
+    }
+}

@@ -1,0 +1,420 @@
+//! [`AsyncQueryService`], its builder, requests and events.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::broadcast;
+use tokio_util::sync::DropGuard;
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::dao::{AsyncApiDao, MemoryDao};
+use crate::executor::QueryExecutor;
+use crate::model::{AsyncQuery, ExportFormat, JobKind, Principal, QueryStatus, ResultBody};
+use crate::runtime::Inner;
+use crate::storage::{MemoryStorage, ResultStorageEngine, ResultStream};
+use crate::{Error, Result};
+
+/// What to run: the body of a submission.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SubmitRequest {
+    /// A client-chosen id (Elide allows it); `None` for a random one.
+    pub id: Option<Uuid>,
+    /// Query or table export.
+    pub kind: JobKind,
+    /// The query text, passed to the executor as is.
+    pub query: String,
+    /// The query language, opaque to the library.
+    pub query_type: String,
+    /// How long `submit` waits for the result before returning the job
+    /// unfinished; `None` uses
+    /// [`Config::default_async_after`]. Capped by
+    /// [`Config::max_async_after`].
+    pub async_after: Option<Duration>,
+    /// A run-time limit below [`Config::max_run_time`]; a higher value is
+    /// capped to it.
+    pub max_run_time: Option<Duration>,
+}
+
+impl SubmitRequest {
+    /// A [`JobKind::Query`] whose result is embedded in the record.
+    pub fn query(query: impl Into<String>) -> Self {
+        SubmitRequest {
+            id: None,
+            kind: JobKind::Query,
+            query: query.into(),
+            query_type: String::new(),
+            async_after: None,
+            max_run_time: None,
+        }
+    }
+
+    /// A [`JobKind::TableExport`] in `format`.
+    pub fn export(query: impl Into<String>, format: ExportFormat) -> Self {
+        SubmitRequest {
+            kind: JobKind::TableExport { format },
+            ..SubmitRequest::query(query)
+        }
+    }
+
+    /// Uses a client-chosen id.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Sets the query language label.
+    pub fn with_query_type(mut self, query_type: impl Into<String>) -> Self {
+        self.query_type = query_type.into();
+        self
+    }
+
+    /// Sets how long `submit` waits before detaching.
+    pub fn with_async_after(mut self, async_after: Duration) -> Self {
+        self.async_after = Some(async_after);
+        self
+    }
+
+    /// Sets a run-time limit for this job (never above the configured one).
+    pub fn with_max_run_time(mut self, max_run_time: Duration) -> Self {
+        self.max_run_time = Some(max_run_time);
+        self
+    }
+}
+
+/// The answer to [`AsyncQueryService::cancel`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The cancellation was recorded; the record as it is now
+    /// (`CANCEL_COMPLETE` once the job has stopped, `CANCELLED` while an
+    /// instance elsewhere is still stopping it).
+    Cancelled(AsyncQuery),
+    /// The job had already finished; nothing changed.
+    AlreadyFinished(AsyncQuery),
+}
+
+impl CancelOutcome {
+    /// The record, whichever the outcome.
+    pub fn into_record(self) -> AsyncQuery {
+        match self {
+            CancelOutcome::Cancelled(job) | CancelOutcome::AlreadyFinished(job) => job,
+        }
+    }
+}
+
+/// A status change, as seen by [`Subscription`]s.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobEvent {
+    /// The job.
+    pub id: Uuid,
+    /// The name of the principal that submitted it.
+    pub owner: String,
+    /// The previous status; `None` when the job was just created.
+    pub from: Option<QueryStatus>,
+    /// The new status.
+    pub to: QueryStatus,
+    /// When the change happened.
+    pub at: DateTime<Utc>,
+}
+
+/// A stream of status changes of the jobs a principal may see, from
+/// [`AsyncQueryService::subscribe`].
+#[derive(Debug)]
+pub struct Subscription {
+    pub(crate) rx: broadcast::Receiver<JobEvent>,
+    pub(crate) principal: Principal,
+    pub(crate) admin_role: String,
+}
+
+impl Subscription {
+    /// The next visible event.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::EventsLagged`] if this subscriber fell more than
+    /// [`Config::event_capacity`] events behind (the next call continues with
+    /// the oldest kept event); [`Error::ShuttingDown`] once the service is
+    /// gone.
+    pub async fn recv(&mut self) -> Result<JobEvent> {
+        loop {
+            match self.rx.recv().await {
+                Ok(event) => {
+                    if event.owner == self.principal.name
+                        || self.principal.has_role(&self.admin_role)
+                    {
+                        return Ok(event);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    return Err(Error::EventsLagged { missed });
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(Error::ShuttingDown),
+            }
+        }
+    }
+}
+
+/// A stored export opened for reading, from
+/// [`AsyncQueryService::download`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Download {
+    /// The export's format.
+    pub format: ExportFormat,
+    /// Its media type.
+    pub content_type: &'static str,
+    /// A file name to offer (`<id>.<ext>`).
+    pub file_name: String,
+    /// Records in the whole export.
+    pub record_count: Option<u64>,
+    /// The bytes.
+    pub stream: ResultStream,
+}
+
+/// Runs queries asynchronously: the library's one entry point.
+///
+/// Cheap to clone; all clones share one instance. Background tasks stop when
+/// the last clone is dropped (like a crash: running jobs are abandoned and
+/// left for lease expiry).
+///
+/// ```
+/// # use async_query::*;
+/// # struct Exec;
+/// # #[async_trait::async_trait]
+/// # impl QueryExecutor for Exec {
+/// #     async fn execute(&self, _: &AsyncQuery, _: ExecutionContext) -> Result<QueryOutput, BoxError> {
+/// #         Ok(QueryOutput::body("[]", 0))
+/// #     }
+/// # }
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> async_query::Result<()> {
+/// let service = AsyncQueryService::builder()
+///     .executor(std::sync::Arc::new(Exec))
+///     .build()?;
+/// let alice = Principal::new("alice");
+/// let job = service.submit(&alice, SubmitRequest::query("select 1")).await?;
+/// assert_eq!(job.status, QueryStatus::Complete);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AsyncQueryService {
+    inner: Arc<Inner>,
+    _stop_on_drop: Arc<DropGuard>,
+}
+
+impl std::fmt::Debug for AsyncQueryService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AsyncQueryService")
+            .field("instance_id", &self.inner.config.instance_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds an [`AsyncQueryService`]; only the executor is required.
+#[must_use]
+pub struct AsyncQueryServiceBuilder {
+    config: Config,
+    dao: Option<Arc<dyn AsyncApiDao>>,
+    storage: Option<Arc<dyn ResultStorageEngine>>,
+    executor: Option<Arc<dyn QueryExecutor>>,
+}
+
+impl AsyncQueryServiceBuilder {
+    /// Settings (default: [`Config::default`]).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Where job records live (default: a new [`MemoryDao`]).
+    pub fn dao(mut self, dao: Arc<dyn AsyncApiDao>) -> Self {
+        self.dao = Some(dao);
+        self
+    }
+
+    /// Where export results live (default: a new [`MemoryStorage`]).
+    pub fn storage(mut self, storage: Arc<dyn ResultStorageEngine>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// The host's query executor (required).
+    pub fn executor(mut self, executor: Arc<dyn QueryExecutor>) -> Self {
+        self.executor = Some(executor);
+        self
+    }
+
+    /// Starts the service's background tasks on the current Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if no executor was given, a setting is out of range,
+    /// or there is no Tokio runtime.
+    pub fn build(self) -> Result<AsyncQueryService> {
+        self.config.validate()?;
+        let executor = self.executor.ok_or_else(|| Error::Config {
+            reason: "no executor: call .executor(Arc::new(YourExecutor)) before build()".into(),
+        })?;
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Config {
+            reason: "build() must be called inside a Tokio runtime".into(),
+        })?;
+        let inner = Inner::new(
+            self.config,
+            self.dao.unwrap_or_else(|| Arc::new(MemoryDao::new())),
+            self.storage
+                .unwrap_or_else(|| Arc::new(MemoryStorage::new())),
+            executor,
+        );
+        let guard = inner.shutdown_token().clone().drop_guard();
+        Inner::start(&inner, &runtime);
+        Ok(AsyncQueryService {
+            inner,
+            _stop_on_drop: Arc::new(guard),
+        })
+    }
+}
+
+impl AsyncQueryService {
+    /// A builder with the default configuration and in-memory back-ends.
+    pub fn builder() -> AsyncQueryServiceBuilder {
+        AsyncQueryServiceBuilder {
+            config: Config::default(),
+            dao: None,
+            storage: None,
+            executor: None,
+        }
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Submits a job for `principal` and waits up to its async-after for the
+    /// result.
+    ///
+    /// The job starts at once if a worker slot is free and no older job waits;
+    /// otherwise it waits `QUEUED` in submission order. The returned record is
+    /// final (`COMPLETE`, `FAILURE`, …) if the job finished within
+    /// `min(request.async_after, config.max_async_after)`, otherwise it is the
+    /// job as it is now, and the job runs on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] (empty query or rejected by the executor's
+    /// validation), [`Error::DuplicateId`], [`Error::QueueFull`],
+    /// [`Error::ShuttingDown`], or [`Error::Dao`] if the record cannot be
+    /// stored. In every error case nothing was stored and nothing runs.
+    pub async fn submit(
+        &self,
+        principal: &Principal,
+        request: SubmitRequest,
+    ) -> Result<AsyncQuery> {
+        self.inner.submit(principal, request).await
+    }
+
+    /// Reads a job.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] if it does not exist or `principal` may not see it;
+    /// [`Error::Dao`] if the store fails.
+    pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<AsyncQuery> {
+        self.inner.get(principal, id).await
+    }
+
+    /// Waits up to `timeout` for a job to reach a terminal status and returns
+    /// it as it is then (terminal or not).
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get).
+    pub async fn wait(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        timeout: Duration,
+    ) -> Result<AsyncQuery> {
+        self.inner.wait(principal, id, timeout).await
+    }
+
+    /// Cancels a job. A queued job never starts; a running job on this
+    /// instance is stopped through its cancellation token at once and ends
+    /// `CANCEL_COMPLETE`; a finished job is left alone and reported as
+    /// [`CancelOutcome::AlreadyFinished`].
+    ///
+    /// # Errors
+    ///
+    /// As for [`get`](Self::get).
+    pub async fn cancel(&self, principal: &Principal, id: Uuid) -> Result<CancelOutcome> {
+        self.inner.cancel(principal, id).await
+    }
+
+    /// Opens a completed export's stored file, or the byte `range` of it (the
+    /// end is clamped to the file's length).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] as for [`get`](Self::get); [`Error::NoResult`] if
+    /// the job is not a completed export; [`Error::RangeNotSatisfiable`];
+    /// [`Error::Storage`].
+    pub async fn download(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        range: Option<Range<u64>>,
+    ) -> Result<Download> {
+        let job = self.inner.get(principal, id).await?;
+        let JobKind::TableExport { format } = job.kind else {
+            return Err(Error::NoResult {
+                id,
+                reason: "it is a query; its result is inline in the record".into(),
+            });
+        };
+        let result = job
+            .result
+            .as_ref()
+            .filter(|_| job.status == QueryStatus::Complete);
+        let Some(result) = result else {
+            return Err(Error::NoResult {
+                id,
+                reason: format!("its status is {}", job.status),
+            });
+        };
+        let ResultBody::Stored(name) = &result.body else {
+            return Err(Error::NoResult {
+                id,
+                reason: "the record has no stored location".into(),
+            });
+        };
+        let stream =
+            self.inner
+                .storage
+                .open(name, range)
+                .await?
+                .ok_or_else(|| Error::NoResult {
+                    id,
+                    reason: format!("stored result {name:?} is missing"),
+                })?;
+        Ok(Download {
+            format,
+            content_type: crate::format::content_type(format),
+            file_name: name.clone(),
+            record_count: result.record_count,
+            stream,
+        })
+    }
+
+    /// Status changes of the jobs `principal` may see, from now on.
+    pub fn subscribe(&self, principal: &Principal) -> Subscription {
+        Subscription {
+            rx: self.inner.events.subscribe(),
+            principal: principal.clone(),
+            admin_role: self.inner.config.admin_role.clone(),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! [`ScriptedExecutor`]: an executor whose query text says what to do.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::BoxError;
+use crate::executor::{ExecutionContext, QueryExecutor, QueryOutput};
+use crate::model::{AsyncQuery, JobKind};
+
+/// An executor driven by its query text, for lifecycle tests:
+///
+/// | query | what it does |
+/// |---|---|
+/// | `sleep <ms>` | sleeps on Tokio's clock, then returns `{"slept_ms":<ms>}` |
+/// | `fail <message>` | returns an error with `message` |
+/// | `panic <message>` | panics with `message` |
+/// | `block` | never finishes by itself (until cancelled or timed out) |
+/// | `rows <n>` | an export of `n` rows (`id`, `name`, `note`); a body of `n` for a query |
+/// | `rows <n> fail <k>` | an export whose stream fails at row `k` |
+/// | anything else | returns the query text as the body |
+///
+/// It records the order in which queries started.
+#[derive(Debug, Default)]
+pub struct ScriptedExecutor {
+    started: Mutex<Vec<String>>,
+    running: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+impl ScriptedExecutor {
+    /// A new executor.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Query texts in the order their execution started.
+    pub fn started(&self) -> Vec<String> {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The most queries that ran at the same time.
+    pub fn max_running(&self) -> usize {
+        self.max_running.load(Ordering::SeqCst)
+    }
+}
+
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn parse<T: std::str::FromStr>(text: &str) -> Result<T, BoxError> {
+    text.trim()
+        .parse()
+        .map_err(|_| format!("expected a number, got {text:?}").into())
+}
+
+#[async_trait]
+impl QueryExecutor for ScriptedExecutor {
+    async fn execute(
+        &self,
+        job: &AsyncQuery,
+        _ctx: ExecutionContext,
+    ) -> Result<QueryOutput, BoxError> {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(job.query.clone());
+        let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        let _running = Running(&self.running);
+        let (verb, arg) = job.query.split_once(' ').unwrap_or((&job.query, ""));
+        match verb {
+            "sleep" => {
+                let ms: u64 = parse(arg)?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(QueryOutput::body(format!("{{\"slept_ms\":{ms}}}"), 1))
+            }
+            "fail" => Err(arg.to_owned().into()),
+            "panic" => panic!("{arg}"),
+            "block" => {
+                futures::future::pending::<()>().await;
+                unreachable!("pending() never completes")
+            }
+            "rows" => {
+                let (n, fail_at) = match arg.split_once(" fail ") {
+                    Some((n, k)) => (parse::<u64>(n)?, Some(parse::<u64>(k)?)),
+                    None => (parse::<u64>(arg)?, None),
+                };
+                if job.kind == JobKind::Query {
+                    return Ok(QueryOutput::body(n.to_string(), n));
+                }
+                let rows = futures::stream::iter(0..n).map(move |i| {
+                    if Some(i) == fail_at {
+                        return Err(BoxError::from(format!("row source failed at row {i}")));
+                    }
+                    Ok(vec![
+                        serde_json::json!(i),
+                        serde_json::json!(format!("name {i}")),
+                        if i % 2 == 0 {
+                            serde_json::Value::Null
+                        } else {
+                            serde_json::json!("a,\"b\"\nc")
+                        },
+                    ])
+                });
+                Ok(QueryOutput::records(
+                    vec!["id".into(), "name".into(), "note".into()],
+                    rows,
+                ))
+            }
+            _ => Ok(QueryOutput::body(job.query.clone(), 1)),
+        }
+    }
+}
+
+use futures::StreamExt as _;

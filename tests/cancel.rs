@@ -1,0 +1,229 @@
+//! Cancellation: running, queued, finished, and races with completion.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_query::{CancelOutcome, QueryStatus, SubmitRequest};
+use common::*;
+
+fn detached(query: &str) -> SubmitRequest {
+    SubmitRequest::query(query).with_async_after(Duration::ZERO)
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_running_stops_it_at_once() {
+    let h = harness(config());
+    let job = h.service.submit(&alice(), detached("block")).await.unwrap();
+    assert_eq!(job.status, QueryStatus::Processing);
+    tokio::time::sleep(SECOND).await;
+    let start = tokio::time::Instant::now();
+    let outcome = h.service.cancel(&alice(), job.id).await.unwrap();
+    let CancelOutcome::Cancelled(record) = outcome else {
+        panic!("expected Cancelled, got {outcome:?}");
+    };
+    assert_eq!(record.status, QueryStatus::CancelComplete);
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "the token stops the job without waiting"
+    );
+    assert_eq!(
+        record.result.unwrap().message.as_deref(),
+        Some("cancelled on request")
+    );
+    assert_eq!(
+        h.service.get(&alice(), job.id).await.unwrap().status,
+        QueryStatus::CancelComplete
+    );
+    // The slot is free again.
+    let next = h
+        .service
+        .submit(&alice(), SubmitRequest::query("ok"))
+        .await
+        .unwrap();
+    assert_eq!(next.status, QueryStatus::Complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_queued_never_starts_it() {
+    let h = harness(async_query::Config {
+        pool_size: 1,
+        ..config()
+    });
+    let running = h
+        .service
+        .submit(&alice(), detached("sleep 1000"))
+        .await
+        .unwrap();
+    let queued = h
+        .service
+        .submit(&alice(), detached("never run me"))
+        .await
+        .unwrap();
+    assert_eq!(queued.status, QueryStatus::Queued);
+    let record = h
+        .service
+        .cancel(&alice(), queued.id)
+        .await
+        .unwrap()
+        .into_record();
+    assert_eq!(record.status, QueryStatus::CancelComplete);
+    assert_eq!(
+        record.result.unwrap().message.as_deref(),
+        Some("cancelled before it started")
+    );
+    h.service
+        .wait(&alice(), running.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(h.executor.started(), vec!["sleep 1000".to_string()]);
+    // Its queue place was given back: the queue bound counts only waiting jobs.
+    let again = h
+        .service
+        .submit(&alice(), SubmitRequest::query("ok"))
+        .await
+        .unwrap();
+    assert_eq!(again.status, QueryStatus::Complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancel_after_completion_is_a_no_op_that_says_so() {
+    let h = harness(config());
+    let job = h
+        .service
+        .submit(&alice(), SubmitRequest::query("done"))
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Complete);
+    match h.service.cancel(&alice(), job.id).await.unwrap() {
+        CancelOutcome::AlreadyFinished(record) => assert_eq!(record, job),
+        other => panic!("expected AlreadyFinished, got {other:?}"),
+    }
+    assert_eq!(
+        h.service.get(&alice(), job.id).await.unwrap(),
+        job,
+        "nothing changed"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancelling_twice_is_harmless() {
+    let h = harness(config());
+    let job = h.service.submit(&alice(), detached("block")).await.unwrap();
+    let first = h.service.cancel(&alice(), job.id).await.unwrap();
+    assert!(matches!(first, CancelOutcome::Cancelled(_)));
+    let second = h.service.cancel(&alice(), job.id).await.unwrap();
+    assert!(
+        matches!(second, CancelOutcome::AlreadyFinished(ref r) if r.status == QueryStatus::CancelComplete)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_waiting_on_a_cancelled_job_returns_it_cancelled() {
+    let h = harness(config());
+    let id = uuid::Uuid::new_v4();
+    let service = h.service.clone();
+    let submitter = tokio::spawn(async move {
+        service
+            .submit(
+                &alice(),
+                SubmitRequest::query("block")
+                    .with_id(id)
+                    .with_async_after(Duration::from_secs(10)),
+            )
+            .await
+    });
+    tokio::time::sleep(SECOND).await;
+    h.service.cancel(&alice(), id).await.unwrap();
+    let record = submitter.await.unwrap().unwrap();
+    assert_eq!(record.status, QueryStatus::CancelComplete);
+}
+
+/// Many jobs finishing at the same instant as their cancellation: every job
+/// ends in exactly one terminal state and every observed change is legal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_cancel_vs_completion_never_produces_an_illegal_transition() {
+    let h = harness(async_query::Config {
+        pool_size: 8,
+        max_queued: 10_000,
+        event_capacity: 10_000,
+        ..config()
+    });
+    let mut events = h.service.subscribe(&admin());
+    let mut ids = Vec::new();
+    for i in 0..400 {
+        // sleep 0..=2 ms: completion lands right around the cancel
+        let job = h
+            .service
+            .submit(&alice(), detached(&format!("sleep {}", i % 3)))
+            .await
+            .unwrap();
+        ids.push(job.id);
+    }
+    let cancels = ids.iter().map(|id| {
+        let service = h.service.clone();
+        let id = *id;
+        tokio::spawn(async move { service.cancel(&alice(), id).await })
+    });
+    for cancel in futures::future::join_all(cancels).await {
+        cancel.unwrap().unwrap();
+    }
+    let mut finals = HashMap::new();
+    for id in &ids {
+        let record = h
+            .service
+            .wait(&alice(), *id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            matches!(
+                record.status,
+                QueryStatus::Complete | QueryStatus::CancelComplete
+            ),
+            "{id} ended {}",
+            record.status
+        );
+        finals.insert(*id, record.status);
+    }
+    // Replay the event history per job: legal steps, one terminal state.
+    let mut current: HashMap<uuid::Uuid, QueryStatus> = HashMap::new();
+    let mut terminal_events = 0;
+    while terminal_events < ids.len() {
+        let event = tokio::time::timeout(Duration::from_secs(10), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        match event.from {
+            None => assert!(
+                current.insert(event.id, event.to).is_none(),
+                "created twice"
+            ),
+            Some(from) => {
+                let was = current
+                    .insert(event.id, event.to)
+                    .expect("change before creation");
+                assert_eq!(was, from, "event history out of order for {}", event.id);
+                assert!(
+                    from.can_transition_to(event.to),
+                    "illegal {from} -> {}",
+                    event.to
+                );
+            }
+        }
+        if event.to.is_terminal() {
+            terminal_events += 1;
+            assert_eq!(finals[&event.id], event.to);
+        }
+    }
+    let cancelled = finals
+        .values()
+        .filter(|s| **s == QueryStatus::CancelComplete)
+        .count();
+    println!(
+        "{cancelled} of {} jobs cancelled, the rest completed first",
+        ids.len()
+    );
+}

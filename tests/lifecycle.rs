@@ -1,0 +1,447 @@
+//! Submission paths: inline completion, detaching, async-after, queueing.
+
+mod common;
+
+use std::time::Duration;
+
+use async_query::{Error, QueryStatus, ResultBody, SubmitRequest};
+use common::*;
+
+#[tokio::test(start_paused = true)]
+async fn fast_job_returns_complete_inline() {
+    let h = harness(config());
+    let job = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("hello").with_query_type("SQL"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Complete);
+    let result = job.result.as_ref().unwrap();
+    assert_eq!(result.body, ResultBody::Inline("hello".into()));
+    assert_eq!(result.record_count, Some(1));
+    assert_eq!(result.content_length, Some(5));
+    assert_eq!(job.query_type, "SQL");
+    assert_eq!(job.principal.name, "alice");
+    assert_eq!(job.lease, None, "terminal jobs hold no lease");
+    // The stored record is the same.
+    assert_eq!(h.service.get(&alice(), job.id).await.unwrap(), job);
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_job_returns_processing_then_completes() {
+    let h = harness(config());
+    let start = tokio::time::Instant::now();
+    let request = SubmitRequest::query("sleep 5000").with_async_after(SECOND);
+    let job = h.service.submit(&alice(), request).await.unwrap();
+    assert_eq!(job.status, QueryStatus::Processing);
+    assert!(job.result.is_none());
+    assert_eq!(start.elapsed(), SECOND, "submit waits exactly async-after");
+    assert_eq!(job.async_after, SECOND);
+
+    let polled = h.service.get(&alice(), job.id).await.unwrap();
+    assert_eq!(polled.status, QueryStatus::Processing);
+    assert!(polled.lease.is_some(), "running jobs hold a lease");
+
+    let done = h
+        .service
+        .wait(&alice(), job.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.status, QueryStatus::Complete);
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+    assert_eq!(
+        done.result.unwrap().inline_body(),
+        Some("{\"slept_ms\":5000}")
+    );
+    assert!(
+        done.updated_on > job.created_on,
+        "timestamps follow Tokio's clock"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn wait_times_out_with_the_unfinished_job() {
+    let h = harness(config());
+    let job = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("sleep 10000").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let still = h
+        .service
+        .wait(&alice(), job.id, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(still.status, QueryStatus::Processing);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn async_after_zero_returns_at_once() {
+    let h = harness(config());
+    let start = tokio::time::Instant::now();
+    let job = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("sleep 10").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(job.status, QueryStatus::Processing);
+    let done = h.service.wait(&alice(), job.id, SECOND).await.unwrap();
+    assert_eq!(done.status, QueryStatus::Complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn async_after_above_the_cap_is_capped() {
+    let h = harness(async_query::Config {
+        max_async_after: Duration::from_secs(3),
+        ..config()
+    });
+    let start = tokio::time::Instant::now();
+    let request = SubmitRequest::query("sleep 60000").with_async_after(Duration::from_secs(3600));
+    let job = h.service.submit(&alice(), request).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    assert_eq!(job.status, QueryStatus::Processing);
+    assert_eq!(
+        job.async_after,
+        Duration::from_secs(3),
+        "the record keeps the capped value"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn default_async_after_applies_when_the_request_is_silent() {
+    let h = harness(async_query::Config {
+        default_async_after: Duration::from_secs(2),
+        ..config()
+    });
+    let start = tokio::time::Instant::now();
+    let job = h
+        .service
+        .submit(&alice(), SubmitRequest::query("sleep 9000"))
+        .await
+        .unwrap();
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+    assert_eq!(job.status, QueryStatus::Processing);
+}
+
+#[tokio::test(start_paused = true)]
+async fn pool_saturation_queues_in_order() {
+    let h = harness(config()); // pool of 2
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let request =
+            SubmitRequest::query(format!("sleep {}", 1000 + i)).with_async_after(Duration::ZERO);
+        let job = h.service.submit(&alice(), request).await.unwrap();
+        let expected = if i < 2 {
+            QueryStatus::Processing
+        } else {
+            QueryStatus::Queued
+        };
+        assert_eq!(job.status, expected, "job {i}");
+        ids.push(job.id);
+    }
+    for id in &ids {
+        let done = h
+            .service
+            .wait(&alice(), *id, Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(done.status, QueryStatus::Complete);
+    }
+    let started = h.executor.started();
+    let expected: Vec<String> = (0..6).map(|i| format!("sleep {}", 1000 + i)).collect();
+    assert_eq!(started, expected, "queued jobs start in submission order");
+    assert_eq!(
+        h.executor.max_running(),
+        2,
+        "never more than the pool size at once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queue_bound_gives_a_typed_error_and_stores_nothing() {
+    let h = harness(async_query::Config {
+        pool_size: 1,
+        max_queued: 2,
+        ..config()
+    });
+    let zero = |q: &str| SubmitRequest::query(q).with_async_after(Duration::ZERO);
+    h.service.submit(&alice(), zero("block")).await.unwrap();
+    h.service.submit(&alice(), zero("block")).await.unwrap();
+    h.service.submit(&alice(), zero("block")).await.unwrap();
+    let id = uuid::Uuid::new_v4();
+    match h.service.submit(&alice(), zero("block").with_id(id)).await {
+        Err(Error::QueueFull { limit }) => assert_eq!(limit, 2),
+        other => panic!("expected QueueFull, got {other:?}"),
+    }
+    assert!(
+        matches!(
+            h.service.get(&alice(), id).await,
+            Err(Error::NotFound { .. })
+        ),
+        "a refused job is not stored"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn failure_ends_failure_with_the_message() {
+    let h = harness(config());
+    let job = h
+        .service
+        .submit(&alice(), SubmitRequest::query("fail table missing"))
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Failure);
+    let result = job.result.unwrap();
+    assert_eq!(result.message.as_deref(), Some("table missing"));
+    assert_eq!(result.body, ResultBody::None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn panic_ends_failure_and_the_service_keeps_working() {
+    let h = harness(async_query::Config {
+        pool_size: 1,
+        ..config()
+    });
+    let job = h
+        .service
+        .submit(&alice(), SubmitRequest::query("panic boom"))
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Failure);
+    assert_eq!(
+        job.result.unwrap().message.as_deref(),
+        Some("the executor panicked: boom")
+    );
+    // The only slot was released.
+    let next = h
+        .service
+        .submit(&alice(), SubmitRequest::query("ok"))
+        .await
+        .unwrap();
+    assert_eq!(next.status, QueryStatus::Complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_inline_result_is_a_failure_not_a_truncation() {
+    let h = harness(async_query::Config {
+        max_inline_result_bytes: 4,
+        ..config()
+    });
+    let job = h
+        .service
+        .submit(&alice(), SubmitRequest::query("too long"))
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Failure);
+    assert!(
+        job.result
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("inline limit of 4 bytes")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_run_time_times_out_and_requests_may_only_lower_it() {
+    let h = harness(async_query::Config {
+        max_run_time: Duration::from_secs(10),
+        ..config()
+    });
+    let start = tokio::time::Instant::now();
+    let job = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("block").with_max_run_time(Duration::from_secs(3600)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        job.max_run_time,
+        Duration::from_secs(10),
+        "capped to the configured limit"
+    );
+    assert_eq!(job.status, QueryStatus::Processing);
+    let done = h
+        .service
+        .wait(&alice(), job.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.status, QueryStatus::TimedOut);
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert!(
+        done.result
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("maximum run time of 10s")
+    );
+
+    let lower = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("block").with_max_run_time(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        lower.status,
+        QueryStatus::TimedOut,
+        "a 2 s limit ends within the 10 s async-after"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn client_supplied_ids_are_used_once() {
+    let h = harness(config());
+    let id = uuid::Uuid::new_v4();
+    let job = h
+        .service
+        .submit(&alice(), SubmitRequest::query("a").with_id(id))
+        .await
+        .unwrap();
+    assert_eq!(job.id, id);
+    match h
+        .service
+        .submit(&bob(), SubmitRequest::query("b").with_id(id))
+        .await
+    {
+        Err(Error::DuplicateId { id: dup }) => assert_eq!(dup, id),
+        other => panic!("expected DuplicateId, got {other:?}"),
+    }
+    // The original is untouched.
+    assert_eq!(h.service.get(&alice(), id).await.unwrap().query, "a");
+    // Also while the first is still running (known to this instance only).
+    let running = uuid::Uuid::new_v4();
+    h.service
+        .submit(
+            &alice(),
+            SubmitRequest::query("block")
+                .with_id(running)
+                .with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        h.service
+            .submit(&alice(), SubmitRequest::query("x").with_id(running))
+            .await,
+        Err(Error::DuplicateId { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn malformed_requests_are_rejected_before_anything_is_stored() {
+    let h = harness(config());
+    assert!(matches!(
+        h.service
+            .submit(&alice(), SubmitRequest::query("   "))
+            .await,
+        Err(Error::InvalidRequest { .. })
+    ));
+    assert!(matches!(
+        h.service
+            .submit(
+                &alice(),
+                SubmitRequest::query("x").with_max_run_time(Duration::ZERO)
+            )
+            .await,
+        Err(Error::InvalidRequest { .. })
+    ));
+    assert!(h.executor.started().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_id_is_not_found() {
+    let h = harness(config());
+    let id = uuid::Uuid::new_v4();
+    assert!(matches!(h.service.get(&alice(), id).await, Err(Error::NotFound { id: i }) if i == id));
+    assert!(matches!(
+        h.service.wait(&alice(), id, SECOND).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(matches!(
+        h.service.cancel(&alice(), id).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscribers_see_every_status_change_of_their_jobs() {
+    let h = harness(async_query::Config {
+        pool_size: 1,
+        ..config()
+    });
+    let mut events = h.service.subscribe(&alice());
+    let zero = |q: &str| SubmitRequest::query(q).with_async_after(Duration::ZERO);
+    let first = h.service.submit(&alice(), zero("sleep 100")).await.unwrap();
+    let theirs = h.service.submit(&bob(), zero("sleep 100")).await.unwrap();
+    let second = h.service.submit(&alice(), zero("sleep 100")).await.unwrap();
+    h.service
+        .wait(&alice(), second.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        let event = events.recv().await.unwrap();
+        assert_ne!(event.id, theirs.id, "bob's job is invisible to alice");
+        seen.push((event.id, event.from, event.to));
+    }
+    use QueryStatus::*;
+    assert_eq!(
+        seen,
+        vec![
+            (first.id, None, Processing),
+            (second.id, None, Queued),
+            (first.id, Some(Processing), Complete),
+            (second.id, Some(Queued), Processing),
+            (second.id, Some(Processing), Complete),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn building_without_an_executor_or_runtime_is_a_config_error() {
+    assert!(matches!(
+        async_query::AsyncQueryService::builder().build(),
+        Err(Error::Config { .. })
+    ));
+    let bad = async_query::Config {
+        pool_size: 0,
+        ..config()
+    };
+    assert!(matches!(
+        async_query::AsyncQueryService::builder()
+            .config(bad)
+            .executor(std::sync::Arc::new(
+                async_query::testing::ScriptedExecutor::new()
+            ))
+            .build(),
+        Err(Error::Config { .. })
+    ));
+    let outside = std::thread::spawn(|| {
+        async_query::AsyncQueryService::builder()
+            .executor(std::sync::Arc::new(
+                async_query::testing::ScriptedExecutor::new(),
+            ))
+            .build()
+            .map(|_| ())
+    })
+    .join()
+    .unwrap();
+    assert!(matches!(outside, Err(Error::Config { .. })));
+}
