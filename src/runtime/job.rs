@@ -6,8 +6,8 @@ use std::panic::AssertUnwindSafe;
 use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
-use super::Inner;
-use crate::dao::{CasOutcome, StatusChange};
+use super::{Cas, Inner};
+use crate::dao::StatusChange;
 use crate::executor::{ExecutionContext, QueryOutput, RecordStream};
 use crate::format::Encoder;
 use crate::model::{AsyncQuery, ExportFormat, JobKind, QueryResult, QueryStatus, ResultBody};
@@ -113,6 +113,9 @@ impl Inner {
         let mut encoder = Encoder::new(format, columns, self.config.csv_header);
         let written: Result<(), String> = async {
             while let Some(row) = rows.next().await {
+                // An always-ready row source must still let cancellation and
+                // time-outs in.
+                tokio::task::consume_budget().await;
                 let row = row.map_err(|e| e.to_string())?;
                 if let Some(chunk) = encoder.push(&row).map_err(|e| e.to_string())? {
                     writer
@@ -156,11 +159,12 @@ impl Inner {
 
     /// Writes the outcome with compare-and-set. A job cancelled meanwhile ends
     /// `CANCEL_COMPLETE` (its output discarded); a job someone else settled
-    /// (the cleaner) is left as they decided.
-    pub(super) async fn settle(&self, job: &AsyncQuery, outcome: Outcome) {
+    /// (the cleaner) is left as they decided. Returns false when the service
+    /// is gone and the worker should stop.
+    pub(super) async fn settle(&self, job: &AsyncQuery, outcome: Outcome) -> bool {
         let now = self.clock.now();
         let (mut from, mut to, mut result) = match outcome {
-            Outcome::Abandoned => return,
+            Outcome::Abandoned => return false,
             Outcome::Complete(result) => (QueryStatus::Processing, QueryStatus::Complete, result),
             Outcome::Failure(message) => (
                 QueryStatus::Processing,
@@ -184,12 +188,17 @@ impl Inner {
                 QueryResult::message(now, "cancelled on request"),
             ),
         };
+        // A stored export must be deleted if its record will not point at it.
+        let mut stored = match &result.body {
+            ResultBody::Stored(name) => Some(name.clone()),
+            _ => None,
+        };
         loop {
-            let change = StatusChange::new(from, to, now).with_result(result.clone());
+            let change = StatusChange::new(from, to, now).with_result(result);
             match self.transition(job.id, change).await {
-                Ok(CasOutcome::Applied(_)) => return,
-                Ok(CasOutcome::Conflict(current)) => {
-                    self.discard_output(&result).await;
+                Ok(Cas::Applied(_)) => return true,
+                Ok(Cas::Conflict(current)) => {
+                    self.discard_output(stored.take()).await;
                     if current.status == QueryStatus::Cancelled && to != QueryStatus::CancelComplete
                     {
                         (from, to) = (QueryStatus::Cancelled, QueryStatus::CancelComplete);
@@ -197,11 +206,11 @@ impl Inner {
                         continue;
                     }
                     self.forget(job.id);
-                    return;
+                    return true;
                 }
                 Err(e) if to != QueryStatus::Failure && to != QueryStatus::CancelComplete => {
                     tracing::warn!(job = %job.id, error = %e, "saving the job's outcome failed; marking it FAILURE");
-                    self.discard_output(&result).await;
+                    self.discard_output(stored.take()).await;
                     to = QueryStatus::Failure;
                     result =
                         QueryResult::message(now, format!("the result could not be saved: {e}"));
@@ -209,16 +218,16 @@ impl Inner {
                 Err(e) => {
                     tracing::error!(job = %job.id, error = %e, "saving the job's outcome failed; its lease will expire");
                     self.forget(job.id);
-                    return;
+                    return true;
                 }
             }
         }
     }
 
-    /// Deletes a stored export that will not be referenced by its record.
-    async fn discard_output(&self, result: &QueryResult) {
-        if let ResultBody::Stored(name) = &result.body
-            && let Err(e) = self.storage.delete(name).await
+    /// Deletes a stored export that no record will point at.
+    async fn discard_output(&self, stored: Option<String>) {
+        if let Some(name) = stored
+            && let Err(e) = self.storage.delete(&name).await
         {
             tracing::warn!(object = %name, error = %e, "deleting an unreferenced export failed");
         }

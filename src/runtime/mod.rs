@@ -51,6 +51,13 @@ fn to_delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
 
+/// [`CasOutcome`] with the applied record shared with the local table.
+pub(crate) enum Cas {
+    Applied(Arc<AsyncQuery>),
+    /// Boxed: conflicts are rare and the record is large.
+    Conflict(Box<AsyncQuery>),
+}
+
 /// A job this instance submitted or runs.
 struct LocalJob {
     /// The latest record, for waiters.
@@ -144,17 +151,16 @@ impl Inner {
     fn observe(
         &self,
         from: Option<QueryStatus>,
-        job: &AsyncQuery,
+        job: Arc<AsyncQuery>,
         adopt: bool,
     ) -> Option<CancellationToken> {
-        self.emit(job, from);
-        let snapshot = Arc::new(job.clone());
+        self.emit(&job, from);
         let mut local = self.lock_local();
         let local = &mut *local;
         let entry = match local.jobs.get_mut(&job.id) {
             Some(entry) => entry,
             None if adopt => local.jobs.entry(job.id).or_insert(LocalJob {
-                state: watch::channel(Arc::clone(&snapshot)).0,
+                state: watch::channel(Arc::clone(&job)).0,
                 cancel: self.shutdown.child_token(),
                 queued: false,
             }),
@@ -164,10 +170,12 @@ impl Inner {
             entry.queued = false;
             local.queued -= 1;
         }
-        entry.state.send_replace(snapshot);
         let token = entry.cancel.clone();
-        if job.status.is_terminal() {
-            local.jobs.remove(&job.id);
+        let terminal = job.status.is_terminal();
+        let id = job.id;
+        entry.state.send_replace(job);
+        if terminal {
+            local.jobs.remove(&id);
         }
         Some(token)
     }
@@ -185,13 +193,16 @@ impl Inner {
 
     /// The one way status changes happen: a compare-and-set in the DAO,
     /// mirrored locally when applied.
-    pub(crate) async fn transition(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
+    pub(crate) async fn transition(&self, id: Uuid, change: StatusChange) -> Result<Cas> {
         let from = change.from;
-        let outcome = self.dao.update_status(id, change).await?;
-        if let CasOutcome::Applied(job) = &outcome {
-            self.observe(Some(from), job, false);
-        }
-        Ok(outcome)
+        Ok(match self.dao.update_status(id, change).await? {
+            CasOutcome::Applied(job) => {
+                let job = Arc::new(job);
+                self.observe(Some(from), Arc::clone(&job), false);
+                Cas::Applied(job)
+            }
+            CasOutcome::Conflict(current) => Cas::Conflict(Box::new(current)),
+        })
     }
 
     pub(crate) async fn submit(
@@ -276,8 +287,12 @@ impl Inner {
         }
         self.emit(&job, None);
         match permit {
-            Some(permit) => self.spawn_job(Arc::clone(&job), cancel, permit),
-            None => self.wake_dispatcher.notify_one(),
+            Some(permit) => self.spawn_worker(Arc::clone(&job), cancel, permit),
+            // With every slot busy, the next worker to finish claims the job
+            // (workers claim before releasing their slot), so waking the
+            // dispatcher would be a wasted hand-off.
+            None if self.slots.available_permits() > 0 => self.wake_dispatcher.notify_one(),
+            None => {}
         }
         if async_after.is_zero() {
             return Ok(AsyncQuery::clone(&job));
@@ -348,21 +363,22 @@ impl Inner {
                 .transition(id, StatusChange::new(from, QueryStatus::Cancelled, now))
                 .await?
             {
-                CasOutcome::Conflict(current) => job = current,
-                CasOutcome::Applied(cancelled) if from == QueryStatus::Queued => {
+                Cas::Conflict(current) => job = *current,
+                Cas::Applied(cancelled) if from == QueryStatus::Queued => {
                     // Nobody runs a job that never left the queue: finish the
                     // cancellation here.
                     let done =
                         StatusChange::new(QueryStatus::Cancelled, QueryStatus::CancelComplete, now)
                             .with_result(QueryResult::message(now, "cancelled before it started"));
                     let record = match self.transition(id, done).await? {
-                        CasOutcome::Applied(record) => record,
-                        CasOutcome::Conflict(_) => cancelled,
+                        Cas::Applied(record) => record,
+                        Cas::Conflict(_) => cancelled,
                     };
-                    return Ok(CancelOutcome::Cancelled(record));
+                    return Ok(CancelOutcome::Cancelled(AsyncQuery::clone(&record)));
                 }
-                CasOutcome::Applied(cancelled) => {
+                Cas::Applied(cancelled) => {
                     self.fire(id);
+                    let cancelled = AsyncQuery::clone(&cancelled);
                     return Ok(CancelOutcome::Cancelled(self.settle_local(cancelled).await));
                 }
             }
@@ -396,8 +412,10 @@ impl Inner {
         AsyncQuery::clone(&latest)
     }
 
-    /// Runs `job` on its own task, holding `permit` until it has settled.
-    fn spawn_job(
+    /// Runs `job` on a worker task that holds `permit`; when the job has
+    /// settled, the worker claims the next queued job with the same slot, so a
+    /// busy queue needs no dispatcher round trip per job.
+    fn spawn_worker(
         self: &Arc<Self>,
         job: Arc<AsyncQuery>,
         cancel: CancellationToken,
@@ -405,11 +423,38 @@ impl Inner {
     ) {
         let inner = Arc::clone(self);
         tokio::spawn(async move {
-            let outcome = inner.execute(&job, cancel).await;
-            inner.settle(&job, outcome).await;
+            let (mut job, mut cancel) = (job, cancel);
+            loop {
+                let outcome = inner.execute(&job, cancel).await;
+                if !inner.settle(&job, outcome).await {
+                    break;
+                }
+                match inner.claim_one().await {
+                    Some((next, token)) => (job, cancel) = (next, token),
+                    None => break,
+                }
+            }
             drop(permit);
             inner.wake_dispatcher.notify_one();
         });
+    }
+
+    /// Claims the oldest queued job for this instance, if any.
+    async fn claim_one(&self) -> Option<(Arc<AsyncQuery>, CancellationToken)> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        let now = self.clock.now();
+        let claimed = match self.dao.claim(&self.lease(now), 1, now).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming queued jobs failed; retrying at the next poll");
+                return None;
+            }
+        };
+        let job = Arc::new(claimed.into_iter().next()?);
+        let token = self.observe(Some(QueryStatus::Queued), Arc::clone(&job), true)?;
+        Some((job, token))
     }
 
     /// Claims queued jobs while worker slots are free, until told to stop.
@@ -417,7 +462,15 @@ impl Inner {
         loop {
             self.fill_slots().await;
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = self.shutdown.cancelled() => {
+                    // Stop every local job. Job tokens are not children of the
+                    // shutdown token: creating and dropping children locks the
+                    // parent, which costs every job on the hot path.
+                    for job in self.lock_local().jobs.values() {
+                        job.cancel.cancel();
+                    }
+                    return;
+                }
                 () = self.wake_dispatcher.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
@@ -425,24 +478,14 @@ impl Inner {
     }
 
     async fn fill_slots(self: &Arc<Self>) {
-        while !self.shutdown.is_cancelled() {
+        loop {
             let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
                 return;
             };
-            let now = self.clock.now();
-            let claimed = match self.dao.claim(&self.lease(now), 1, now).await {
-                Ok(claimed) => claimed,
-                Err(e) => {
-                    tracing::warn!(error = %e, "claiming queued jobs failed; retrying at the next poll");
-                    return;
-                }
-            };
-            let Some(job) = claimed.into_iter().next() else {
+            let Some((job, cancel)) = self.claim_one().await else {
                 return;
             };
-            if let Some(cancel) = self.observe(Some(QueryStatus::Queued), &job, true) {
-                self.spawn_job(Arc::new(job), cancel, permit);
-            }
+            self.spawn_worker(job, cancel, permit);
         }
     }
 
