@@ -55,6 +55,20 @@ pub struct Config {
     /// return; larger ends the job `FAILURE` with a message saying so (never
     /// a truncated body). Default 1 MiB.
     pub max_inline_result_bytes: usize,
+    /// Whether this instance runs the cleaner (time-outs of jobs whose owner
+    /// stopped or overran, stale cancellations, retention). Run it on at
+    /// least one instance. Default true.
+    pub cleaner_enabled: bool,
+    /// How often the cleaner sweeps. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub cleaner_interval: Duration,
+    /// How long a `CANCELLED` job with no live owner may wait before the
+    /// cleaner completes its cancellation (Elide
+    /// `query-cancellation-interval-seconds`). Cancellation on the owning
+    /// instance is immediate; this only matters when the canceller or owner
+    /// died half-way. Default 300 s.
+    #[serde(with = "humantime_serde")]
+    pub cancellation_check_interval: Duration,
     /// Lease a running job holds on its record; the owner renews it every
     /// third of this. Default 30 s.
     #[serde(with = "humantime_serde")]
@@ -94,6 +108,9 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 24 * 3_600),
             admin_role: "admin".to_owned(),
             max_inline_result_bytes: 1 << 20,
+            cleaner_enabled: true,
+            cleaner_interval: Duration::from_secs(60),
+            cancellation_check_interval: Duration::from_secs(300),
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             cancel_grace: Duration::from_secs(5),
@@ -115,6 +132,8 @@ impl Config {
             "lease must be at least 30 ms"
         } else if self.poll_interval.is_zero() {
             "poll_interval must be above zero"
+        } else if self.cleaner_interval.is_zero() {
+            "cleaner_interval must be above zero"
         } else if self.max_run_time.is_zero() {
             "max_run_time must be above zero"
         } else {

@@ -82,7 +82,7 @@ pub use model::{
     AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
 };
 pub use service::{
-    AsyncQueryService, AsyncQueryServiceBuilder, CancelOutcome, Download, JobEvent, SubmitRequest,
-    Subscription,
+    AsyncQueryService, AsyncQueryServiceBuilder, CancelOutcome, Download, JobEvent, ShutdownReport,
+    SubmitRequest, Subscription,
 };
 pub use storage::{FileSystemStorage, MemoryStorage, ResultStorageEngine};

@@ -158,6 +158,15 @@ impl Subscription {
     }
 }
 
+/// What [`AsyncQueryService::shutdown`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Jobs still running when the grace period ended, now `TIMEDOUT` (or
+    /// `CANCEL_COMPLETE` if they were being cancelled).
+    pub stopped: Vec<Uuid>,
+}
+
 /// A stored export opened for reading, from
 /// [`AsyncQueryService::download`].
 #[derive(Debug)]
@@ -407,6 +416,21 @@ impl AsyncQueryService {
             record_count: result.record_count,
             stream,
         })
+    }
+
+    /// Shuts the service down gracefully: new submissions fail with
+    /// [`Error::ShuttingDown`] at once, jobs running here get `grace` to
+    /// finish, the rest are stopped and marked `TIMEDOUT` (so no job stays
+    /// `PROCESSING` under a live owner), and the background tasks end. Jobs
+    /// still `QUEUED` stay queued in the DAO for another instance or the
+    /// next start. Every clone of the service is shut down.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`] if a job could not be marked; the background tasks are
+    /// still stopped.
+    pub async fn shutdown(&self, grace: Duration) -> Result<ShutdownReport> {
+        self.inner.shutdown(grace).await
     }
 
     /// Status changes of the jobs `principal` may see, from now on.

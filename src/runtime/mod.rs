@@ -24,6 +24,7 @@ use crate::service::{CancelOutcome, JobEvent, SubmitRequest};
 use crate::storage::ResultStorageEngine;
 use crate::{Error, Result};
 
+mod cleaner;
 mod job;
 
 /// Wall-clock time that advances with Tokio's clock, so a paused test clock
@@ -84,7 +85,14 @@ pub(crate) struct Inner {
     local: Mutex<Local>,
     wake_dispatcher: tokio::sync::Notify,
     pub(crate) events: broadcast::Sender<JobEvent>,
+    /// Fires when the service stops: background tasks end, jobs are
+    /// abandoned.
     shutdown: CancellationToken,
+    /// Fires when `shutdown` starts: no new submissions or claims.
+    closing: CancellationToken,
+    /// Signalled whenever a job leaves the local table.
+    left: tokio::sync::Notify,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -106,6 +114,9 @@ impl Inner {
             wake_dispatcher: tokio::sync::Notify::new(),
             events,
             shutdown: CancellationToken::new(),
+            closing: CancellationToken::new(),
+            left: tokio::sync::Notify::new(),
+            tasks: Mutex::new(Vec::new()),
         })
     }
 
@@ -113,11 +124,79 @@ impl Inner {
         &self.shutdown
     }
 
-    /// Starts the dispatcher and the heartbeat; both end when the shutdown
+    /// Starts the dispatcher, the heartbeat and the cleaner (which first
+    /// recovers this instance's interrupted jobs); all end when the shutdown
     /// token fires.
     pub(crate) fn start(this: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        runtime.spawn(Arc::clone(this).dispatcher());
-        runtime.spawn(Arc::clone(this).heartbeat());
+        let handles = vec![
+            runtime.spawn(Arc::clone(this).dispatcher()),
+            runtime.spawn(Arc::clone(this).heartbeat()),
+            runtime.spawn(Arc::clone(this).cleaner()),
+        ];
+        this.tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(handles);
+    }
+
+    /// Stops accepting work, lets running jobs finish within `grace`, ends the
+    /// rest `TIMEDOUT`, and stops the background tasks. Jobs still `QUEUED`
+    /// stay queued in the DAO for another instance or the next start.
+    pub(crate) async fn shutdown(&self, grace: Duration) -> Result<crate::service::ShutdownReport> {
+        self.closing.cancel();
+        let deadline = Instant::now() + grace;
+        loop {
+            let left = self.left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            if self.running().is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, left).await.is_err() {
+                break;
+            }
+        }
+        let marked = async {
+            let mut stopped = Vec::new();
+            let now = self.clock.now();
+            for id in self.running() {
+                let Some(job) = self.dao.get(id).await? else {
+                    continue;
+                };
+                if !job.status.is_terminal()
+                    && self
+                        .end_orphan(
+                            &job,
+                            now,
+                            "stopped: its instance shut down before it finished",
+                        )
+                        .await?
+                {
+                    stopped.push(id);
+                }
+            }
+            Ok::<_, Error>(stopped)
+        }
+        .await;
+        // Stop the background tasks (and abandon whatever still runs) even
+        // if marking failed.
+        self.shutdown.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for task in tasks {
+            let _ = task.await;
+        }
+        let stopped = marked?;
+        Ok(crate::service::ShutdownReport { stopped })
+    }
+
+    /// Ids of the jobs running on this instance.
+    fn running(&self) -> Vec<Uuid> {
+        self.lock_local()
+            .jobs
+            .iter()
+            .filter(|(_, job)| !job.queued)
+            .map(|(id, _)| *id)
+            .collect()
     }
 
     fn lock_local(&self) -> MutexGuard<'_, Local> {
@@ -176,6 +255,7 @@ impl Inner {
         entry.state.send_replace(job);
         if terminal {
             local.jobs.remove(&id);
+            self.left.notify_waiters();
         }
         Some(token)
     }
@@ -184,10 +264,11 @@ impl Inner {
     /// written); waiters fall back to reading the DAO.
     fn forget(&self, id: Uuid) {
         let mut local = self.lock_local();
-        if let Some(entry) = local.jobs.remove(&id)
-            && entry.queued
-        {
-            local.queued -= 1;
+        if let Some(entry) = local.jobs.remove(&id) {
+            if entry.queued {
+                local.queued -= 1;
+            }
+            self.left.notify_waiters();
         }
     }
 
@@ -210,7 +291,7 @@ impl Inner {
         principal: &Principal,
         request: SubmitRequest,
     ) -> Result<AsyncQuery> {
-        if self.shutdown.is_cancelled() {
+        if self.closing.is_cancelled() || self.shutdown.is_cancelled() {
             return Err(Error::ShuttingDown);
         }
         if request.query.trim().is_empty() {
@@ -441,7 +522,7 @@ impl Inner {
 
     /// Claims the oldest queued job for this instance, if any.
     async fn claim_one(&self) -> Option<(Arc<AsyncQuery>, CancellationToken)> {
-        if self.shutdown.is_cancelled() {
+        if self.closing.is_cancelled() || self.shutdown.is_cancelled() {
             return None;
         }
         let now = self.clock.now();
@@ -497,13 +578,7 @@ impl Inner {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            let running: Vec<Uuid> = self
-                .lock_local()
-                .jobs
-                .iter()
-                .filter(|(_, job)| !job.queued)
-                .map(|(id, _)| *id)
-                .collect();
+            let running = self.running();
             if running.is_empty() {
                 continue;
             }

@@ -20,6 +20,7 @@ use crate::model::{AsyncQuery, JobKind};
 /// | `block` | never finishes by itself (until cancelled or timed out) |
 /// | `rows <n>` | an export of `n` rows (`id`, `name`, `note`); a body of `n` for a query |
 /// | `rows <n> fail <k>` | an export whose stream fails at row `k` |
+/// | `rows <n> every <ms>` | an export yielding one row every `ms` milliseconds of Tokio time |
 /// | anything else | returns the query text as the body |
 ///
 /// It records the order in which queries started.
@@ -92,6 +93,10 @@ impl QueryExecutor for ScriptedExecutor {
                 unreachable!("pending() never completes")
             }
             "rows" => {
+                let (arg, every) = match arg.split_once(" every ") {
+                    Some((n, ms)) => (n, Some(Duration::from_millis(parse(ms)?))),
+                    None => (arg, None),
+                };
                 let (n, fail_at) = match arg.split_once(" fail ") {
                     Some((n, k)) => (parse::<u64>(n)?, Some(parse::<u64>(k)?)),
                     None => (parse::<u64>(arg)?, None),
@@ -99,7 +104,10 @@ impl QueryExecutor for ScriptedExecutor {
                 if job.kind == JobKind::Query {
                     return Ok(QueryOutput::body(n.to_string(), n));
                 }
-                let rows = futures::stream::iter(0..n).map(move |i| {
+                let rows = futures::stream::iter(0..n).then(move |i| async move {
+                    if let Some(every) = every {
+                        tokio::time::sleep(every).await;
+                    }
                     if Some(i) == fail_at {
                         return Err(BoxError::from(format!("row source failed at row {i}")));
                     }

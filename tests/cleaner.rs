@@ -1,0 +1,323 @@
+//! The cleaner: retention, expired leases, run-time limits, stale
+//! cancellations and recovery after a crash. All on Tokio's paused clock.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_query::model::Lease;
+use async_query::testing::ScriptedExecutor;
+use async_query::{
+    AsyncApiDao, AsyncQuery, AsyncQueryService, Config, ExportFormat, FileSystemStorage, JobKind,
+    MemoryDao, MemoryStorage, QueryStatus, SubmitRequest,
+};
+use chrono::{TimeDelta, Utc};
+use common::*;
+
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn cleaner_config() -> Config {
+    Config {
+        cleaner_interval: MINUTE,
+        retention: Duration::from_secs(3600),
+        max_run_time: Duration::from_secs(3600),
+        ..config()
+    }
+}
+
+/// A record as another instance would have left it.
+fn foreign(status: QueryStatus, owner: Option<Lease>, age: TimeDelta) -> AsyncQuery {
+    let at = Utc::now() - age;
+    AsyncQuery {
+        id: uuid::Uuid::new_v4(),
+        kind: JobKind::Query,
+        query: "remote".into(),
+        query_type: String::new(),
+        principal: alice(),
+        status,
+        async_after: Duration::ZERO,
+        max_run_time: Duration::from_secs(3600),
+        created_on: at,
+        updated_on: at,
+        result: None,
+        lease: owner,
+    }
+}
+
+fn lease_for(d: TimeDelta) -> Option<Lease> {
+    Some(Lease {
+        owner: uuid::Uuid::new_v4(),
+        expires_at: Utc::now() + d,
+    })
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_deletes_records_and_their_results_together() {
+    let storage = MemoryStorage::new();
+    let dao = Arc::new(MemoryDao::new());
+    let service = AsyncQueryService::builder()
+        .config(cleaner_config())
+        .dao(dao.clone())
+        .storage(Arc::new(storage.clone()))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let export = service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 10", ExportFormat::Csv),
+        )
+        .await
+        .unwrap();
+    let query = service
+        .submit(&alice(), SubmitRequest::query("q"))
+        .await
+        .unwrap();
+    assert_eq!(storage.names().len(), 1);
+
+    tokio::time::sleep(Duration::from_secs(3600 - 120)).await;
+    assert!(
+        service.get(&alice(), export.id).await.is_ok(),
+        "kept within retention"
+    );
+    assert!(service.download(&alice(), export.id, None).await.is_ok());
+
+    tokio::time::sleep(Duration::from_secs(5 * 60)).await;
+    for id in [export.id, query.id] {
+        assert!(matches!(
+            service.get(&alice(), id).await,
+            Err(async_query::Error::NotFound { .. })
+        ));
+    }
+    assert!(storage.names().is_empty(), "results go with their records");
+}
+
+#[tokio::test(start_paused = true)]
+async fn jobs_of_a_stopped_instance_are_timed_out_after_their_lease() {
+    let h = harness(cleaner_config());
+    let processing = foreign(
+        QueryStatus::Processing,
+        lease_for(TimeDelta::seconds(30)),
+        TimeDelta::zero(),
+    );
+    let cancelled = foreign(
+        QueryStatus::Cancelled,
+        lease_for(TimeDelta::seconds(30)),
+        TimeDelta::zero(),
+    );
+    let alive = foreign(
+        QueryStatus::Processing,
+        lease_for(TimeDelta::hours(1)),
+        TimeDelta::zero(),
+    );
+    for job in [&processing, &cancelled, &alive] {
+        h.dao.create(job).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(90)).await; // lease + one sweep
+    let p = h.service.get(&alice(), processing.id).await.unwrap();
+    assert_eq!(p.status, QueryStatus::TimedOut);
+    assert!(
+        p.result
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("stopped (its lease expired)")
+    );
+    assert_eq!(p.lease, None);
+    let c = h.service.get(&alice(), cancelled.id).await.unwrap();
+    assert_eq!(c.status, QueryStatus::CancelComplete);
+    assert_eq!(
+        h.service.get(&alice(), alive.id).await.unwrap().status,
+        QueryStatus::Processing,
+        "a live lease is respected"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn own_long_jobs_keep_their_lease_and_finish() {
+    let h = harness(Config {
+        lease: Duration::from_secs(30),
+        ..cleaner_config()
+    });
+    let job = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("sleep 600000").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let running = h.service.get(&alice(), job.id).await.unwrap();
+    assert_eq!(
+        running.status,
+        QueryStatus::Processing,
+        "heartbeats keep the lease alive"
+    );
+    assert!(running.lease.unwrap().expires_at > running.created_on + TimeDelta::seconds(300));
+    let done = h
+        .service
+        .wait(&alice(), job.id, Duration::from_secs(600))
+        .await
+        .unwrap();
+    assert_eq!(done.status, QueryStatus::Complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stuck_job_elsewhere_is_timed_out_at_the_run_time_limit() {
+    let h = harness(cleaner_config());
+    // Its owner still renews the lease, but it has run for two hours.
+    let stuck = foreign(
+        QueryStatus::Processing,
+        lease_for(TimeDelta::days(1)),
+        TimeDelta::hours(2),
+    );
+    h.dao.create(&stuck).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(61)).await;
+    let job = h.service.get(&alice(), stuck.id).await.unwrap();
+    assert_eq!(job.status, QueryStatus::TimedOut);
+    assert!(
+        job.result
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("maximum run time")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancellation_nobody_finished_is_completed() {
+    let h = harness(Config {
+        cancellation_check_interval: Duration::from_secs(300),
+        ..cleaner_config()
+    });
+    // Cancelled while queued by an instance that died before finishing it.
+    let job = foreign(QueryStatus::Cancelled, None, TimeDelta::zero());
+    h.dao.create(&job).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(240)).await;
+    assert_eq!(
+        h.service.get(&alice(), job.id).await.unwrap().status,
+        QueryStatus::Cancelled,
+        "not before the interval"
+    );
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    assert_eq!(
+        h.service.get(&alice(), job.id).await.unwrap().status,
+        QueryStatus::CancelComplete
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_cleaner_can_be_disabled() {
+    let h = harness(Config {
+        cleaner_enabled: false,
+        ..cleaner_config()
+    });
+    let job = foreign(
+        QueryStatus::Processing,
+        lease_for(TimeDelta::seconds(1)),
+        TimeDelta::zero(),
+    );
+    h.dao.create(&job).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert_eq!(
+        h.service.get(&alice(), job.id).await.unwrap().status,
+        QueryStatus::Processing
+    );
+}
+
+async fn crash_and_restart(same_instance: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let dao = Arc::new(MemoryDao::new());
+    let storage = Arc::new(FileSystemStorage::new(dir.path()).await.unwrap());
+    let config = Config {
+        pool_size: 1,
+        ..cleaner_config()
+    };
+    let build = |config: Config| {
+        AsyncQueryService::builder()
+            .config(config)
+            .dao(dao.clone())
+            .storage(storage.clone())
+            .executor(Arc::new(ScriptedExecutor::new()))
+            .build()
+            .unwrap()
+    };
+    let first = build(config.clone());
+    let zero = Duration::ZERO;
+    let running = first
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 1000000 every 1", ExportFormat::Csv).with_async_after(zero),
+        )
+        .await
+        .unwrap();
+    let queued = first
+        .submit(
+            &alice(),
+            SubmitRequest::query("after the crash").with_async_after(zero),
+        )
+        .await
+        .unwrap();
+    assert_eq!(queued.status, QueryStatus::Queued);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        1,
+        "the export is being written"
+    );
+    drop(first); // no shutdown: a crash
+    tokio::time::sleep(Duration::from_millis(10)).await;
+
+    let second = build(if same_instance {
+        config.clone()
+    } else {
+        Config {
+            instance_id: uuid::Uuid::new_v4(),
+            ..config.clone()
+        }
+    });
+    let done = second
+        .wait(&alice(), queued.id, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.status,
+        QueryStatus::Complete,
+        "jobs left queued run on the new instance"
+    );
+    let limit = if same_instance {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(120)
+    };
+    let ended = second.wait(&alice(), running.id, limit).await.unwrap();
+    assert_eq!(
+        ended.status,
+        QueryStatus::TimedOut,
+        "the interrupted job is not left PROCESSING"
+    );
+    let message = ended.result.unwrap().message.unwrap();
+    if same_instance {
+        assert!(message.contains("restarted"), "{message}");
+    } else {
+        assert!(message.contains("lease expired"), "{message}");
+    }
+    let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+    assert!(
+        files.is_empty(),
+        "the interrupted export left {} files",
+        files.len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_instance_recovers_its_own_jobs_at_once() {
+    crash_and_restart(true).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_instance_times_out_a_crashed_ones_jobs_after_the_lease() {
+    crash_and_restart(false).await;
+}

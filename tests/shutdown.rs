@@ -1,0 +1,84 @@
+//! Graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use async_query::{Error, QueryStatus, SubmitRequest};
+use common::*;
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_lets_short_jobs_finish_and_stops_the_rest() {
+    let h = harness(async_query::Config {
+        pool_size: 3,
+        ..config()
+    });
+    let zero = |q: &str| SubmitRequest::query(q).with_async_after(Duration::ZERO);
+    let short = h
+        .service
+        .submit(&alice(), zero("sleep 2000"))
+        .await
+        .unwrap();
+    let long = h.service.submit(&alice(), zero("block")).await.unwrap();
+    let start = tokio::time::Instant::now();
+    let report = h.service.shutdown(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(5),
+        "waits out the grace period for the long job"
+    );
+    assert_eq!(report.stopped, vec![long.id]);
+
+    let short = h.service.get(&alice(), short.id).await.unwrap();
+    assert_eq!(short.status, QueryStatus::Complete);
+    let long = h.service.get(&alice(), long.id).await.unwrap();
+    assert_eq!(long.status, QueryStatus::TimedOut);
+    assert!(long.result.unwrap().message.unwrap().contains("shut down"));
+    assert!(matches!(
+        h.service.submit(&alice(), zero("x")).await,
+        Err(Error::ShuttingDown)
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_returns_as_soon_as_the_last_job_finishes() {
+    let h = harness(config());
+    let job = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("sleep 1500").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let report = h.service.shutdown(Duration::from_secs(60)).await.unwrap();
+    assert_eq!(start.elapsed(), Duration::from_millis(1500));
+    assert!(report.stopped.is_empty());
+    assert_eq!(
+        h.service.get(&alice(), job.id).await.unwrap().status,
+        QueryStatus::Complete
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_jobs_stay_queued_for_the_next_start() {
+    let h = harness(async_query::Config {
+        pool_size: 1,
+        ..config()
+    });
+    let zero = |q: &str| SubmitRequest::query(q).with_async_after(Duration::ZERO);
+    h.service.submit(&alice(), zero("sleep 100")).await.unwrap();
+    let queued = h.service.submit(&alice(), zero("later")).await.unwrap();
+    h.service.shutdown(Duration::from_secs(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        h.service.get(&alice(), queued.id).await.unwrap().status,
+        QueryStatus::Queued
+    );
+    assert_eq!(
+        h.executor.started(),
+        vec!["sleep 100".to_string()],
+        "nothing new starts after shutdown began"
+    );
+}
