@@ -1,5 +1,5 @@
 //! Test helpers (feature `test-util`): a scripted executor for lifecycle
-//! tests, and conformance suites that every [`AsyncApiDao`](crate::AsyncApiDao)
+//! tests, fault-injecting wrappers for back-ends, and conformance suites that every [`AsyncApiDao`](crate::AsyncApiDao)
 //! and [`ResultStorageEngine`](crate::ResultStorageEngine) must pass — run
 //! them against your own back-end:
 //!
@@ -15,6 +15,8 @@
 
 mod conformance;
 mod executor;
+mod faults;
 
 pub use conformance::{dao_conformance, storage_conformance};
 pub use executor::ScriptedExecutor;
+pub use faults::{Faults, FaultyDao, FaultyStorage, InjectedFault};

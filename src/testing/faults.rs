@@ -1,0 +1,277 @@
+//! Fault-injecting wrappers: [`FaultyDao`] and [`FaultyStorage`] fail or
+//! delay the calls of a real back-end on command, to test what a host's
+//! service does when its database or storage misbehaves.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use crate::dao::{AsyncApiDao, CasOutcome, ListFilter, StatusChange};
+use crate::model::{AsyncQuery, Lease, QueryStatus};
+use crate::storage::{ResultStorageEngine, ResultStream, ResultWriter};
+use crate::{Error, Result};
+
+/// The error an injected fault carries as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("injected fault in {operation} (call {call})")]
+pub struct InjectedFault {
+    /// The operation that failed, e.g. `"update_status"` or `"write"`.
+    pub operation: &'static str,
+    /// Which call (counting from 1 over all operations) it was.
+    pub call: u64,
+}
+
+#[derive(Debug, Default)]
+struct Plan {
+    fail_calls: HashSet<u64>,
+    fail_until: Option<Instant>,
+    fail_always: bool,
+    only: Option<HashSet<&'static str>>,
+    delay: Duration,
+}
+
+/// Controls the faults of a [`FaultyDao`] or [`FaultyStorage`]. Shared by
+/// `Arc`, so a test keeps a handle while the service owns the wrapper.
+#[derive(Debug, Default)]
+pub struct Faults {
+    calls: AtomicU64,
+    plan: Mutex<Plan>,
+}
+
+impl Faults {
+    /// No faults yet.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    fn plan(&self) -> std::sync::MutexGuard<'_, Plan> {
+        self.plan.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Calls made so far (of the targeted operations).
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    /// Makes the `n`th call from now fail (`1` is the next call).
+    pub fn fail_nth(&self, n: u64) {
+        let at = self.calls() + n;
+        self.plan().fail_calls.insert(at);
+    }
+
+    /// Makes every call fail (`true`) or none (`false`).
+    pub fn fail_always(&self, on: bool) {
+        let mut plan = self.plan();
+        plan.fail_always = on;
+        plan.fail_calls.clear();
+        plan.fail_until = None;
+    }
+
+    /// Makes every call fail for `period` of Tokio time from now.
+    pub fn fail_for(&self, period: Duration) {
+        self.plan().fail_until = Some(Instant::now() + period);
+    }
+
+    /// Delays every call by `delay` (Tokio time) before it runs.
+    pub fn delay(&self, delay: Duration) {
+        self.plan().delay = delay;
+    }
+
+    /// Counts and faults only these operations (method names such as
+    /// `"update_status"`, `"claim"`, `"write"`, `"publish"`); others pass
+    /// through untouched.
+    pub fn only(&self, operations: &[&'static str]) {
+        self.plan().only = Some(operations.iter().copied().collect());
+    }
+
+    async fn check(&self, operation: &'static str) -> std::result::Result<(), InjectedFault> {
+        let (delay, fail, call) = {
+            let plan = self.plan();
+            if plan
+                .only
+                .as_ref()
+                .is_some_and(|only| !only.contains(operation))
+            {
+                return Ok(());
+            }
+            let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let fail = plan.fail_always
+                || plan.fail_calls.contains(&call)
+                || plan.fail_until.is_some_and(|until| Instant::now() < until);
+            (plan.delay, fail, call)
+        };
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if fail {
+            Err(InjectedFault { operation, call })
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn dao(&self, operation: &'static str) -> Result<()> {
+        self.check(operation)
+            .await
+            .map_err(|fault| Error::dao(operation, fault))
+    }
+
+    async fn storage(&self, operation: &'static str) -> Result<()> {
+        self.check(operation)
+            .await
+            .map_err(|fault| Error::storage(operation, fault))
+    }
+}
+
+/// An [`AsyncApiDao`] that forwards to another one, failing or delaying
+/// calls as its [`Faults`] say. Failures are [`Error::Dao`] with an
+/// [`InjectedFault`] source; a failed call does not reach the inner DAO.
+pub struct FaultyDao {
+    inner: Arc<dyn AsyncApiDao>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyDao {
+    /// Wraps `inner`; returns the wrapper and its fault controller.
+    pub fn new(inner: Arc<dyn AsyncApiDao>) -> (Self, Arc<Faults>) {
+        let faults = Faults::new();
+        (
+            FaultyDao {
+                inner,
+                faults: Arc::clone(&faults),
+            },
+            faults,
+        )
+    }
+}
+
+#[async_trait]
+impl AsyncApiDao for FaultyDao {
+    async fn create(&self, job: &AsyncQuery) -> Result<()> {
+        self.faults.dao("create").await?;
+        self.inner.create(job).await
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>> {
+        self.faults.dao("get").await?;
+        self.inner.get(id).await
+    }
+
+    async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
+        self.faults.dao("update_status").await?;
+        self.inner.update_status(id, change).await
+    }
+
+    async fn claim(
+        &self,
+        lease: &Lease,
+        limit: usize,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<AsyncQuery>> {
+        self.faults.dao("claim").await?;
+        self.inner.claim(lease, limit, at).await
+    }
+
+    async fn renew_leases(
+        &self,
+        owner: Uuid,
+        ids: &[Uuid],
+        expires_at: DateTime<Utc>,
+    ) -> Result<Vec<(Uuid, QueryStatus)>> {
+        self.faults.dao("renew_leases").await?;
+        self.inner.renew_leases(owner, ids, expires_at).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>> {
+        self.faults.dao("list").await?;
+        self.inner.list(filter).await
+    }
+
+    async fn delete(&self, ids: &[Uuid]) -> Result<u64> {
+        self.faults.dao("delete").await?;
+        self.inner.delete(ids).await
+    }
+}
+
+/// A [`ResultStorageEngine`] that forwards to another one, failing or
+/// delaying calls (including the writer's `write` and `publish`) as its
+/// [`Faults`] say.
+pub struct FaultyStorage {
+    inner: Arc<dyn ResultStorageEngine>,
+    faults: Arc<Faults>,
+}
+
+impl FaultyStorage {
+    /// Wraps `inner`; returns the wrapper and its fault controller.
+    pub fn new(inner: Arc<dyn ResultStorageEngine>) -> (Self, Arc<Faults>) {
+        let faults = Faults::new();
+        (
+            FaultyStorage {
+                inner,
+                faults: Arc::clone(&faults),
+            },
+            faults,
+        )
+    }
+}
+
+struct FaultyWriter {
+    inner: Box<dyn ResultWriter>,
+    faults: Arc<Faults>,
+}
+
+#[async_trait]
+impl ResultWriter for FaultyWriter {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.faults.storage("write").await?;
+        self.inner.write(chunk).await
+    }
+
+    async fn publish(self: Box<Self>) -> Result<u64> {
+        if let Err(e) = self.faults.storage("publish").await {
+            // A failed publish leaves nothing behind, like a real one.
+            let _ = self.inner.abort().await;
+            return Err(e);
+        }
+        self.inner.publish().await
+    }
+
+    async fn abort(self: Box<Self>) -> Result<()> {
+        self.faults.storage("abort").await?;
+        self.inner.abort().await
+    }
+}
+
+#[async_trait]
+impl ResultStorageEngine for FaultyStorage {
+    async fn create(&self, name: &str) -> Result<Box<dyn ResultWriter>> {
+        self.faults.storage("create").await?;
+        Ok(Box::new(FaultyWriter {
+            inner: self.inner.create(name).await?,
+            faults: Arc::clone(&self.faults),
+        }))
+    }
+
+    async fn open(&self, name: &str, range: Option<Range<u64>>) -> Result<Option<ResultStream>> {
+        self.faults.storage("open").await?;
+        self.inner.open(name, range).await
+    }
+
+    async fn len(&self, name: &str) -> Result<Option<u64>> {
+        self.faults.storage("len").await?;
+        self.inner.len(name).await
+    }
+
+    async fn delete(&self, name: &str) -> Result<bool> {
+        self.faults.storage("delete").await?;
+        self.inner.delete(name).await
+    }
+}

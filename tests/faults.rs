@@ -1,0 +1,251 @@
+//! A failing DAO or storage gives typed errors, ends jobs FAILURE where the
+//! work cannot be saved, and never panics or leaves a job stuck.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_query::testing::{Faults, FaultyDao, FaultyStorage, ScriptedExecutor};
+use async_query::{
+    AsyncQueryService, Config, Error, ExportFormat, MemoryDao, MemoryStorage, QueryStatus,
+    SubmitRequest,
+};
+use common::*;
+
+struct Faulty {
+    service: AsyncQueryService,
+    dao_faults: Arc<Faults>,
+    storage_faults: Arc<Faults>,
+    storage: MemoryStorage,
+}
+
+fn faulty(config: Config) -> Faulty {
+    let (dao, dao_faults) = FaultyDao::new(Arc::new(MemoryDao::new()));
+    let storage = MemoryStorage::new();
+    let (faulty_storage, storage_faults) = FaultyStorage::new(Arc::new(storage.clone()));
+    let service = AsyncQueryService::builder()
+        .config(config)
+        .dao(Arc::new(dao))
+        .storage(Arc::new(faulty_storage))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    Faulty {
+        service,
+        dao_faults,
+        storage_faults,
+        storage,
+    }
+}
+
+fn is_injected_dao_error(e: &Error) -> bool {
+    matches!(e, Error::Dao { .. })
+        && std::error::Error::source(e).is_some_and(|s| s.to_string().starts_with("injected fault"))
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_create_is_a_typed_error_and_leaks_nothing() {
+    let f = faulty(Config {
+        pool_size: 1,
+        max_queued: 1,
+        ..config()
+    });
+    f.dao_faults.only(&["create"]);
+    f.dao_faults.fail_nth(1);
+    let id = uuid::Uuid::new_v4();
+    let err = f
+        .service
+        .submit(&alice(), SubmitRequest::query("x").with_id(id))
+        .await
+        .unwrap_err();
+    assert!(is_injected_dao_error(&err), "{err:?}");
+    // Neither the slot nor the id was kept: the same id and both the slot and
+    // the single queue place work afterwards.
+    let zero = Duration::ZERO;
+    let job = f
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("block")
+                .with_id(id)
+                .with_async_after(zero),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Processing);
+    let queued = f
+        .service
+        .submit(&alice(), SubmitRequest::query("y").with_async_after(zero))
+        .await
+        .unwrap();
+    assert_eq!(queued.status, QueryStatus::Queued);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_that_cannot_be_saved_ends_failure() {
+    let f = faulty(config());
+    f.dao_faults.only(&["update_status"]);
+    f.dao_faults.fail_nth(1); // the COMPLETE write fails once
+    let job = f
+        .service
+        .submit(&alice(), SubmitRequest::query("fine"))
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Failure);
+    let message = job.result.unwrap().message.unwrap();
+    assert!(
+        message.starts_with("the result could not be saved"),
+        "{message}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_database_outage_gives_typed_errors_and_no_stuck_job() {
+    let f = faulty(Config {
+        lease: Duration::from_secs(30),
+        cleaner_interval: Duration::from_secs(60),
+        ..config()
+    });
+    let job = f
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::query("sleep 1000").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    f.dao_faults.fail_for(Duration::from_secs(120));
+    // Callers get typed errors during the outage.
+    let err = f.service.get(&alice(), job.id).await.unwrap_err();
+    assert!(is_injected_dao_error(&err), "{err:?}");
+    let err = f
+        .service
+        .submit(&alice(), SubmitRequest::query("x"))
+        .await
+        .unwrap_err();
+    assert!(is_injected_dao_error(&err), "{err:?}");
+    // The job finished during the outage and could not be saved; once the
+    // database is back, the cleaner ends it (its lease was not renewed).
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let record = f.service.get(&alice(), job.id).await.unwrap();
+    assert_eq!(record.status, QueryStatus::TimedOut);
+    // And the service works again.
+    let next = f
+        .service
+        .submit(&alice(), SubmitRequest::query("again"))
+        .await
+        .unwrap();
+    assert_eq!(next.status, QueryStatus::Complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn storage_failing_half_way_ends_failure_with_nothing_stored() {
+    let f = faulty(config());
+    f.storage_faults.only(&["write"]);
+    f.storage_faults.fail_nth(3); // the third 64 KiB chunk
+    let job = f
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 100000", ExportFormat::Ndjson),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Failure);
+    let message = job.result.unwrap().message.unwrap();
+    assert!(
+        message.starts_with("could not store the export"),
+        "{message}"
+    );
+    assert!(
+        f.storage.names().is_empty(),
+        "partial export visible: {:?}",
+        f.storage.names()
+    );
+    assert!(matches!(
+        f.service.download(&alice(), job.id, None).await,
+        Err(Error::NoResult { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_publish_ends_failure_and_a_failed_download_is_typed() {
+    let f = faulty(config());
+    f.storage_faults.only(&["publish"]);
+    f.storage_faults.fail_nth(1);
+    let job = f
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 10", ExportFormat::Csv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Failure);
+    assert!(f.storage.names().is_empty());
+
+    f.storage_faults.only(&["open"]);
+    let ok = f
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 10", ExportFormat::Csv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ok.status, QueryStatus::Complete);
+    f.storage_faults.fail_nth(1);
+    assert!(matches!(
+        f.service.download(&alice(), ok.id, None).await,
+        Err(Error::Storage { .. })
+    ));
+    assert!(
+        f.service.download(&alice(), ok.id, None).await.is_ok(),
+        "the next try works"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_database_delays_but_does_not_break_the_lifecycle() {
+    let f = faulty(config());
+    f.dao_faults.delay(Duration::from_millis(200));
+    let start = tokio::time::Instant::now();
+    let job = f
+        .service
+        .submit(&alice(), SubmitRequest::query("sleep 100"))
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Complete);
+    // create (200 ms) + run (100 ms) + the COMPLETE write (200 ms)
+    assert_eq!(start.elapsed(), Duration::from_millis(500));
+    assert!(f.dao_faults.calls() >= 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_cleaner_retries_and_catches_up() {
+    let f = faulty(Config {
+        retention: Duration::from_secs(600),
+        cleaner_interval: Duration::from_secs(60),
+        ..config()
+    });
+    let job = f
+        .service
+        .submit(&alice(), SubmitRequest::export("rows 5", ExportFormat::Csv))
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Complete);
+    // The storage refuses deletes for a while: the record is kept so that it
+    // never points at a deleted result.
+    f.storage_faults.only(&["delete"]);
+    f.storage_faults.fail_for(Duration::from_secs(900));
+    tokio::time::sleep(Duration::from_secs(850)).await;
+    assert!(f.service.get(&alice(), job.id).await.is_ok());
+    assert_eq!(f.storage.names().len(), 1);
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(matches!(
+        f.service.get(&alice(), job.id).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(f.storage.names().is_empty());
+}
