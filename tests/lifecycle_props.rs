@@ -1,0 +1,289 @@
+//! Property test: random interleavings of submissions, completions,
+//! failures, cancellations, clock advances, cleaner sweeps and restarts
+//! (crashes and graceful shutdowns) against the in-memory DAO. After every
+//! step:
+//!
+//! 1. every status change observed is in the transition table;
+//! 2. no terminal job ever changes again (status and result);
+//! 3. every stored export belongs to an existing record that points at it;
+//!
+//! and at the end, after enough time for every limit to pass, every job has
+//! reached exactly one terminal state.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_query::dao::ListFilter;
+use async_query::testing::ScriptedExecutor;
+use async_query::{
+    AsyncApiDao, AsyncQuery, AsyncQueryService, Config, ExportFormat, MemoryDao, MemoryStorage,
+    QueryStatus, ResultBody, SubmitRequest, Subscription,
+};
+use common::*;
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Submit a job whose script is one of the executor's verbs.
+    Submit { script: Script, async_after_ms: u64 },
+    /// Cancel the n-th submitted job (modulo the count).
+    Cancel(usize),
+    /// Let Tokio time pass (executors finish, cleaner sweeps, limits hit).
+    Advance(u64),
+    /// Drop the service without shutdown and start a new one.
+    Crash { same_instance: bool },
+    /// Shut down gracefully and start a new one.
+    Restart { grace_ms: u64 },
+}
+
+#[derive(Debug, Clone)]
+enum Script {
+    Sleep(u64),
+    Fail,
+    Panic,
+    Block,
+    Export(u64),
+}
+
+impl Script {
+    fn request(&self) -> SubmitRequest {
+        match self {
+            Script::Sleep(ms) => SubmitRequest::query(format!("sleep {ms}")),
+            Script::Fail => SubmitRequest::query("fail on purpose"),
+            Script::Panic => SubmitRequest::query("panic on purpose"),
+            Script::Block => SubmitRequest::query("block"),
+            Script::Export(rows) => {
+                SubmitRequest::export(format!("rows {rows} every 5"), ExportFormat::Csv)
+            }
+        }
+    }
+}
+
+fn script() -> impl Strategy<Value = Script> {
+    prop_oneof![
+        4 => (0u64..3_000).prop_map(Script::Sleep),
+        1 => Just(Script::Fail),
+        1 => Just(Script::Panic),
+        1 => Just(Script::Block),
+        2 => (0u64..400).prop_map(Script::Export),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (script(), prop_oneof![Just(0u64), 0u64..2_000]).prop_map(|(script, async_after_ms)| Op::Submit { script, async_after_ms }),
+        3 => (0usize..64).prop_map(Op::Cancel),
+        4 => (1u64..90_000).prop_map(Op::Advance),
+        1 => any::<bool>().prop_map(|same_instance| Op::Crash { same_instance }),
+        1 => (0u64..3_000).prop_map(|grace_ms| Op::Restart { grace_ms }),
+    ]
+}
+
+struct World {
+    dao: Arc<MemoryDao>,
+    storage: MemoryStorage,
+    config: Config,
+    service: AsyncQueryService,
+    events: Subscription,
+    ids: Vec<uuid::Uuid>,
+    /// Last seen record of each job.
+    seen: HashMap<uuid::Uuid, AsyncQuery>,
+}
+
+impl World {
+    fn start(
+        dao: Arc<MemoryDao>,
+        storage: MemoryStorage,
+        config: Config,
+    ) -> (AsyncQueryService, Subscription) {
+        let service = AsyncQueryService::builder()
+            .config(config)
+            .dao(dao)
+            .storage(Arc::new(storage))
+            .executor(Arc::new(ScriptedExecutor::new()))
+            .build()
+            .expect("service builds");
+        let events = service.subscribe(&admin());
+        (service, events)
+    }
+
+    /// Checks every event delivered so far and the stored state.
+    async fn check(&mut self) -> Result<(), TestCaseError> {
+        while let Ok(Ok(event)) = tokio::time::timeout(Duration::ZERO, self.events.recv()).await {
+            if let Some(from) = event.from {
+                prop_assert!(
+                    from.can_transition_to(event.to),
+                    "illegal event {from} -> {}",
+                    event.to
+                );
+            }
+        }
+        let records = self.dao.list(&ListFilter::default()).await.expect("list");
+        prop_assert_eq!(
+            records.len(),
+            self.ids.len(),
+            "records appeared or vanished"
+        );
+        let mut stored_names = Vec::new();
+        for record in records {
+            if let Some(before) = self.seen.get(&record.id) {
+                if before.status.is_terminal() {
+                    prop_assert_eq!(before, &record, "a terminal job changed");
+                } else if before.status != record.status {
+                    prop_assert!(
+                        reachable(before.status, record.status),
+                        "{} cannot become {}",
+                        before.status,
+                        record.status
+                    );
+                }
+            }
+            if let Some(ResultBody::Stored(name)) = record.result.as_ref().map(|r| &r.body) {
+                prop_assert_eq!(
+                    record.status,
+                    QueryStatus::Complete,
+                    "only complete exports point at a result"
+                );
+                stored_names.push(name.clone());
+            }
+            self.seen.insert(record.id, record);
+        }
+        stored_names.sort();
+        prop_assert_eq!(
+            self.storage.names(),
+            stored_names,
+            "a stored result without its record, or the reverse"
+        );
+        Ok(())
+    }
+}
+
+/// Whether `to` can follow `from` through legal transitions.
+fn reachable(from: QueryStatus, to: QueryStatus) -> bool {
+    let mut frontier = vec![from];
+    let mut seen = vec![from];
+    while let Some(s) = frontier.pop() {
+        for next in QueryStatus::ALL {
+            if s.can_transition_to(next) && !seen.contains(&next) {
+                if next == to {
+                    return true;
+                }
+                seen.push(next);
+                frontier.push(next);
+            }
+        }
+    }
+    false
+}
+
+async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let config = Config {
+        pool_size: 2,
+        max_queued: 1_000,
+        max_run_time: Duration::from_secs(20),
+        lease: Duration::from_secs(6),
+        cleaner_interval: Duration::from_secs(5),
+        cancellation_check_interval: Duration::from_secs(30),
+        retention: Duration::from_secs(30 * 24 * 3600),
+        event_capacity: 100_000,
+        ..Config::default()
+    };
+    let dao = Arc::new(MemoryDao::new());
+    let storage = MemoryStorage::new();
+    let (service, events) = World::start(dao.clone(), storage.clone(), config.clone());
+    let mut world = World {
+        dao,
+        storage,
+        config,
+        service,
+        events,
+        ids: Vec::new(),
+        seen: HashMap::new(),
+    };
+
+    for op in ops {
+        match op {
+            Op::Submit {
+                script,
+                async_after_ms,
+            } => {
+                let request = script
+                    .request()
+                    .with_async_after(Duration::from_millis(async_after_ms));
+                let job = world
+                    .service
+                    .submit(&alice(), request)
+                    .await
+                    .expect("submit");
+                world.ids.push(job.id);
+            }
+            Op::Cancel(n) if !world.ids.is_empty() => {
+                let id = world.ids[n % world.ids.len()];
+                world.service.cancel(&alice(), id).await.expect("cancel");
+            }
+            Op::Cancel(_) => {}
+            Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+            Op::Crash { same_instance } => {
+                if !same_instance {
+                    world.config.instance_id = uuid::Uuid::new_v4();
+                }
+                let (service, events) = World::start(
+                    world.dao.clone(),
+                    world.storage.clone(),
+                    world.config.clone(),
+                );
+                let old = std::mem::replace(&mut world.service, service);
+                drop(old);
+                world.check().await?;
+                world.events = events;
+            }
+            Op::Restart { grace_ms } => {
+                world
+                    .service
+                    .shutdown(Duration::from_millis(grace_ms))
+                    .await
+                    .expect("shutdown");
+                world.check().await?;
+                let (service, events) = World::start(
+                    world.dao.clone(),
+                    world.storage.clone(),
+                    world.config.clone(),
+                );
+                world.service = service;
+                world.events = events;
+            }
+        }
+        world.check().await?;
+    }
+    // Long enough for every queued job to run or time out, and every lease to expire.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    world.check().await?;
+    for (id, record) in &world.seen {
+        prop_assert!(
+            record.status.is_terminal(),
+            "{id} ended the test {}",
+            record.status
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64),
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn random_lifecycles_keep_every_invariant(ops in proptest::collection::vec(op(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .expect("runtime");
+        runtime.block_on(run(ops))?;
+    }
+}
