@@ -89,6 +89,15 @@ pub struct Config {
     /// Whether stored export names end in `.csv`, `.json` or `.ndjson` (Elide
     /// `export.append-file-extension`). Default false.
     pub append_file_extension: bool,
+    /// Largest number of records an export may hold. Default: no limit.
+    pub export_max_records: Option<u64>,
+    /// Largest size in bytes an export may reach; checked at record
+    /// boundaries, so the file ends at the first record that reaches it.
+    /// Default: no limit.
+    pub export_max_bytes: Option<u64>,
+    /// What reaching `export_max_records` or `export_max_bytes` does.
+    /// Default [`ExportLimitAction::Fail`].
+    pub export_limit_action: ExportLimitAction,
     /// Status-change events kept for slow subscribers before they lag.
     /// Default 1,024.
     pub event_capacity: usize,
@@ -116,10 +125,27 @@ impl Default for Config {
             cancel_grace: Duration::from_secs(5),
             csv_header: true,
             append_file_extension: false,
+            export_max_records: None,
+            export_max_bytes: None,
+            export_limit_action: ExportLimitAction::Fail,
             event_capacity: 1_024,
             instance_id: Uuid::new_v4(),
         }
     }
+}
+
+/// What an export that reaches a configured limit does. Either way it is
+/// never silent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportLimitAction {
+    /// The job ends `FAILURE` with a message naming the limit; nothing is
+    /// stored.
+    #[default]
+    Fail,
+    /// The job ends `COMPLETE` with what fits, `truncated: true` and a
+    /// message naming the limit.
+    Truncate,
 }
 
 impl Config {

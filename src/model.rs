@@ -209,8 +209,16 @@ pub struct QueryResult {
     pub completed_on: DateTime<Utc>,
     /// The output, or where to find it.
     pub body: ResultBody,
-    /// A human-readable explanation for failures, time-outs and cancellations.
+    /// A human-readable explanation for failures, time-outs, cancellations
+    /// and truncated exports.
     pub message: Option<String>,
+    /// The export stopped at a configured limit
+    /// ([`Config::export_max_records`](crate::Config::export_max_records) or
+    /// [`export_max_bytes`](crate::Config::export_max_bytes)) with
+    /// [`ExportLimitAction::Truncate`](crate::config::ExportLimitAction::Truncate);
+    /// `record_count` and `content_length` say how much was kept.
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 impl QueryResult {
@@ -222,6 +230,7 @@ impl QueryResult {
             completed_on,
             body: ResultBody::None,
             message: Some(message.into()),
+            truncated: false,
         }
     }
 

@@ -214,3 +214,237 @@ async fn queries_and_exports_do_not_mix_up_their_outputs() {
             .contains("return QueryOutput::Records")
     );
 }
+
+/// Rows full of values that break naive encoders.
+struct Tricky;
+
+fn tricky_rows() -> Vec<async_query::Record> {
+    use serde_json::{Value, json};
+    vec![
+        vec![json!("plain"), json!(""), Value::Null, json!(0)],
+        vec![
+            json!("comma, \"quote\"\nnew line\r\nCRLF"),
+            json!("  padded  "),
+            json!(true),
+            json!(-1.5e-7),
+        ],
+        vec![
+            json!("ünïcödé 🦀 עברית e\u{301}"),
+            json!("tab\there"),
+            json!({"nested": [1, {"a": null}]}),
+            json!([]),
+        ],
+        vec![
+            json!("nul \u{0} bell \u{7}"),
+            json!("=cmd|' /C calc'!A0"),
+            json!("\""),
+            json!(u64::MAX),
+        ],
+    ]
+}
+
+#[async_trait::async_trait]
+impl async_query::QueryExecutor for Tricky {
+    async fn execute(
+        &self,
+        _: &async_query::AsyncQuery,
+        _: async_query::ExecutionContext,
+    ) -> Result<async_query::QueryOutput, async_query::BoxError> {
+        let rows = tricky_rows().into_iter().map(Ok);
+        Ok(async_query::QueryOutput::records(
+            vec![
+                "text".into(),
+                "empty or padded".into(),
+                "mixed".into(),
+                "number".into(),
+            ],
+            futures::stream::iter(rows),
+        ))
+    }
+}
+
+#[tokio::test]
+async fn tricky_values_round_trip_through_real_parsers() {
+    use serde_json::Value;
+    let service = AsyncQueryService::builder()
+        .executor(Arc::new(Tricky))
+        .build()
+        .unwrap();
+    let expected = tricky_rows();
+    for format in [ExportFormat::Csv, ExportFormat::Json, ExportFormat::Ndjson] {
+        let job = service
+            .submit(&alice(), SubmitRequest::export("tricky", format))
+            .await
+            .unwrap();
+        assert_eq!(
+            job.status,
+            QueryStatus::Complete,
+            "{format:?}: {:?}",
+            job.result
+        );
+        let bytes = body(service.download(&alice(), job.id, None).await.unwrap()).await;
+        match format {
+            ExportFormat::Csv => {
+                let mut reader = csv::Reader::from_reader(&bytes[..]);
+                assert_eq!(
+                    reader.headers().unwrap(),
+                    vec!["text", "empty or padded", "mixed", "number"]
+                );
+                let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+                assert_eq!(rows.len(), expected.len());
+                for (row, want) in rows.iter().zip(&expected) {
+                    for (field, value) in row.iter().zip(want) {
+                        let want = match value {
+                            Value::Null => String::new(),
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        assert_eq!(field, want, "CSV field");
+                    }
+                }
+            }
+            _ => {
+                let objects: Vec<serde_json::Map<String, Value>> = if format == ExportFormat::Json {
+                    serde_json::from_slice(&bytes).unwrap()
+                } else {
+                    let text = std::str::from_utf8(&bytes).unwrap();
+                    assert!(text.ends_with('\n'));
+                    text.lines()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect()
+                };
+                assert_eq!(objects.len(), expected.len());
+                for (object, want) in objects.iter().zip(&expected) {
+                    let got: Vec<&Value> = ["text", "empty or padded", "mixed", "number"]
+                        .iter()
+                        .map(|c| &object[*c])
+                        .collect();
+                    let want: Vec<&Value> = want.iter().collect();
+                    assert_eq!(
+                        got, want,
+                        "JSON keeps nulls, empty strings and nesting distinct"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn record_limit_fails_or_truncates_but_never_silently() {
+    let limited = |action| Config {
+        export_max_records: Some(10),
+        export_limit_action: action,
+        ..config()
+    };
+    let fail = harness(limited(async_query::config::ExportLimitAction::Fail));
+    let job = fail
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 11", ExportFormat::Csv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Failure);
+    assert!(
+        job.result
+            .unwrap()
+            .message
+            .unwrap()
+            .contains("10 records (export_max_records)")
+    );
+    let exact = fail
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 10", ExportFormat::Csv),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        exact.status,
+        QueryStatus::Complete,
+        "exactly at the limit is fine"
+    );
+    assert!(!exact.result.unwrap().truncated);
+
+    let truncate = harness(limited(async_query::config::ExportLimitAction::Truncate));
+    let job = truncate
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 1000", ExportFormat::Ndjson),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Complete);
+    let result = job.result.clone().unwrap();
+    assert!(result.truncated);
+    assert_eq!(result.record_count, Some(10));
+    assert!(result.message.unwrap().starts_with("truncated"));
+    let bytes = body(
+        truncate
+            .service
+            .download(&alice(), job.id, None)
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bytes.iter().filter(|b| **b == b'\n').count(), 10);
+}
+
+#[tokio::test(start_paused = true)]
+async fn byte_limit_stops_at_the_first_record_that_reaches_it() {
+    let h = harness(Config {
+        export_max_bytes: Some(1_000),
+        export_limit_action: async_query::config::ExportLimitAction::Truncate,
+        ..config()
+    });
+    let job = h
+        .service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 1000", ExportFormat::Json),
+        )
+        .await
+        .unwrap();
+    let result = job.result.unwrap();
+    assert!(result.truncated);
+    let len = result.content_length.unwrap();
+    assert!((1_000..1_100).contains(&len), "{len} bytes");
+    let bytes = body(h.service.download(&alice(), job.id, None).await.unwrap()).await;
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&bytes).expect("a truncated JSON export is still valid JSON");
+    assert_eq!(rows.len() as u64, result.record_count.unwrap());
+}
+
+#[tokio::test]
+async fn a_million_rows_through_the_filesystem() {
+    let dir = tempfile::tempdir().unwrap();
+    let (service, storage) = fs_service(dir.path(), config()).await;
+    let job = service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 1000000", ExportFormat::Csv)
+                .with_async_after(Duration::from_secs(120)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
+    let result = job.result.unwrap();
+    assert_eq!(result.record_count, Some(1_000_000));
+    let path = storage.root().join(job.id.to_string());
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        result.content_length.unwrap()
+    );
+    let mut reader = csv::Reader::from_path(&path).unwrap();
+    let mut count = 0u64;
+    let mut record = csv::StringRecord::new();
+    while reader.read_record(&mut record).unwrap() {
+        assert_eq!(record[0].parse::<u64>().unwrap(), count, "rows in order");
+        count += 1;
+    }
+    assert_eq!(count, 1_000_000);
+}

@@ -11,9 +11,13 @@
 //! | string | the text, quoted per RFC 4180 when needed | JSON string |
 //! | number, bool | its JSON text | as is |
 //! | array, object | its compact JSON text, quoted as needed | as is |
+//! | `""` (empty string) | empty field — the same as `null` (CSV has no null) | `""` |
+//! | control characters | written as they are; fields with `\r`, `\n`, `"` or `,` are quoted | escaped (`\u0000`, `\n`, …) |
 //!
 //! Text is always UTF-8 (records are `serde_json::Value`s, whose strings are
-//! valid UTF-8 by construction).
+//! valid UTF-8 by construction); no byte-order mark is written. A host whose
+//! source data is not UTF-8 must decide how to convert it (for example
+//! `String::from_utf8_lossy`) when it builds the record.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -25,15 +29,22 @@ use crate::{Error, Result};
 /// Default size at which an encoder hands a chunk to storage.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 
-/// Encodes records of one export into chunks of about `chunk_size` bytes.
+/// Encodes records of one export into chunks of about
+/// [`DEFAULT_CHUNK_SIZE`] bytes.
 #[derive(Debug)]
 pub struct Encoder {
     format: ExportFormat,
     columns: Vec<String>,
+    /// Pending JSON / NDJSON bytes.
     buffer: Vec<u8>,
+    /// Pending CSV bytes live inside the writer (flushed after every record).
+    csv: Option<csv::Writer<Vec<u8>>>,
+    /// Reused for rendering non-string values as CSV fields.
+    scratch: Vec<u8>,
     chunk_size: usize,
     records: u64,
-    csv: Option<csv::Writer<Vec<u8>>>,
+    /// Bytes already handed out as chunks.
+    emitted: u64,
 }
 
 impl Encoder {
@@ -53,14 +64,12 @@ impl Encoder {
         let mut encoder = Encoder {
             format,
             columns,
-            buffer: Vec::with_capacity(if format == ExportFormat::Csv {
-                0
-            } else {
-                DEFAULT_CHUNK_SIZE + 1024
-            }),
+            buffer: Vec::new(),
+            csv: None,
+            scratch: Vec::new(),
             chunk_size: DEFAULT_CHUNK_SIZE,
             records: 0,
-            csv: None,
+            emitted: 0,
         };
         match format {
             ExportFormat::Csv => {
@@ -68,11 +77,15 @@ impl Encoder {
                 if csv_header {
                     // Writing into a Vec cannot fail.
                     let _ = writer.write_record(&encoder.columns);
+                    let _ = writer.flush();
                 }
                 encoder.csv = Some(writer);
             }
-            ExportFormat::Json => encoder.buffer.push(b'['),
-            ExportFormat::Ndjson => {}
+            ExportFormat::Json => {
+                encoder.buffer.reserve(DEFAULT_CHUNK_SIZE + 1024);
+                encoder.buffer.push(b'[');
+            }
+            ExportFormat::Ndjson => encoder.buffer.reserve(DEFAULT_CHUNK_SIZE + 1024),
         }
         encoder
     }
@@ -82,7 +95,25 @@ impl Encoder {
         self.records
     }
 
-    /// Encodes one record; returns a chunk when the buffer is full.
+    /// Bytes encoded so far (handed out and pending), not counting what
+    /// [`finish`](Self::finish) adds (`]` for JSON).
+    pub fn len(&self) -> u64 {
+        self.emitted + self.pending() as u64
+    }
+
+    /// Whether nothing has been encoded yet (not even a header).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn pending(&self) -> usize {
+        match &self.csv {
+            Some(writer) => writer.get_ref().len(),
+            None => self.buffer.len(),
+        }
+    }
+
+    /// Encodes one record; returns a chunk when one is full.
     ///
     /// # Errors
     ///
@@ -111,57 +142,44 @@ impl Encoder {
             }
         }
         self.records += 1;
-        self.take_if_full()
+        if self.pending() < self.chunk_size {
+            return Ok(None);
+        }
+        self.take().map(Some)
     }
 
     /// Ends the export and returns the remaining bytes.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRequest`] only if CSV encoding failed earlier.
+    /// [`Error::InvalidRequest`] only if CSV encoding failed.
     pub fn finish(mut self) -> Result<Bytes> {
-        match self.format {
-            ExportFormat::Csv => Ok(Bytes::from(self.take_csv()?)),
-            ExportFormat::Json => {
-                self.buffer.push(b']');
-                Ok(Bytes::from(self.buffer))
-            }
-            ExportFormat::Ndjson => Ok(Bytes::from(self.buffer)),
+        if self.format == ExportFormat::Json {
+            self.buffer.push(b']');
         }
+        self.take()
     }
 
     fn push_csv(&mut self, record: &Record) -> Result<()> {
         let Some(writer) = self.csv.as_mut() else {
             return Ok(());
         };
-        let mut text = String::new();
         for value in record {
-            let field: &str = match value {
-                Value::Null => "",
-                Value::String(s) => s,
+            match value {
+                Value::Null => writer.write_field([]),
+                Value::String(s) => writer.write_field(s),
                 other => {
-                    text.clear();
-                    text.push_str(&other.to_string());
-                    &text
+                    self.scratch.clear();
+                    // Serialising a Value into a Vec cannot fail.
+                    let _ = serde_json::to_writer(&mut self.scratch, other);
+                    writer.write_field(&self.scratch)
                 }
-            };
-            writer.write_field(field).map_err(csv_error)?;
+            }
+            .map_err(csv_error)?;
         }
         writer.write_record(None::<&[u8]>).map_err(csv_error)?;
-        Ok(())
-    }
-
-    /// Takes the CSV writer's output so far (flushing its internal buffer)
-    /// and starts a fresh writer.
-    fn take_csv(&mut self) -> Result<Vec<u8>> {
-        let Some(writer) = self.csv.take() else {
-            return Ok(Vec::new());
-        };
-        let bytes = writer
-            .into_inner()
-            .map_err(|e| csv_error(csv::Error::from(e.into_error())))?;
-        self.csv = Some(csv_writer(Vec::with_capacity(self.chunk_size + 1024)));
-        Ok(bytes)
+        // Keep the byte count exact: nothing waits in the writer's own buffer.
+        writer.flush().map_err(|e| csv_error(e.into()))
     }
 
     fn push_object(&mut self, record: &Record) {
@@ -178,19 +196,21 @@ impl Encoder {
         self.buffer.push(b'}');
     }
 
-    fn take_if_full(&mut self) -> Result<Option<Bytes>> {
-        if let Some(writer) = &self.csv {
-            // The writer keeps up to 8 KiB in its own buffer besides this.
-            if writer.get_ref().len() < self.chunk_size {
-                return Ok(None);
+    /// Hands out everything pending as one chunk.
+    fn take(&mut self) -> Result<Bytes> {
+        let fresh = Vec::with_capacity(self.chunk_size + 1024);
+        let chunk = match self.csv.take() {
+            Some(writer) => {
+                let bytes = writer
+                    .into_inner()
+                    .map_err(|e| csv_error(csv::Error::from(e.into_error())))?;
+                self.csv = Some(csv_writer(fresh));
+                bytes
             }
-            return Ok(Some(Bytes::from(self.take_csv()?)));
-        }
-        if self.buffer.len() < self.chunk_size {
-            return Ok(None);
-        }
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(self.chunk_size + 1024));
-        Ok(Some(Bytes::from(chunk)))
+            None => std::mem::replace(&mut self.buffer, fresh),
+        };
+        self.emitted += chunk.len() as u64;
+        Ok(Bytes::from(chunk))
     }
 }
 
@@ -202,6 +222,40 @@ fn csv_writer(into: Vec<u8>) -> csv::Writer<Vec<u8>> {
 
 fn csv_error(e: csv::Error) -> Error {
     Error::invalid(format!("CSV encoding failed: {e}"))
+}
+
+/// Turns any serialisable value whose JSON form is an object into a
+/// [`Record`] with one value per column, in column order (missing fields
+/// become `null`). This is how a host exports rows it already has as serde
+/// structs; for SQL rows, build the `Vec<serde_json::Value>` from the row's
+/// columns directly.
+///
+/// # Errors
+///
+/// [`Error::InvalidRequest`] if `value` does not serialise to a JSON object.
+///
+/// ```
+/// #[derive(serde::Serialize)]
+/// struct Sale { region: String, amount: f64, note: Option<String> }
+///
+/// let columns = vec!["region".to_string(), "amount".to_string(), "note".to_string()];
+/// let sale = Sale { region: "EU".into(), amount: 9.5, note: None };
+/// let record = async_query::format::to_record(&sale, &columns).unwrap();
+/// assert_eq!(record, vec![serde_json::json!("EU"), serde_json::json!(9.5), serde_json::Value::Null]);
+/// ```
+pub fn to_record<T: serde::Serialize>(value: &T, columns: &[String]) -> Result<Record> {
+    match serde_json::to_value(value) {
+        Ok(Value::Object(mut fields)) => Ok(columns
+            .iter()
+            .map(|c| fields.remove(c).unwrap_or(Value::Null))
+            .collect()),
+        Ok(other) => Err(Error::invalid(format!(
+            "a record must serialise to a JSON object, not {other}"
+        ))),
+        Err(e) => Err(Error::invalid(format!(
+            "the record could not be serialised: {e}"
+        ))),
+    }
 }
 
 /// The media type of an export format.

@@ -7,6 +7,7 @@ use futures::{FutureExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use super::{Cas, Inner};
+use crate::config::ExportLimitAction;
 use crate::dao::StatusChange;
 use crate::executor::{ExecutionContext, QueryOutput, RecordStream};
 use crate::format::Encoder;
@@ -74,6 +75,7 @@ impl Inner {
                     completed_on: self.clock.now(),
                     body: ResultBody::Inline(body),
                     message: None,
+                    truncated: false,
                 })
             }
             (JobKind::TableExport { format }, QueryOutput::Records(records)) => {
@@ -111,12 +113,21 @@ impl Inner {
             records: mut rows,
         } = records;
         let mut encoder = Encoder::new(format, columns, self.config.csv_header);
-        let written: Result<(), String> = async {
+        let written: Result<Option<String>, String> = async {
             while let Some(row) = rows.next().await {
                 // An always-ready row source must still let cancellation and
                 // time-outs in.
                 tokio::task::consume_budget().await;
                 let row = row.map_err(|e| e.to_string())?;
+                // A row beyond a limit proves the export would exceed it.
+                if let Some(limit) = self.export_limit_reached(&encoder) {
+                    return match self.config.export_limit_action {
+                        ExportLimitAction::Truncate => Ok(Some(limit)),
+                        ExportLimitAction::Fail => Err(format!(
+                            "the export is larger than {limit}; narrow the query or raise the limit"
+                        )),
+                    };
+                }
                 if let Some(chunk) = encoder.push(&row).map_err(|e| e.to_string())? {
                     writer
                         .write(chunk)
@@ -124,26 +135,30 @@ impl Inner {
                         .map_err(|e| format!("could not store the export: {e}"))?;
                 }
             }
-            Ok(())
+            Ok(None)
         }
         .await;
         let record_count = encoder.records();
         let written = match written {
-            Ok(()) => match encoder.finish() {
+            Ok(truncated) => match encoder.finish() {
                 Ok(tail) => writer
                     .write(tail)
                     .await
+                    .map(|()| truncated)
                     .map_err(|e| format!("could not store the export: {e}")),
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => Err(e),
         };
-        if let Err(message) = written {
-            if let Err(e) = writer.abort().await {
-                tracing::warn!(job = %job.id, error = %e, "removing a partial export failed");
+        let truncated = match written {
+            Ok(truncated) => truncated,
+            Err(message) => {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(job = %job.id, error = %e, "removing a partial export failed");
+                }
+                return Err(message);
             }
-            return Err(message);
-        }
+        };
         let content_length = writer
             .publish()
             .await
@@ -153,8 +168,27 @@ impl Inner {
             content_length: Some(content_length),
             completed_on: self.clock.now(),
             body: ResultBody::Stored(name),
-            message: None,
+            message: truncated.as_ref().map(|limit| {
+                format!("truncated: the export stopped at {limit} after {record_count} records")
+            }),
+            truncated: truncated.is_some(),
         })
+    }
+
+    /// The configured export limit `encoder` has reached, described for
+    /// messages, if any.
+    fn export_limit_reached(&self, encoder: &Encoder) -> Option<String> {
+        if let Some(max) = self.config.export_max_records
+            && encoder.records() >= max
+        {
+            return Some(format!("the limit of {max} records (export_max_records)"));
+        }
+        if let Some(max) = self.config.export_max_bytes
+            && encoder.len() >= max
+        {
+            return Some(format!("the limit of {max} bytes (export_max_bytes)"));
+        }
+        None
     }
 
     /// Writes the outcome with compare-and-set. A job cancelled meanwhile ends

@@ -188,6 +188,7 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
         completed_on: now,
         body: ResultBody::Inline("[1,2,3]".into()),
         message: Some("done \"quoted\" ✓".into()),
+        truncated: true,
     };
     let done = StatusChange::new(QueryStatus::Cancelled, QueryStatus::CancelComplete, now)
         .with_result(result.clone());
