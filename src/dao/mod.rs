@@ -1,6 +1,7 @@
 //! Persistence of job records: the [`AsyncApiDao`] trait and its contract.
 //!
-//! Built in: [`MemoryDao`]. A host can implement the trait for its own
+//! Built in: [`MemoryDao`]; `SqliteDao` (feature `sqlite`) and `PostgresDao`
+//! (feature `postgres`). A host can implement the trait for its own
 //! database; every implementation must keep the contract below.
 
 use async_trait::async_trait;
@@ -11,8 +12,18 @@ use crate::Result;
 use crate::model::{AsyncQuery, Lease, QueryResult, QueryStatus};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
 pub use memory::MemoryDao;
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresDao;
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteDao;
 
 /// A compare-and-set status change: applied only if the stored status is
 /// still `from`.

@@ -14,6 +14,12 @@ use crate::dao::{AsyncApiDao, CasOutcome, ListFilter, StatusChange};
 use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus, ResultBody};
 use crate::storage::ResultStorageEngine;
 
+/// A `QUEUED` query record created at `now` with a fresh id, for tests of
+/// back-ends.
+pub fn sample_job(now: DateTime<Utc>) -> AsyncQuery {
+    record(now, QueryStatus::Queued)
+}
+
 fn record(now: DateTime<Utc>, status: QueryStatus) -> AsyncQuery {
     AsyncQuery {
         id: Uuid::new_v4(),

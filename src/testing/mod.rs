@@ -17,6 +17,6 @@ mod conformance;
 mod executor;
 mod faults;
 
-pub use conformance::{dao_conformance, storage_conformance};
+pub use conformance::{dao_conformance, sample_job, storage_conformance};
 pub use executor::ScriptedExecutor;
 pub use faults::{Faults, FaultyDao, FaultyStorage, InjectedFault};

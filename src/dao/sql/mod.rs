@@ -1,0 +1,354 @@
+//! What the SQL back-ends share: the row type, value encodings and the
+//! queries, written once and instantiated per database by a macro (sqlx's
+//! generic bounds over `Database` do not combine well with `async_trait`).
+//!
+//! Encodings: timestamps are `BIGINT` microseconds since the Unix epoch
+//! (exact, comparable, the same in both databases); `kind`, `roles` and
+//! `result` are JSON text; `status` is Elide's spelling.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus};
+use crate::{Error, Result};
+
+/// The columns every query selects, in `RawJob` order.
+pub(crate) const COLUMNS: &str = "id, kind, query, query_type, principal_name, principal_roles, \
+     status, async_after_ms, max_run_time_ms, created_on, updated_on, result, lease_owner, \
+     lease_expires_at";
+
+/// One row of `async_query`.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct RawJob {
+    pub(crate) id: Uuid,
+    pub(crate) kind: String,
+    pub(crate) query: String,
+    pub(crate) query_type: String,
+    pub(crate) principal_name: String,
+    pub(crate) principal_roles: String,
+    pub(crate) status: String,
+    pub(crate) async_after_ms: i64,
+    pub(crate) max_run_time_ms: i64,
+    pub(crate) created_on: i64,
+    pub(crate) updated_on: i64,
+    pub(crate) result: Option<String>,
+    pub(crate) lease_owner: Option<Uuid>,
+    pub(crate) lease_expires_at: Option<i64>,
+}
+
+fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+    Error::dao(
+        format!("reading a job record: {what}"),
+        format!("stored value is not valid: {detail}"),
+    )
+}
+
+pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn time(v: i64, what: &str) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(what, v))
+}
+
+pub(crate) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn duration(v: i64, what: &str) -> Result<Duration> {
+    u64::try_from(v)
+        .map(Duration::from_millis)
+        .map_err(|_| corrupt(what, v))
+}
+
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::dao("encoding a job record", e))
+}
+
+impl RawJob {
+    pub(crate) fn into_job(self) -> Result<AsyncQuery> {
+        let kind: JobKind = serde_json::from_str(&self.kind).map_err(|e| corrupt("kind", e))?;
+        let roles = serde_json::from_str(&self.principal_roles)
+            .map_err(|e| corrupt("principal_roles", e))?;
+        let result: Option<QueryResult> = self
+            .result
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("result", e))?;
+        let lease = match (self.lease_owner, self.lease_expires_at) {
+            (Some(owner), Some(at)) => Some(Lease {
+                owner,
+                expires_at: time(at, "lease_expires_at")?,
+            }),
+            _ => None,
+        };
+        Ok(AsyncQuery {
+            id: self.id,
+            kind,
+            query: self.query,
+            query_type: self.query_type,
+            principal: Principal {
+                name: self.principal_name,
+                roles,
+            },
+            status: self.status.parse().map_err(|e| corrupt("status", e))?,
+            async_after: duration(self.async_after_ms, "async_after_ms")?,
+            max_run_time: duration(self.max_run_time_ms, "max_run_time_ms")?,
+            created_on: time(self.created_on, "created_on")?,
+            updated_on: time(self.updated_on, "updated_on")?,
+            result,
+            lease,
+        })
+    }
+}
+
+pub(crate) fn into_jobs(rows: Vec<RawJob>) -> Result<Vec<AsyncQuery>> {
+    rows.into_iter().map(RawJob::into_job).collect()
+}
+
+/// How a status change treats the lease columns: 0 keep, 1 set, 2 clear.
+pub(crate) fn lease_mode(to: QueryStatus) -> i64 {
+    if to == QueryStatus::Processing {
+        1
+    } else if to.is_terminal() {
+        2
+    } else {
+        0
+    }
+}
+
+pub(crate) fn db_error(context: &str, e: sqlx::Error) -> Error {
+    Error::dao(context.to_owned(), e)
+}
+
+/// Implements `AsyncApiDao` for `$dao` (a struct with a `pool: Pool<$db>`
+/// field). `$claim_lock` is appended to the claim's inner `SELECT`.
+macro_rules! sql_dao {
+    ($dao:ty, $db:ty, $claim_lock:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::dao::AsyncApiDao for $dao {
+            async fn create(&self, job: &$crate::model::AsyncQuery) -> $crate::Result<()> {
+                use $crate::dao::sql::{json, micros, millis};
+                let inserted = sqlx::query(concat!(
+                    "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
+                    "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
+                    "updated_on, result, lease_owner, lease_expires_at) ",
+                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
+                ))
+                .bind(job.id)
+                .bind(json(&job.kind)?)
+                .bind(&job.query)
+                .bind(&job.query_type)
+                .bind(&job.principal.name)
+                .bind(json(&job.principal.roles)?)
+                .bind(job.status.as_str())
+                .bind(millis(job.async_after))
+                .bind(millis(job.max_run_time))
+                .bind(micros(job.created_on))
+                .bind(micros(job.updated_on))
+                .bind(job.result.as_ref().map(json).transpose()?)
+                .bind(job.lease.as_ref().map(|l| l.owner))
+                .bind(job.lease.as_ref().map(|l| micros(l.expires_at)))
+                .execute(&self.pool)
+                .await;
+                match inserted {
+                    Ok(_) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        Err($crate::Error::DuplicateId { id: job.id })
+                    }
+                    Err(e) => Err($crate::dao::sql::db_error("creating a job", e)),
+                }
+            }
+
+            async fn get(&self, id: uuid::Uuid) -> $crate::Result<Option<$crate::model::AsyncQuery>> {
+                let sql = format!("SELECT {} FROM async_query WHERE id = $1", $crate::dao::sql::COLUMNS);
+                sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?
+                    .map($crate::dao::sql::RawJob::into_job)
+                    .transpose()
+            }
+
+            async fn update_status(
+                &self,
+                id: uuid::Uuid,
+                change: $crate::dao::StatusChange,
+            ) -> $crate::Result<$crate::dao::CasOutcome> {
+                use $crate::dao::sql::{json, lease_mode, micros};
+                $crate::dao::check_transition(&change)?;
+                let sql = format!(
+                    "UPDATE async_query SET status = $1, updated_on = $2, result = COALESCE($3, result), \
+                     lease_owner = CASE $4 WHEN 1 THEN $5 WHEN 2 THEN NULL ELSE lease_owner END, \
+                     lease_expires_at = CASE $4 WHEN 1 THEN $6 WHEN 2 THEN NULL ELSE lease_expires_at END \
+                     WHERE id = $7 AND status = $8 RETURNING {}",
+                    $crate::dao::sql::COLUMNS
+                );
+                let updated = sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                    .bind(change.to.as_str())
+                    .bind(micros(change.at))
+                    .bind(change.result.as_ref().map(json).transpose()?)
+                    .bind(lease_mode(change.to))
+                    .bind(change.lease.as_ref().map(|l| l.owner))
+                    .bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
+                    .bind(id)
+                    .bind(change.from.as_str())
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("changing a job's status", e))?;
+                match updated {
+                    Some(row) => Ok($crate::dao::CasOutcome::Applied(row.into_job()?)),
+                    None => match self.get(id).await? {
+                        Some(current) => Ok($crate::dao::CasOutcome::Conflict(current)),
+                        None => Err($crate::Error::NotFound { id }),
+                    },
+                }
+            }
+
+            async fn claim(
+                &self,
+                lease: &$crate::model::Lease,
+                limit: usize,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
+                use $crate::dao::sql::micros;
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "UPDATE async_query SET status = 'PROCESSING', lease_owner = $1, \
+                     lease_expires_at = $2, updated_on = $3 \
+                     WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' \
+                     ORDER BY seq LIMIT $4{}) RETURNING seq, {}",
+                    $claim_lock,
+                    $crate::dao::sql::COLUMNS
+                );
+                let rows: Vec<(i64, $crate::dao::sql::RawJob)> = sqlx::query(&sql)
+                    .bind(lease.owner)
+                    .bind(micros(lease.expires_at))
+                    .bind(micros(at))
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?
+                    .into_iter()
+                    .map(|row| {
+                        use sqlx::{FromRow, Row};
+                        let seq: i64 = row.try_get("seq")?;
+                        Ok((seq, $crate::dao::sql::RawJob::from_row(&row)?))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?;
+                let mut rows = rows;
+                // RETURNING has no order; claims are oldest first.
+                rows.sort_by_key(|(seq, _)| *seq);
+                rows.into_iter().map(|(_, row)| row.into_job()).collect()
+            }
+
+            async fn renew_leases(
+                &self,
+                owner: uuid::Uuid,
+                ids: &[uuid::Uuid],
+                expires_at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::Result<Vec<(uuid::Uuid, $crate::model::QueryStatus)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut renew = sqlx::QueryBuilder::<$db>::new("UPDATE async_query SET lease_expires_at = ");
+                renew
+                    .push_bind($crate::dao::sql::micros(expires_at))
+                    .push(" WHERE lease_owner = ")
+                    .push_bind(owner)
+                    .push(" AND status IN ('PROCESSING', 'CANCELLED') AND id IN (");
+                let mut list = renew.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                renew.push(")");
+                renew
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("renewing leases", e))?;
+                let mut read = sqlx::QueryBuilder::<$db>::new("SELECT id, status FROM async_query WHERE id IN (");
+                let mut list = read.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                read.push(")");
+                let rows: Vec<(uuid::Uuid, String)> = read
+                    .build_query_as()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("renewing leases", e))?;
+                rows.into_iter()
+                    .map(|(id, status)| Ok((id, status.parse()?)))
+                    .collect()
+            }
+
+            async fn list(
+                &self,
+                filter: &$crate::dao::ListFilter,
+            ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
+                use $crate::dao::sql::micros;
+                let mut query = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM async_query WHERE 1 = 1",
+                    $crate::dao::sql::COLUMNS
+                ));
+                if !filter.statuses.is_empty() {
+                    query.push(" AND status IN (");
+                    let mut list = query.separated(", ");
+                    for status in &filter.statuses {
+                        list.push_bind(status.as_str());
+                    }
+                    query.push(")");
+                }
+                if let Some(t) = filter.updated_before {
+                    query.push(" AND updated_on < ").push_bind(micros(t));
+                }
+                if let Some(t) = filter.lease_expired_before {
+                    query.push(" AND lease_expires_at < ").push_bind(micros(t));
+                }
+                if let Some(owner) = filter.owner {
+                    query.push(" AND lease_owner = ").push_bind(owner);
+                }
+                query.push(" ORDER BY seq");
+                if filter.limit > 0 {
+                    query
+                        .push(" LIMIT ")
+                        .push_bind(i64::try_from(filter.limit).unwrap_or(i64::MAX));
+                }
+                let rows = query
+                    .build_query_as::<$crate::dao::sql::RawJob>()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("listing jobs", e))?;
+                $crate::dao::sql::into_jobs(rows)
+            }
+
+            async fn delete(&self, ids: &[uuid::Uuid]) -> $crate::Result<u64> {
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                let mut query = sqlx::QueryBuilder::<$db>::new("DELETE FROM async_query WHERE id IN (");
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                query.push(")");
+                let done = query
+                    .build()
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("deleting jobs", e))?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+
+pub(crate) use sql_dao;

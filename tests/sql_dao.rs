@@ -1,0 +1,283 @@
+//! The SQLite and PostgreSQL DAOs pass the conformance suite and work under
+//! the service.
+//!
+//! PostgreSQL tests read the server URL from `ASYNC_QUERY_TEST_POSTGRES_URL`
+//! (e.g. `postgres://postgres@127.0.0.1:5432/test`); each test creates and
+//! drops its own database. Without the variable they print that they were
+//! skipped. `.ci/run` sets it, so in CI they always run.
+#![cfg(any(feature = "sqlite", feature = "postgres"))]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_query::testing::{ScriptedExecutor, dao_conformance};
+use async_query::{AsyncApiDao, AsyncQueryService, Config, QueryStatus, SubmitRequest};
+use common::*;
+
+async fn service_round_trip(dao: Arc<dyn AsyncApiDao>) {
+    let service = AsyncQueryService::builder()
+        .config(Config {
+            pool_size: 2,
+            ..config()
+        })
+        .dao(dao)
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let fast = service
+        .submit(&alice(), SubmitRequest::query("hello"))
+        .await
+        .unwrap();
+    assert_eq!(fast.status, QueryStatus::Complete);
+    assert_eq!(service.get(&alice(), fast.id).await.unwrap(), fast);
+    let zero = Duration::ZERO;
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            service
+                .submit(
+                    &alice(),
+                    SubmitRequest::query(format!("sleep {}", 10 + i)).with_async_after(zero),
+                )
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    let blocked = service
+        .submit(
+            &alice(),
+            SubmitRequest::query("block").with_async_after(zero),
+        )
+        .await
+        .unwrap();
+    for id in ids {
+        assert_eq!(
+            service
+                .wait(&alice(), id, Duration::from_secs(10))
+                .await
+                .unwrap()
+                .status,
+            QueryStatus::Complete
+        );
+    }
+    let cancelled = service
+        .cancel(&alice(), blocked.id)
+        .await
+        .unwrap()
+        .into_record();
+    assert_eq!(cancelled.status, QueryStatus::CancelComplete);
+    assert!(service.get(&bob(), fast.id).await.is_err());
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite {
+    use super::*;
+    use async_query::dao::SqliteDao;
+
+    async fn fresh() -> (SqliteDao, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let dao = SqliteDao::connect(&url).await.unwrap();
+        dao.migrate().await.unwrap();
+        dao.migrate().await.unwrap(); // idempotent
+        (dao, dir)
+    }
+
+    #[tokio::test]
+    async fn sqlite_dao_conforms() {
+        let (dao, _dir) = fresh().await;
+        dao_conformance(&dao).await;
+    }
+
+    #[tokio::test]
+    async fn in_memory_sqlite_conforms() {
+        let dao = SqliteDao::connect("sqlite::memory:").await.unwrap();
+        dao.migrate().await.unwrap();
+        dao_conformance(&dao).await;
+    }
+
+    #[tokio::test]
+    async fn sqlite_dao_runs_the_service() {
+        let (dao, _dir) = fresh().await;
+        service_round_trip(Arc::new(dao)).await;
+    }
+
+    #[tokio::test]
+    async fn records_survive_reopening_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+        let id = {
+            let dao = SqliteDao::connect(&url).await.unwrap();
+            dao.migrate().await.unwrap();
+            let service = AsyncQueryService::builder()
+                .dao(Arc::new(dao))
+                .executor(Arc::new(ScriptedExecutor::new()))
+                .build()
+                .unwrap();
+            service
+                .submit(&alice(), SubmitRequest::query("kept"))
+                .await
+                .unwrap()
+                .id
+        };
+        let dao = SqliteDao::connect(&url).await.unwrap();
+        dao.migrate().await.unwrap();
+        let job = dao.get(id).await.unwrap().unwrap();
+        assert_eq!(job.status, QueryStatus::Complete);
+        assert_eq!(job.result.unwrap().inline_body(), Some("kept"));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_database_is_a_typed_error() {
+        let err = SqliteDao::connect("sqlite:///nonexistent-dir/x/jobs.db")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, async_query::Error::Dao { .. }), "{err:?}");
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use async_query::dao::PostgresDao;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{ConnectOptions, Executor};
+    use std::str::FromStr;
+
+    /// A fresh database for one test, dropped by `Drop` best effort.
+    struct TestDb {
+        admin: PgConnectOptions,
+        name: String,
+        dao: PostgresDao,
+    }
+
+    async fn fresh() -> Option<TestDb> {
+        let Ok(url) = std::env::var("ASYNC_QUERY_TEST_POSTGRES_URL") else {
+            eprintln!(
+                "\n*** SKIPPED: set ASYNC_QUERY_TEST_POSTGRES_URL to run the PostgreSQL tests ***\n"
+            );
+            return None;
+        };
+        let admin = PgConnectOptions::from_str(&url)
+            .expect("ASYNC_QUERY_TEST_POSTGRES_URL is not a PostgreSQL URL");
+        let name = format!("async_query_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("cannot connect to ASYNC_QUERY_TEST_POSTGRES_URL");
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .unwrap();
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(admin.clone().database(&name))
+            .await
+            .unwrap();
+        let dao = PostgresDao::from_pool(pool);
+        dao.migrate().await.unwrap();
+        Some(TestDb { admin, name, dao })
+    }
+
+    impl TestDb {
+        async fn drop_db(self) {
+            self.dao.pool().close().await;
+            if let Ok(mut conn) = self.admin.connect().await {
+                let _ = conn
+                    .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+                    .await;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn postgres_dao_conforms() {
+        let Some(db) = fresh().await else { return };
+        db.dao.migrate().await.unwrap(); // idempotent
+        dao_conformance(&db.dao).await;
+        db.drop_db().await;
+    }
+
+    #[tokio::test]
+    async fn postgres_dao_runs_the_service() {
+        let Some(db) = fresh().await else { return };
+        service_round_trip(Arc::new(db.dao.clone())).await;
+        db.drop_db().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_claimers_on_separate_connections_never_share_a_job() {
+        let Some(db) = fresh().await else { return };
+        let now = chrono::Utc::now();
+        let mut queued = Vec::new();
+        for _ in 0..200 {
+            let mut job = async_query::testing::sample_job(now);
+            job.status = QueryStatus::Queued;
+            db.dao.create(&job).await.unwrap();
+            queued.push(job.id);
+        }
+        let claimers = (0..8).map(|_| {
+            let dao = db.dao.clone();
+            tokio::spawn(async move {
+                let lease = async_query::model::Lease {
+                    owner: uuid::Uuid::new_v4(),
+                    expires_at: now,
+                };
+                let mut mine = Vec::new();
+                loop {
+                    let got = dao.claim(&lease, 3, now).await.unwrap();
+                    if got.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(got.into_iter().map(|j| j.id));
+                }
+            })
+        });
+        let mut all: Vec<uuid::Uuid> = futures::future::join_all(claimers)
+            .await
+            .into_iter()
+            .flat_map(|r| r.unwrap())
+            .collect();
+        all.sort();
+        queued.sort();
+        assert_eq!(all, queued, "every job claimed exactly once");
+        db.drop_db().await;
+    }
+
+    #[tokio::test]
+    async fn migrations_from_many_instances_at_once_are_safe() {
+        let Some(db) = fresh().await else { return };
+        let runs = (0..4).map(|_| {
+            let dao = db.dao.clone();
+            tokio::spawn(async move { dao.migrate().await })
+        });
+        for run in futures::future::join_all(runs).await {
+            run.unwrap().unwrap();
+        }
+        db.drop_db().await;
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_is_a_typed_error() {
+        // A pool whose server is gone: every call fails with a typed error.
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .unwrap();
+        let dao = PostgresDao::from_pool(pool);
+        let err = dao.get(uuid::Uuid::new_v4()).await.unwrap_err();
+        assert!(matches!(err, async_query::Error::Dao { .. }), "{err:?}");
+        let service = AsyncQueryService::builder()
+            .dao(Arc::new(dao))
+            .executor(Arc::new(ScriptedExecutor::new()))
+            .build()
+            .unwrap();
+        let err = service
+            .submit(&alice(), SubmitRequest::query("x"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, async_query::Error::Dao { .. }), "{err:?}");
+    }
+}
