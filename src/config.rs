@@ -28,6 +28,8 @@ use uuid::Uuid;
 #[serde(default)]
 pub struct Config {
     /// Jobs this instance runs at once (Elide `thread-pool-size`). Default 5.
+    /// `0` makes a submit-only instance: it stores jobs `QUEUED` and other
+    /// instances sharing the DAO run them.
     pub pool_size: usize,
     /// Jobs waiting `QUEUED` for a slot on this instance before `submit`
     /// returns [`Error::QueueFull`](crate::Error::QueueFull). Default 1,000.
@@ -150,9 +152,7 @@ pub enum ExportLimitAction {
 
 impl Config {
     pub(crate) fn validate(&self) -> crate::Result<()> {
-        let reason = if self.pool_size == 0 {
-            "pool_size must be at least 1"
-        } else if self.event_capacity == 0 {
+        let reason = if self.event_capacity == 0 {
             "event_capacity must be at least 1"
         } else if self.lease < Duration::from_millis(30) {
             "lease must be at least 30 ms"

@@ -421,7 +421,7 @@ async fn building_without_an_executor_or_runtime_is_a_config_error() {
         Err(Error::Config { .. })
     ));
     let bad = async_query::Config {
-        pool_size: 0,
+        event_capacity: 0,
         ..config()
     };
     assert!(matches!(

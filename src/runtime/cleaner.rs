@@ -31,7 +31,7 @@ const TERMINAL: [QueryStatus; 4] = [
 impl Inner {
     /// Whether this instance is running the job right now (its own worker
     /// enforces limits and cancellation; the cleaner leaves it alone).
-    fn runs_here(&self, id: Uuid) -> bool {
+    pub(super) fn runs_here(&self, id: Uuid) -> bool {
         self.lock_local()
             .jobs
             .get(&id)

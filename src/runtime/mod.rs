@@ -379,7 +379,21 @@ impl Inner {
             return Ok(AsyncQuery::clone(&job));
         }
         drop(job);
-        let _ = tokio::time::timeout(async_after, rx.wait_for(|j| j.status.is_terminal())).await;
+        let deadline = Instant::now() + async_after;
+        let closed = tokio::time::timeout_at(deadline, rx.wait_for(|j| j.status.is_terminal()))
+            .await
+            .is_ok_and(|waited| waited.is_err());
+        if closed {
+            // Another instance took the job (this one is submit-only or
+            // busy): follow it through the DAO for the rest of the wait.
+            return self
+                .wait(
+                    principal,
+                    id,
+                    deadline.saturating_duration_since(Instant::now()),
+                )
+                .await;
+        }
         let latest = Arc::clone(&rx.borrow());
         Ok(AsyncQuery::clone(&latest))
     }
@@ -578,20 +592,42 @@ impl Inner {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            let running = self.running();
-            if running.is_empty() {
+            // Running jobs get their leases renewed; queued ones are checked
+            // too, so a job another instance claimed leaves this instance's
+            // queue count (a submit-only instance never claims its own).
+            let (running, queued): (Vec<Uuid>, Vec<Uuid>) = {
+                let local = self.lock_local();
+                let mut running = Vec::new();
+                let mut queued = Vec::new();
+                for (id, job) in &local.jobs {
+                    if job.queued {
+                        queued.push(*id)
+                    } else {
+                        running.push(*id)
+                    }
+                }
+                (running, queued)
+            };
+            if running.is_empty() && queued.is_empty() {
                 continue;
             }
+            let all: Vec<Uuid> = running.iter().chain(&queued).copied().collect();
             let expires_at = self.clock.now() + to_delta(self.config.lease);
             match self
                 .dao
-                .renew_leases(self.config.instance_id, &running, expires_at)
+                .renew_leases(self.config.instance_id, &all, expires_at)
                 .await
             {
                 Ok(statuses) => {
                     for (id, status) in statuses {
                         if status == QueryStatus::Cancelled {
                             self.fire(id);
+                        }
+                        if status != QueryStatus::Queued
+                            && queued.contains(&id)
+                            && !self.runs_here(id)
+                        {
+                            self.forget(id);
                         }
                     }
                 }
