@@ -254,11 +254,26 @@ async fn sqlite_kill_9_mid_run_then_restart_on_the_same_file_loses_nothing() {
     }
     // Only jobs that were running when the process died may be TIMEDOUT:
     // at most one per worker slot, each with a "start" line in the log.
-    let started: Vec<uuid::Uuid> = lines.iter().filter(|(w, _)| w == "start").map(|(_, id)| *id).collect();
-    let interrupted: Vec<&AsyncQuery> = records.iter().filter(|r| r.status == QueryStatus::TimedOut).collect();
-    assert!(interrupted.len() <= 4, "more interrupted jobs than worker slots: {}", interrupted.len());
+    let started: Vec<uuid::Uuid> = lines
+        .iter()
+        .filter(|(w, _)| w == "start")
+        .map(|(_, id)| *id)
+        .collect();
+    let interrupted: Vec<&AsyncQuery> = records
+        .iter()
+        .filter(|r| r.status == QueryStatus::TimedOut)
+        .collect();
+    assert!(
+        interrupted.len() <= 4,
+        "more interrupted jobs than worker slots: {}",
+        interrupted.len()
+    );
     for record in interrupted {
-        assert!(started.contains(&record.id), "{} timed out but never started", record.id);
+        assert!(
+            started.contains(&record.id),
+            "{} timed out but never started",
+            record.id
+        );
     }
 }
 
@@ -268,4 +283,156 @@ fn count_statuses(records: &[AsyncQuery]) -> HashMap<QueryStatus, usize> {
         *counts.entry(record.status).or_insert(0) += 1;
     }
     counts
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_three_worker_processes_one_killed_every_job_ends_exactly_once() {
+    let Some(db) = common::pg::fresh().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let workers: Vec<uuid::Uuid> = (0..3).map(|_| uuid::Uuid::new_v4()).collect();
+    let logs: Vec<PathBuf> = (0..3)
+        .map(|i| dir.path().join(format!("worker-{i}.log")))
+        .collect();
+    let mut children: Vec<Child> = workers
+        .iter()
+        .zip(&logs)
+        .map(|(id, log)| spawn_child(&db.url, *id, log, 0))
+        .collect();
+
+    // This process only submits and cancels (no worker slots).
+    let submitter = AsyncQueryService::builder()
+        .config(instance_config(uuid::Uuid::new_v4(), 0))
+        .dao(Arc::new(db.dao.clone()))
+        .executor(Arc::new(async_query::testing::ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let total = 2_000;
+    let mut blocks = Vec::new();
+    for i in 0..total {
+        let query = if i % 100 == 7 {
+            "block".to_string()
+        } else {
+            format!("sleep {}", [5, 20, 50, 100][i % 4])
+        };
+        let job = submitter
+            .submit(
+                &alice(),
+                SubmitRequest::query(query.clone()).with_async_after(Duration::ZERO),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            job.status,
+            QueryStatus::Queued,
+            "a submit-only instance never runs jobs"
+        );
+        if query == "block" {
+            blocks.push(job.id);
+        }
+    }
+
+    // Let the workers get going, then kill one of them mid-run.
+    let start = std::time::Instant::now();
+    while read_log(&logs[0])
+        .iter()
+        .filter(|(w, _)| w == "end")
+        .count()
+        < 50
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "worker 0 made no progress"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    children[0].kill().expect("kill -9");
+    children[0].wait().expect("reap");
+    let killed_at = std::time::Instant::now();
+
+    // Cancel every blocking job from here, wherever it runs or waits.
+    let cancel_start = std::time::Instant::now();
+    for id in &blocks {
+        submitter.cancel(&alice(), *id).await.unwrap();
+    }
+    let cancels_took = cancel_start.elapsed();
+
+    // The dead worker's unfinished jobs end within lease + cleaner interval.
+    let dead_log = read_log(&logs[0]);
+    let dead_unfinished: Vec<uuid::Uuid> = dead_log
+        .iter()
+        .filter(|(w, id)| w == "start" && !dead_log.contains(&("end".to_string(), *id)))
+        .map(|(_, id)| *id)
+        .collect();
+    loop {
+        let mut pending = 0;
+        for id in &dead_unfinished {
+            if !db.dao.get(*id).await.unwrap().unwrap().status.is_terminal() {
+                pending += 1;
+            }
+        }
+        if pending == 0 {
+            break;
+        }
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(4),
+            "{pending} jobs of the dead worker still open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let recovered_after = killed_at.elapsed();
+
+    let records = wait_all_terminal(&db.dao, total, Duration::from_secs(120)).await;
+    let finished_after = killed_at.elapsed();
+    for child in &mut children[1..] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // Nothing ran twice: each job started in at most one process.
+    let mut starts: HashMap<uuid::Uuid, usize> = HashMap::new();
+    for log in &logs {
+        for (what, id) in read_log(log) {
+            if what == "start" {
+                *starts.entry(id).or_insert(0) += 1;
+            }
+        }
+    }
+    assert!(starts.values().all(|n| *n == 1), "a job started twice");
+    let dead = workers[0].to_string();
+    for record in &records {
+        let message = record
+            .result
+            .as_ref()
+            .and_then(|r| r.message.clone())
+            .unwrap_or_default();
+        match record.status {
+            QueryStatus::Complete => assert!(!blocks.contains(&record.id)),
+            QueryStatus::CancelComplete => {
+                assert!(blocks.contains(&record.id), "{} cancelled", record.id)
+            }
+            QueryStatus::TimedOut => assert!(
+                message.contains(&dead),
+                "timed out but not on the dead worker: {message}"
+            ),
+            other => panic!("{} ended {other}: {message}", record.id),
+        }
+    }
+    let counts = count_statuses(&records);
+    assert_eq!(
+        counts.get(&QueryStatus::CancelComplete),
+        Some(&blocks.len()),
+        "{counts:?}"
+    );
+    println!(
+        "PostgreSQL crash test: {total} jobs over 3 worker processes, one killed after {} jobs; \
+         its {} unfinished jobs ended {recovered_after:?} after the kill; all ended {finished_after:?} after; \
+         {} cancels took {cancels_took:?}; {counts:?}",
+        dead_log.iter().filter(|(w, _)| w == "end").count(),
+        dead_unfinished.len(),
+        blocks.len()
+    );
+    db.drop_db().await;
 }

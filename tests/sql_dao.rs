@@ -143,54 +143,9 @@ mod sqlite {
 mod postgres {
     use super::*;
     use async_query::dao::PostgresDao;
-    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-    use sqlx::{ConnectOptions, Executor};
-    use std::str::FromStr;
+    use sqlx::postgres::PgPoolOptions;
 
-    /// A fresh database for one test, dropped by `Drop` best effort.
-    struct TestDb {
-        admin: PgConnectOptions,
-        name: String,
-        dao: PostgresDao,
-    }
-
-    async fn fresh() -> Option<TestDb> {
-        let Ok(url) = std::env::var("ASYNC_QUERY_TEST_POSTGRES_URL") else {
-            eprintln!(
-                "\n*** SKIPPED: set ASYNC_QUERY_TEST_POSTGRES_URL to run the PostgreSQL tests ***\n"
-            );
-            return None;
-        };
-        let admin = PgConnectOptions::from_str(&url)
-            .expect("ASYNC_QUERY_TEST_POSTGRES_URL is not a PostgreSQL URL");
-        let name = format!("async_query_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = admin
-            .connect()
-            .await
-            .expect("cannot connect to ASYNC_QUERY_TEST_POSTGRES_URL");
-        conn.execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .unwrap();
-        let pool = PgPoolOptions::new()
-            .max_connections(10)
-            .connect_with(admin.clone().database(&name))
-            .await
-            .unwrap();
-        let dao = PostgresDao::from_pool(pool);
-        dao.migrate().await.unwrap();
-        Some(TestDb { admin, name, dao })
-    }
-
-    impl TestDb {
-        async fn drop_db(self) {
-            self.dao.pool().close().await;
-            if let Ok(mut conn) = self.admin.connect().await {
-                let _ = conn
-                    .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-                    .await;
-            }
-        }
-    }
+    use common::pg::fresh;
 
     #[tokio::test]
     async fn postgres_dao_conforms() {

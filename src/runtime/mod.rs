@@ -245,15 +245,19 @@ impl Inner {
             }),
             None => return None,
         };
+        // A job that leaves the queue runs here only if this instance claimed
+        // it; otherwise (cancelled while queued, or claimed elsewhere) this
+        // instance stops tracking it and waiters follow the DAO.
+        let mut leave = job.status.is_terminal();
         if entry.queued && job.status != QueryStatus::Queued {
-            entry.queued = false;
             local.queued -= 1;
+            entry.queued = false;
+            leave |= !adopt;
         }
         let token = entry.cancel.clone();
-        let terminal = job.status.is_terminal();
         let id = job.id;
         entry.state.send_replace(job);
-        if terminal {
+        if leave {
             local.jobs.remove(&id);
             self.left.notify_waiters();
         }
@@ -490,10 +494,13 @@ impl Inner {
     /// Waits (up to the cancel grace) for a local job to stop; a job running
     /// elsewhere is returned as it is.
     async fn settle_local(&self, job: AsyncQuery) -> AsyncQuery {
+        // Only a job this instance runs can be waited for here; a local entry
+        // for a job still queued here may be running elsewhere by now.
         let rx = self
             .lock_local()
             .jobs
             .get(&job.id)
+            .filter(|j| !j.queued)
             .map(|j| j.state.subscribe());
         let Some(mut rx) = rx else {
             return job;

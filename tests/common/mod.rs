@@ -50,3 +50,68 @@ pub fn harness(config: Config) -> Harness {
 }
 
 pub const SECOND: Duration = Duration::from_secs(1);
+
+/// A fresh PostgreSQL database for one test, from
+/// `ASYNC_QUERY_TEST_POSTGRES_URL`; `None` (and a loud message) without it.
+#[cfg(feature = "postgres")]
+pub mod pg {
+    use std::str::FromStr;
+
+    use async_query::dao::PostgresDao;
+    use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+    use sqlx::{ConnectOptions, Executor};
+
+    pub struct TestDb {
+        admin: PgConnectOptions,
+        pub name: String,
+        pub url: String,
+        pub dao: PostgresDao,
+    }
+
+    pub async fn fresh() -> Option<TestDb> {
+        let Ok(url) = std::env::var("ASYNC_QUERY_TEST_POSTGRES_URL") else {
+            eprintln!(
+                "\n*** SKIPPED: set ASYNC_QUERY_TEST_POSTGRES_URL to run the PostgreSQL tests ***\n"
+            );
+            return None;
+        };
+        let admin = PgConnectOptions::from_str(&url)
+            .expect("ASYNC_QUERY_TEST_POSTGRES_URL is not a PostgreSQL URL");
+        let name = format!("async_query_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = admin
+            .connect()
+            .await
+            .expect("cannot connect to ASYNC_QUERY_TEST_POSTGRES_URL");
+        conn.execute(format!("CREATE DATABASE {name}").as_str())
+            .await
+            .expect("create the test database");
+        let pool = PgPoolOptions::new()
+            .max_connections(10)
+            .connect_with(admin.clone().database(&name))
+            .await
+            .expect("connect to the test database");
+        let dao = PostgresDao::from_pool(pool);
+        dao.migrate().await.expect("migrate");
+        let db_url = match url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => panic!("ASYNC_QUERY_TEST_POSTGRES_URL has no database part: {url}"),
+        };
+        Some(TestDb {
+            admin,
+            name,
+            url: db_url,
+            dao,
+        })
+    }
+
+    impl TestDb {
+        pub async fn drop_db(self) {
+            self.dao.pool().close().await;
+            if let Ok(mut conn) = self.admin.connect().await {
+                let _ = conn
+                    .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
+                    .await;
+            }
+        }
+    }
+}
