@@ -14,6 +14,43 @@ use uuid::Uuid;
 use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus};
 use crate::{Error, Result};
 
+/// Version 1 of the schema, with `{seq}`, `{uuid}` and `{int}` standing for
+/// each database's types.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS async_query (
+    seq              {seq},
+    id               {uuid} NOT NULL UNIQUE,
+    kind             TEXT NOT NULL,
+    query            TEXT NOT NULL,
+    query_type       TEXT NOT NULL,
+    principal_name   TEXT NOT NULL,
+    principal_roles  TEXT NOT NULL,
+    status           TEXT NOT NULL,
+    async_after_ms   {int} NOT NULL,
+    max_run_time_ms  {int} NOT NULL,
+    created_on       {int} NOT NULL,
+    updated_on       {int} NOT NULL,
+    result           TEXT,
+    lease_owner      {uuid},
+    lease_expires_at {int}
+);
+CREATE INDEX IF NOT EXISTS async_query_claim ON async_query (status, seq);
+CREATE INDEX IF NOT EXISTS async_query_age ON async_query (status, updated_on);
+CREATE INDEX IF NOT EXISTS async_query_lease ON async_query (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS async_query_owner ON async_query (lease_owner) WHERE lease_owner IS NOT NULL
+";
+
+/// The schema versions for a database with these column types, in order.
+/// Each script's statements are separated by `;` (none inside literals).
+pub(crate) fn migrations(seq: &str, uuid: &str, int: &str) -> Vec<String> {
+    vec![
+        SCHEMA_V1
+            .replace("{seq}", seq)
+            .replace("{uuid}", uuid)
+            .replace("{int}", int),
+    ]
+}
+
 /// The columns every query selects, in `RawJob` order.
 pub(crate) const COLUMNS: &str = "id, kind, query, query_type, principal_name, principal_roles, \
      status, async_after_ms, max_run_time_ms, created_on, updated_on, result, lease_owner, \
@@ -128,6 +165,51 @@ pub(crate) fn db_error(context: &str, e: sqlx::Error) -> Error {
 /// field). `$claim_lock` is appended to the claim's inner `SELECT`.
 macro_rules! sql_dao {
     ($dao:ty, $db:ty, $claim_lock:expr) => {
+        impl $dao {
+            /// Applies the schema versions not yet recorded in
+            /// `async_query_migrations`, in one transaction that first runs
+            /// `lock` (if any) so concurrent callers serialise.
+            async fn apply_migrations(
+                &self,
+                scripts: Vec<String>,
+                lock: Option<sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>>,
+            ) -> $crate::Result<()> {
+                let context = "migrating the job store schema";
+                let fail = |e| $crate::dao::sql::db_error(context, e);
+                let mut tx = self.pool.begin().await.map_err(fail)?;
+                if let Some(lock) = lock {
+                    lock.execute(&mut *tx).await.map_err(fail)?;
+                }
+                sqlx::query("CREATE TABLE IF NOT EXISTS async_query_migrations (version BIGINT PRIMARY KEY)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                for (i, script) in scripts.iter().enumerate() {
+                    let version = i64::try_from(i).unwrap_or(i64::MAX) + 1;
+                    let applied: Option<i64> =
+                        sqlx::query_scalar("SELECT version FROM async_query_migrations WHERE version = $1")
+                            .bind(version)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(fail)?;
+                    if applied.is_some() {
+                        continue;
+                    }
+                    // One statement at a time: `raw_sql` futures are not
+                    // `Send` enough for `tokio::spawn`.
+                    for statement in script.split(';').filter(|s| !s.trim().is_empty()) {
+                        sqlx::query(statement).execute(&mut *tx).await.map_err(fail)?;
+                    }
+                    sqlx::query("INSERT INTO async_query_migrations (version) VALUES ($1)")
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                }
+                tx.commit().await.map_err(fail)
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::dao::AsyncApiDao for $dao {
             async fn create(&self, job: &$crate::model::AsyncQuery) -> $crate::Result<()> {
