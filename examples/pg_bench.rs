@@ -1,0 +1,190 @@
+//! End-to-end PostgreSQL figures against a raw sqlx baseline in the same run.
+//!
+//! ```text
+//! ASYNC_QUERY_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test \
+//!     cargo run --release --example pg_bench --features postgres
+//! ```
+//!
+//! Creates a scratch database next to the one in the URL and drops it after.
+//! Reports: jobs/s for 20,000 no-op jobs on one instance with 2 worker slots
+//! (bulk: all submitted detached, then awaited; one by one: each submitted and
+//! awaited inline), and submit → completion-seen latency over 1,000
+//! sequential jobs, next to the bare `INSERT` + `UPDATE` round trips a job
+//! needs, on the same table.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_query::dao::PostgresDao;
+use async_query::{
+    AsyncQuery, AsyncQueryService, BoxError, Config, ExecutionContext, Principal, QueryExecutor,
+    QueryOutput, QueryStatus, SubmitRequest,
+};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Executor};
+
+const JOBS: usize = 20_000;
+const LATENCY_JOBS: usize = 1_000;
+
+struct Noop;
+
+#[async_trait::async_trait]
+impl QueryExecutor for Noop {
+    async fn execute(&self, _: &AsyncQuery, _: ExecutionContext) -> Result<QueryOutput, BoxError> {
+        Ok(QueryOutput::body("[]", 0))
+    }
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
+}
+
+fn report(name: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    println!(
+        "{name}: p50 {:?}  p99 {:?}  max {:?}",
+        percentile(&samples, 0.50),
+        percentile(&samples, 0.99),
+        samples[samples.len() - 1]
+    );
+}
+
+async fn service(dao: &PostgresDao) -> Result<AsyncQueryService, Box<dyn std::error::Error>> {
+    Ok(AsyncQueryService::builder()
+        .config(Config {
+            pool_size: 2,
+            max_queued: JOBS,
+            ..Config::default()
+        })
+        .dao(Arc::new(dao.clone()))
+        .executor(Arc::new(Noop))
+        .build()?)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("ASYNC_QUERY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string());
+    let admin = PgConnectOptions::from_str(&url)?;
+    let name = format!("async_query_bench_{}", uuid::Uuid::new_v4().simple());
+    admin
+        .connect()
+        .await?
+        .execute(format!("CREATE DATABASE {name}").as_str())
+        .await?;
+    let pool = PgPoolOptions::new()
+        .max_connections(10)
+        .connect_with(admin.clone().database(&name))
+        .await?;
+    let dao = PostgresDao::from_pool(pool.clone());
+    dao.migrate().await?;
+    let alice = Principal::new("alice");
+
+    // Baseline: the round trips a job needs, bare: INSERT it, UPDATE it done.
+    let mut base = Vec::with_capacity(LATENCY_JOBS);
+    for _ in 0..LATENCY_JOBS {
+        let t = Instant::now();
+        let id = uuid::Uuid::new_v4();
+        sqlx::query(
+            "INSERT INTO async_query (id, kind, query, query_type, principal_name, principal_roles, \
+             status, async_after_ms, max_run_time_ms, created_on, updated_on) \
+             VALUES ($1, '{\"type\":\"query\"}', 'noop', '', 'alice', '[]', 'PROCESSING', 0, 0, 0, 0)",
+        )
+        .bind(id)
+        .execute(&pool)
+        .await?;
+        sqlx::query("UPDATE async_query SET status = 'COMPLETE', result = '{}' WHERE id = $1 AND status = 'PROCESSING'")
+            .bind(id)
+            .execute(&pool)
+            .await?;
+        base.push(t.elapsed());
+    }
+    let base_total: Duration = base.iter().sum();
+    report("baseline INSERT + UPDATE (sequential)", base.clone());
+    println!(
+        "baseline sequential: {:.0} jobs/s",
+        LATENCY_JOBS as f64 / base_total.as_secs_f64()
+    );
+    // Baseline throughput with 2 concurrent connections, as 2 workers.
+    let t = Instant::now();
+    let halves = (0..2).map(|_| {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for _ in 0..JOBS / 2 {
+                let id = uuid::Uuid::new_v4();
+                sqlx::query(
+                    "INSERT INTO async_query (id, kind, query, query_type, principal_name, principal_roles, \
+                     status, async_after_ms, max_run_time_ms, created_on, updated_on) \
+                     VALUES ($1, '{\"type\":\"query\"}', 'noop', '', 'alice', '[]', 'PROCESSING', 0, 0, 0, 0)",
+                )
+                .bind(id)
+                .execute(&pool)
+                .await?;
+                sqlx::query("UPDATE async_query SET status = 'COMPLETE' WHERE id = $1 AND status = 'PROCESSING'")
+                    .bind(id)
+                    .execute(&pool)
+                    .await?;
+            }
+            Ok::<_, sqlx::Error>(())
+        })
+    });
+    for half in futures::future::join_all(halves).await {
+        half??;
+    }
+    let base_rate = JOBS as f64 / t.elapsed().as_secs_f64();
+    println!("baseline 2 connections: {base_rate:.0} jobs/s");
+
+    // Sequential submit -> completion seen (inline path).
+    let svc = service(&dao).await?;
+    let mut ours = Vec::with_capacity(LATENCY_JOBS);
+    for _ in 0..LATENCY_JOBS {
+        let t = Instant::now();
+        let job = svc.submit(&alice, SubmitRequest::query("noop")).await?;
+        assert_eq!(job.status, QueryStatus::Complete);
+        ours.push(t.elapsed());
+    }
+    let ours_total: Duration = ours.iter().sum();
+    report("service submit -> COMPLETE (sequential)", ours.clone());
+    println!(
+        "service one by one: {:.0} jobs/s",
+        LATENCY_JOBS as f64 / ours_total.as_secs_f64()
+    );
+    let mut b = base.clone();
+    b.sort();
+    let mut o = ours.clone();
+    o.sort();
+    println!(
+        "latency ratio p50 {:.2}x  p99 {:.2}x",
+        percentile(&o, 0.5).as_secs_f64() / percentile(&b, 0.5).as_secs_f64(),
+        percentile(&o, 0.99).as_secs_f64() / percentile(&b, 0.99).as_secs_f64()
+    );
+
+    // Bulk: submit all detached, then await all.
+    let t = Instant::now();
+    let mut ids = Vec::with_capacity(JOBS);
+    for _ in 0..JOBS {
+        let request = SubmitRequest::query("noop").with_async_after(Duration::ZERO);
+        ids.push(svc.submit(&alice, request).await?.id);
+    }
+    let submitted = t.elapsed();
+    for id in &ids {
+        let job = svc.wait(&alice, *id, Duration::from_secs(120)).await?;
+        assert_eq!(job.status, QueryStatus::Complete);
+    }
+    let bulk = JOBS as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "service bulk: {JOBS} jobs in {:?} (submitting took {submitted:?}): {bulk:.0} jobs/s, {:.2} of the 2-connection baseline",
+        t.elapsed(),
+        bulk / base_rate
+    );
+
+    svc.shutdown(Duration::from_secs(5)).await?;
+    pool.close().await;
+    admin
+        .connect()
+        .await?
+        .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+        .await?;
+    Ok(())
+}
