@@ -122,7 +122,7 @@ async fn jobs_of_a_stopped_instance_are_timed_out_after_their_lease() {
             .unwrap()
             .message
             .unwrap()
-            .contains("stopped (its lease expired)")
+            .contains("its lease expired: instance")
     );
     assert_eq!(p.lease, None);
     let c = h.service.get(&alice(), cancelled.id).await.unwrap();

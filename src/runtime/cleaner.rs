@@ -107,7 +107,9 @@ impl Inner {
                 .as_ref()
                 .map(|l| l.owner.to_string())
                 .unwrap_or_default();
-            let why = format!("its instance {owner} stopped (its lease expired)");
+            let why = format!(
+                "its lease expired: instance {owner} stopped renewing it (the instance stopped or lost the database)"
+            );
             if self.end_orphan(&job, now, &why).await? {
                 count(&mut sweep, job.status);
             }
