@@ -236,3 +236,102 @@ mod postgres {
         assert!(matches!(err, async_query::Error::Dao { .. }), "{err:?}");
     }
 }
+
+#[cfg(feature = "postgres")]
+mod notify {
+    use super::*;
+    use std::time::Instant;
+
+    /// Polling and heartbeats are set far beyond the test's patience, so
+    /// only LISTEN/NOTIFY can make these paths fast.
+    fn slow_polling(pool_size: usize) -> Config {
+        Config {
+            pool_size,
+            poll_interval: Duration::from_secs(60),
+            lease: Duration::from_secs(120),
+            ..Config::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn notifications_start_remote_jobs_end_remote_waits_and_deliver_remote_cancels() {
+        let Some(db) = common::pg::fresh().await else {
+            return;
+        };
+        let build = |config: Config| {
+            AsyncQueryService::builder()
+                .config(config)
+                .dao(Arc::new(db.dao.clone()))
+                .executor(Arc::new(ScriptedExecutor::new()))
+                .build()
+                .unwrap()
+        };
+        let submitter = build(slow_polling(0));
+        let worker = build(slow_polling(2));
+        tokio::time::sleep(Duration::from_millis(200)).await; // both listening
+
+        // An idle worker elsewhere starts the job, and the submitter's
+        // async-after wait sees it finish.
+        let start = Instant::now();
+        let job = submitter
+            .submit(
+                &alice(),
+                SubmitRequest::query("sleep 50").with_async_after(Duration::from_secs(30)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(job.status, QueryStatus::Complete, "{job:?}");
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "took {took:?}: the worker or the waiter polled instead of being notified"
+        );
+
+        // A cancel on the submitter stops the job running on the worker.
+        let job = submitter
+            .submit(
+                &alice(),
+                SubmitRequest::query("block").with_async_after(Duration::ZERO),
+            )
+            .await
+            .unwrap();
+        let running = worker
+            .wait(&alice(), job.id, Duration::from_millis(10))
+            .await;
+        let _ = running;
+        let mut status = QueryStatus::Queued;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while status != QueryStatus::Processing {
+            assert!(
+                Instant::now() < deadline,
+                "the worker never started the job"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            status = db.dao.get(job.id).await.unwrap().unwrap().status;
+        }
+        let start = Instant::now();
+        let outcome = submitter
+            .cancel(&alice(), job.id)
+            .await
+            .unwrap()
+            .into_record();
+        assert_eq!(
+            outcome.status,
+            QueryStatus::Cancelled,
+            "the submitter does not run it"
+        );
+        let done = submitter
+            .wait(&alice(), job.id, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(done.status, QueryStatus::CancelComplete);
+        let took = start.elapsed();
+        assert!(
+            took < Duration::from_secs(10),
+            "took {took:?}: the cancel waited for a heartbeat"
+        );
+        println!("remote cancel to CANCEL_COMPLETE seen: {took:?}");
+        drop((submitter, worker));
+        db.drop_db().await;
+    }
+}

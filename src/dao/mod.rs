@@ -78,6 +78,27 @@ pub enum CasOutcome {
     Conflict(AsyncQuery),
 }
 
+/// A status change pushed by a back-end that can (PostgreSQL's
+/// LISTEN/NOTIFY), from any instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct JobSignal {
+    /// The job.
+    pub id: Uuid,
+    /// Its status after the change.
+    pub status: QueryStatus,
+}
+
+impl JobSignal {
+    /// A signal that `id` now has `status`.
+    pub fn new(id: Uuid, status: QueryStatus) -> Self {
+        JobSignal { id, status }
+    }
+}
+
+/// A stream of [`JobSignal`]s, from [`AsyncApiDao::watch`].
+pub type SignalStream = futures::stream::BoxStream<'static, Result<JobSignal>>;
+
 /// Which records [`AsyncApiDao::list`] returns. Every condition that is set
 /// must hold.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -207,6 +228,21 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
     async fn delete(&self, ids: &[Uuid]) -> Result<u64>;
+
+    /// Status changes made by any instance, pushed as they commit, if the
+    /// back-end can (PostgreSQL LISTEN/NOTIFY); `Ok(None)` (the default) if
+    /// it cannot, and the service then polls every
+    /// [`Config::poll_interval`](crate::Config::poll_interval). Signals only
+    /// make instances react sooner (an idle worker claims a new job, a remote
+    /// cancel stops a running job, a remote waiter re-reads); they may be
+    /// lost, the records stay the truth, and polling remains the fallback.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::Error::Dao) if listening cannot start.
+    async fn watch(&self) -> Result<Option<SignalStream>> {
+        Ok(None)
+    }
 }
 
 /// Checks a change against the transition table; shared by back-ends.

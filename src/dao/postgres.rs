@@ -1,14 +1,34 @@
 //! [`PostgresDao`]: job records in PostgreSQL, shared by many instances.
 
+use futures::StreamExt;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
-use super::sql::{db_error, migrations, sql_dao};
+use super::JobSignal;
+
+use super::sql::{db_error, schema_v1, sql_dao};
 use crate::Result;
 
 /// The advisory-lock key concurrent `migrate` calls serialise on (any fixed
 /// number; this is "asyncqry" read as a big-endian integer).
 const MIGRATION_LOCK: i64 = 0x6173_796e_6371_7279;
+
+/// Version 2: every insert and status change notifies channel
+/// [`CHANNEL`] with `"<id> <STATUS>"`, in the writing transaction, so other
+/// instances learn of new jobs, cancellations and completions at once.
+const NOTIFY_V2: &[&str] = &[
+    "CREATE OR REPLACE FUNCTION async_query_notify() RETURNS trigger AS $$
+     BEGIN
+         PERFORM pg_notify('async_query', NEW.id::text || ' ' || NEW.status);
+         RETURN NULL;
+     END
+     $$ LANGUAGE plpgsql",
+    "CREATE OR REPLACE TRIGGER async_query_notify AFTER INSERT OR UPDATE OF status ON async_query
+     FOR EACH ROW EXECUTE FUNCTION async_query_notify()",
+];
+
+/// The LISTEN/NOTIFY channel the schema's trigger notifies.
+pub const CHANNEL: &str = "async_query";
 
 /// Job records in PostgreSQL. Any number of service instances may share one
 /// database: claims take queued jobs with `FOR UPDATE SKIP LOCKED`, so
@@ -65,11 +85,38 @@ impl PostgresDao {
     /// version is rolled back.
     pub async fn migrate(&self) -> Result<()> {
         let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK);
-        self.apply_migrations(
-            migrations("BIGSERIAL PRIMARY KEY", "UUID", "BIGINT"),
-            Some(lock),
-        )
-        .await
+        let v1 = schema_v1("BIGSERIAL PRIMARY KEY", "UUID", "BIGINT");
+        let v2 = NOTIFY_V2.iter().map(|s| s.to_string()).collect();
+        self.apply_migrations(vec![v1, v2], Some(lock)).await
+    }
+}
+
+impl PostgresDao {
+    /// LISTENs on [`CHANNEL`] on a dedicated connection. sqlx's listener
+    /// reconnects by itself after a lost connection (signals sent meanwhile
+    /// are lost; polling covers them).
+    async fn signals(&self) -> Result<Option<super::SignalStream>> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(|e| db_error("listening for job changes", e))?;
+        listener
+            .listen(CHANNEL)
+            .await
+            .map_err(|e| db_error("listening for job changes", e))?;
+        let signals = listener.into_stream().map(|notification| {
+            let notification = notification.map_err(|e| db_error("receiving job changes", e))?;
+            let payload = notification.payload();
+            let parsed = payload.split_once(' ').and_then(|(id, status)| {
+                Some(JobSignal::new(id.parse().ok()?, status.parse().ok()?))
+            });
+            parsed.ok_or_else(|| {
+                crate::Error::dao(
+                    "receiving job changes",
+                    format!("unexpected notification payload {payload:?}"),
+                )
+            })
+        });
+        Ok(Some(Box::pin(signals)))
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::sql::{db_error, migrations, sql_dao};
+use super::sql::{db_error, schema_v1, sql_dao};
 use crate::Result;
 
 /// Job records in SQLite: durable on one host, no server needed.
@@ -71,8 +71,15 @@ impl SqliteDao {
     /// [`Error::Dao`](crate::Error::Dao) if a statement fails; a failed
     /// version is rolled back.
     pub async fn migrate(&self) -> Result<()> {
-        let scripts = migrations("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "INTEGER");
-        self.apply_migrations(scripts, None).await
+        let v1 = schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "INTEGER");
+        self.apply_migrations(vec![v1], None).await
+    }
+}
+
+impl SqliteDao {
+    /// SQLite cannot push changes to other processes; the service polls.
+    async fn signals(&self) -> Result<Option<super::SignalStream>> {
+        Ok(None)
     }
 }
 

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -92,6 +93,8 @@ pub(crate) struct Inner {
     closing: CancellationToken,
     /// Signalled whenever a job leaves the local table.
     left: tokio::sync::Notify,
+    /// Signalled whenever the DAO pushes a status change (any instance's).
+    remote_changed: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -116,6 +119,7 @@ impl Inner {
             shutdown: CancellationToken::new(),
             closing: CancellationToken::new(),
             left: tokio::sync::Notify::new(),
+            remote_changed: tokio::sync::Notify::new(),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -132,6 +136,7 @@ impl Inner {
             runtime.spawn(Arc::clone(this).dispatcher()),
             runtime.spawn(Arc::clone(this).heartbeat()),
             runtime.spawn(Arc::clone(this).cleaner()),
+            runtime.spawn(Arc::clone(this).listener()),
         ];
         this.tasks
             .lock()
@@ -437,12 +442,20 @@ impl Inner {
                     return Ok(AsyncQuery::clone(&latest));
                 }
             }
+            // Registered before reading, so a change pushed in between is
+            // not missed.
+            let changed = self.remote_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
             let job = self.get(principal, id).await?;
             let now = Instant::now();
             if job.status.is_terminal() || now >= deadline {
                 return Ok(job);
             }
-            tokio::time::sleep_until(deadline.min(now + self.config.poll_interval)).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline.min(now + self.config.poll_interval)) => {}
+                () = changed => {}
+            }
         }
     }
 
@@ -588,6 +601,57 @@ impl Inner {
                 return;
             };
             self.spawn_worker(job, cancel, permit);
+        }
+    }
+
+    /// Reacts to status changes the DAO pushes (if it can): wakes the
+    /// dispatcher for new jobs, stops local jobs cancelled elsewhere, and
+    /// wakes waiters following jobs that run elsewhere. Polling stays the
+    /// fallback, so a lost signal only costs latency.
+    async fn listener(self: Arc<Self>) {
+        let mut signals = match self.dao.watch().await {
+            Ok(Some(signals)) => signals,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for job changes; polling only");
+                return;
+            }
+        };
+        loop {
+            let signal = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                signal = signals.next() => signal,
+            };
+            match signal {
+                Some(Ok(signal)) => {
+                    match signal.status {
+                        QueryStatus::Queued if self.slots.available_permits() > 0 => {
+                            self.wake_dispatcher.notify_one();
+                        }
+                        QueryStatus::Cancelled if self.runs_here(signal.id) => self.fire(signal.id),
+                        _ => {}
+                    }
+                    // A job queued here left the queue elsewhere: stop
+                    // tracking it, so its waiters follow the DAO (and these
+                    // signals) instead of a local state that will not change.
+                    // If this instance claimed it, the claim re-adopts it.
+                    if signal.status != QueryStatus::Queued
+                        && self
+                            .lock_local()
+                            .jobs
+                            .get(&signal.id)
+                            .is_some_and(|j| j.queued)
+                    {
+                        self.forget(signal.id);
+                    }
+                    self.remote_changed.notify_waiters();
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "a job change signal was lost"),
+                None => {
+                    tracing::warn!("the job change stream ended; polling only");
+                    return;
+                }
+            }
         }
     }
 

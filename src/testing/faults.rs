@@ -199,6 +199,11 @@ impl AsyncApiDao for FaultyDao {
         self.faults.dao("delete").await?;
         self.inner.delete(ids).await
     }
+
+    async fn watch(&self) -> Result<Option<crate::dao::SignalStream>> {
+        self.faults.dao("watch").await?;
+        self.inner.watch().await
+    }
 }
 
 /// A [`ResultStorageEngine`] that forwards to another one, failing or

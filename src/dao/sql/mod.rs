@@ -40,15 +40,18 @@ CREATE INDEX IF NOT EXISTS async_query_lease ON async_query (lease_expires_at) W
 CREATE INDEX IF NOT EXISTS async_query_owner ON async_query (lease_owner) WHERE lease_owner IS NOT NULL
 ";
 
-/// The schema versions for a database with these column types, in order.
-/// Each script's statements are separated by `;` (none inside literals).
-pub(crate) fn migrations(seq: &str, uuid: &str, int: &str) -> Vec<String> {
-    vec![
-        SCHEMA_V1
-            .replace("{seq}", seq)
-            .replace("{uuid}", uuid)
-            .replace("{int}", int),
-    ]
+/// Version 1 of the schema for a database with these column types, as
+/// single statements.
+pub(crate) fn schema_v1(seq: &str, uuid: &str, int: &str) -> Vec<String> {
+    SCHEMA_V1
+        .split(';')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| {
+            s.replace("{seq}", seq)
+                .replace("{uuid}", uuid)
+                .replace("{int}", int)
+        })
+        .collect()
 }
 
 /// The columns every query selects, in `RawJob` order.
@@ -171,7 +174,7 @@ macro_rules! sql_dao {
             /// `lock` (if any) so concurrent callers serialise.
             async fn apply_migrations(
                 &self,
-                scripts: Vec<String>,
+                versions: Vec<Vec<String>>,
                 lock: Option<sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>>,
             ) -> $crate::Result<()> {
                 let context = "migrating the job store schema";
@@ -184,7 +187,7 @@ macro_rules! sql_dao {
                     .execute(&mut *tx)
                     .await
                     .map_err(fail)?;
-                for (i, script) in scripts.iter().enumerate() {
+                for (i, statements) in versions.iter().enumerate() {
                     let version = i64::try_from(i).unwrap_or(i64::MAX) + 1;
                     let applied: Option<i64> =
                         sqlx::query_scalar("SELECT version FROM async_query_migrations WHERE version = $1")
@@ -197,8 +200,8 @@ macro_rules! sql_dao {
                     }
                     // One statement at a time: `raw_sql` futures are not
                     // `Send` enough for `tokio::spawn`.
-                    for statement in script.split(';').filter(|s| !s.trim().is_empty()) {
-                        sqlx::query(statement).execute(&mut *tx).await.map_err(fail)?;
+                    for statement in statements {
+                        sqlx::query(statement.as_str()).execute(&mut *tx).await.map_err(fail)?;
                     }
                     sqlx::query("INSERT INTO async_query_migrations (version) VALUES ($1)")
                         .bind(version)
@@ -410,6 +413,10 @@ macro_rules! sql_dao {
                     .await
                     .map_err(|e| $crate::dao::sql::db_error("listing jobs", e))?;
                 $crate::dao::sql::into_jobs(rows)
+            }
+
+            async fn watch(&self) -> $crate::Result<Option<$crate::dao::SignalStream>> {
+                self.signals().await
             }
 
             async fn delete(&self, ids: &[uuid::Uuid]) -> $crate::Result<u64> {
