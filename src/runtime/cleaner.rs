@@ -180,18 +180,9 @@ impl Inner {
         Ok(sweep)
     }
 
-    /// Recovers at start-up, then sweeps every `cleaner_interval`.
+    /// Sweeps every `cleaner_interval` (start-up recovery is the
+    /// dispatcher's first step).
     pub(crate) async fn cleaner(self: std::sync::Arc<Self>) {
-        match self.recover().await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(
-                jobs = n,
-                "ended jobs interrupted by a restart of this instance"
-            ),
-            Err(e) => {
-                tracing::warn!(error = %e, "recovering jobs after a restart failed; the cleaner retries via lease expiry")
-            }
-        }
         if !self.config.cleaner_enabled {
             return;
         }

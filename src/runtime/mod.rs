@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     closing: CancellationToken,
     /// Signalled whenever a job leaves the local table.
     left: tokio::sync::Notify,
+    /// Set once start-up recovery is done; nothing is claimed before.
+    recovered: std::sync::atomic::AtomicBool,
     /// Signalled whenever the DAO pushes a status change (any instance's).
     remote_changed: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
@@ -120,6 +122,7 @@ impl Inner {
             closing: CancellationToken::new(),
             left: tokio::sync::Notify::new(),
             remote_changed: tokio::sync::Notify::new(),
+            recovered: std::sync::atomic::AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -556,7 +559,10 @@ impl Inner {
 
     /// Claims the oldest queued job for this instance, if any.
     async fn claim_one(&self) -> Option<(Arc<AsyncQuery>, CancellationToken)> {
-        if self.closing.is_cancelled() || self.shutdown.is_cancelled() {
+        if self.closing.is_cancelled()
+            || self.shutdown.is_cancelled()
+            || !self.recovered.load(std::sync::atomic::Ordering::Acquire)
+        {
             return None;
         }
         let now = self.clock.now();
@@ -574,18 +580,25 @@ impl Inner {
 
     /// Claims queued jobs while worker slots are free, until told to stop.
     async fn dispatcher(self: Arc<Self>) {
+        // First end what a previous run of this instance left running, and
+        // only then claim: a job claimed meanwhile would look interrupted.
+        match self.recover().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                jobs = n,
+                "ended jobs interrupted by a restart of this instance"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "recovering jobs after a restart failed; the cleaner ends them after their lease")
+            }
+        }
+        self.recovered
+            .store(true, std::sync::atomic::Ordering::Release);
         loop {
             self.fill_slots().await;
             tokio::select! {
-                () = self.shutdown.cancelled() => {
-                    // Stop every local job. Job tokens are not children of the
-                    // shutdown token: creating and dropping children locks the
-                    // parent, which costs every job on the hot path.
-                    for job in self.lock_local().jobs.values() {
-                        job.cancel.cancel();
-                    }
-                    return;
-                }
+                // Job tokens are children of the shutdown token: they fire too.
+                () = self.shutdown.cancelled() => return,
                 () = self.wake_dispatcher.notified() => {}
                 () = tokio::time::sleep(self.config.poll_interval) => {}
             }
