@@ -2,7 +2,8 @@
 //! polled to completion, one cancelled. Prints every status change.
 //!
 //! ```text
-//! cargo run --example quickstart
+//! cargo run --example quickstart                      # job records in memory
+//! cargo run --example quickstart --features sqlite    # durable: an embedded SQLite file
 //! ```
 
 use std::sync::Arc;
@@ -38,13 +39,25 @@ impl QueryExecutor for ToyEngine {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let service = AsyncQueryService::builder()
+    let builder = AsyncQueryService::builder()
         .config(Config {
             max_async_after: Duration::from_secs(2),
             ..Config::default()
         })
-        .executor(Arc::new(ToyEngine))
-        .build()?;
+        .executor(Arc::new(ToyEngine));
+    // The durable embedded default: one SQLite file, no server.
+    #[cfg(feature = "sqlite")]
+    let builder = {
+        let path = std::env::temp_dir().join("async-query-quickstart.db");
+        let dao =
+            async_query::dao::SqliteDao::connect(&format!("sqlite://{}", path.display())).await?;
+        dao.migrate().await?;
+        println!("job records in {}", path.display());
+        builder.dao(Arc::new(dao))
+    };
+    #[cfg(not(feature = "sqlite"))]
+    println!("job records in memory (run with --features sqlite to keep them in a SQLite file)");
+    let service = builder.build()?;
     let alice = Principal::new("alice");
 
     // Print every status change of alice's jobs as it happens.
