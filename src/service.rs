@@ -128,6 +128,7 @@ pub struct Subscription {
     pub(crate) rx: broadcast::Receiver<JobEvent>,
     pub(crate) principal: Principal,
     pub(crate) admin_role: String,
+    pub(crate) count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Subscription {
@@ -165,6 +166,13 @@ pub struct ShutdownReport {
     /// Jobs still running when the grace period ended, now `TIMEDOUT` (or
     /// `CANCEL_COMPLETE` if they were being cancelled).
     pub stopped: Vec<Uuid>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.count
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A stored export opened for reading, from
@@ -435,7 +443,10 @@ impl AsyncQueryService {
 
     /// Status changes of the jobs `principal` may see, from now on.
     pub fn subscribe(&self, principal: &Principal) -> Subscription {
+        let count = Arc::clone(&self.inner.subscribers);
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Subscription {
+            count,
             rx: self.inner.events.subscribe(),
             principal: principal.clone(),
             admin_role: self.inner.config.admin_role.clone(),

@@ -93,6 +93,8 @@ pub(crate) struct Inner {
     closing: CancellationToken,
     /// Signalled whenever a job leaves the local table.
     left: tokio::sync::Notify,
+    /// Live [`Subscription`](crate::Subscription)s.
+    pub(crate) subscribers: Arc<std::sync::atomic::AtomicUsize>,
     /// Set once start-up recovery is done; nothing is claimed before.
     recovered: std::sync::atomic::AtomicBool,
     /// Signalled whenever the DAO pushes a status change (any instance's).
@@ -123,6 +125,7 @@ impl Inner {
             left: tokio::sync::Notify::new(),
             remote_changed: tokio::sync::Notify::new(),
             recovered: std::sync::atomic::AtomicBool::new(false),
+            subscribers: Arc::default(),
             tasks: Mutex::new(Vec::new()),
         })
     }
@@ -221,7 +224,8 @@ impl Inner {
     }
 
     fn emit(&self, job: &AsyncQuery, from: Option<QueryStatus>) {
-        if self.events.receiver_count() > 0 {
+        // `receiver_count` takes the channel's lock; this is an atomic read.
+        if self.subscribers.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             let _ = self.events.send(JobEvent {
                 id: job.id,
                 owner: job.principal.name.clone(),
