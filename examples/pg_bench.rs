@@ -50,6 +50,24 @@ fn report(name: &str, mut samples: Vec<Duration>) {
     );
 }
 
+/// The bare round trips one job needs: insert it, mark it complete.
+async fn bare_job(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    let id = uuid::Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO async_query (id, kind, query, query_type, principal_name, principal_roles, \
+         status, async_after_ms, max_run_time_ms, created_on, updated_on) \
+         VALUES ($1, '{\"type\":\"query\"}', 'noop', '', 'alice', '[]', 'PROCESSING', 0, 0, 0, 0)",
+    )
+    .bind(id)
+    .execute(pool)
+    .await?;
+    sqlx::query("UPDATE async_query SET status = 'COMPLETE', result = '[]' WHERE id = $1 AND status = 'PROCESSING'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 async fn service(dao: &PostgresDao) -> Result<AsyncQueryService, Box<dyn std::error::Error>> {
     Ok(AsyncQueryService::builder()
         .config(Config {
@@ -85,19 +103,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut base = Vec::with_capacity(LATENCY_JOBS);
     for _ in 0..LATENCY_JOBS {
         let t = Instant::now();
-        let id = uuid::Uuid::new_v4();
-        sqlx::query(
-            "INSERT INTO async_query (id, kind, query, query_type, principal_name, principal_roles, \
-             status, async_after_ms, max_run_time_ms, created_on, updated_on) \
-             VALUES ($1, '{\"type\":\"query\"}', 'noop', '', 'alice', '[]', 'PROCESSING', 0, 0, 0, 0)",
-        )
-        .bind(id)
-        .execute(&pool)
-        .await?;
-        sqlx::query("UPDATE async_query SET status = 'COMPLETE', result = '{}' WHERE id = $1 AND status = 'PROCESSING'")
-            .bind(id)
-            .execute(&pool)
-            .await?;
+        bare_job(&pool).await?;
         base.push(t.elapsed());
     }
     let base_total: Duration = base.iter().sum();
@@ -112,19 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let pool = pool.clone();
         tokio::spawn(async move {
             for _ in 0..JOBS / 2 {
-                let id = uuid::Uuid::new_v4();
-                sqlx::query(
-                    "INSERT INTO async_query (id, kind, query, query_type, principal_name, principal_roles, \
-                     status, async_after_ms, max_run_time_ms, created_on, updated_on) \
-                     VALUES ($1, '{\"type\":\"query\"}', 'noop', '', 'alice', '[]', 'PROCESSING', 0, 0, 0, 0)",
-                )
-                .bind(id)
-                .execute(&pool)
-                .await?;
-                sqlx::query("UPDATE async_query SET status = 'COMPLETE' WHERE id = $1 AND status = 'PROCESSING'")
-                    .bind(id)
-                    .execute(&pool)
-                    .await?;
+                bare_job(&pool).await?;
             }
             Ok::<_, sqlx::Error>(())
         })
