@@ -56,7 +56,14 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | *(default)* | the service, in-memory DAO, in-memory and filesystem result storage |
-//! | `test-util` | conformance suites for your own back-ends (`async_query::testing`) |
+//! | `test-util` | conformance suites for your own back-ends, a scripted executor and fault-injecting wrappers (`async_query::testing`) |
+//! | `sqlite` | [`dao::SqliteDao`](crate::dao): durable job records in an embedded SQLite file |
+//! | `postgres` | [`dao::PostgresDao`](crate::dao): job records in PostgreSQL shared by many instances, with LISTEN/NOTIFY |
+//!
+//! Further reading in the repository: `docs/architecture.md`,
+//! `docs/lifecycle.md` (every transition and who makes it),
+//! `docs/operations.md` (deployment, leases, crashes) and
+//! `docs/BENCHMARKS.md`.
 
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -72,6 +79,11 @@ pub mod service;
 pub mod storage;
 #[cfg(feature = "test-util")]
 pub mod testing;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 pub use async_trait::async_trait;
 pub use config::Config;
