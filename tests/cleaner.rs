@@ -321,3 +321,45 @@ async fn a_restarted_instance_recovers_its_own_jobs_at_once() {
 async fn another_instance_times_out_a_crashed_ones_jobs_after_the_lease() {
     crash_and_restart(false).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn partial_exports_of_a_killed_process_are_removed_by_the_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Arc::new(FileSystemStorage::new(dir.path()).await.unwrap());
+    let _service = AsyncQueryService::builder()
+        .config(cleaner_config())
+        .storage(storage.clone())
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    // What a process killed mid-export leaves: a hidden temporary file.
+    let stale = dir.path().join(".tmp-0b9a5c2e-dead");
+    let fresh = dir.path().join(".tmp-0b9a5c2e-live");
+    let published = dir.path().join("0b9a5c2e");
+    for path in [&stale, &fresh, &published] {
+        std::fs::write(path, b"partial").unwrap();
+    }
+    let two_hours_ago = std::time::SystemTime::now() - Duration::from_secs(2 * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&stale)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&published)
+        .unwrap()
+        .set_modified(two_hours_ago)
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(90)).await; // one sweep
+    assert!(
+        !stale.exists(),
+        "a partial file older than any live writer is removed"
+    );
+    assert!(
+        fresh.exists(),
+        "a partial file a live writer may still own is kept"
+    );
+    assert!(published.exists(), "published objects are not partials");
+}

@@ -155,6 +155,15 @@ impl Inner {
             }
         }
 
+        // Partial exports of writers that died (a killed process): no live
+        // writer is older than the longest a job may run.
+        let oldest_live = now - to_delta(self.config.max_run_time + self.config.lease);
+        match self.storage.remove_stale_partials(oldest_live.into()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(files = n, "removed partial exports left by stopped writers"),
+            Err(e) => tracing::warn!(error = %e, "removing stale partial exports failed"),
+        }
+
         // Retention: results first, then their records, so no record ever
         // points at a result that was deleted while the record stays.
         let old = ListFilter {

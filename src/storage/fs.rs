@@ -183,6 +183,35 @@ impl ResultStorageEngine for FileSystemStorage {
         }
     }
 
+    async fn remove_stale_partials(&self, before: std::time::SystemTime) -> Result<u64> {
+        let mut entries = tokio::fs::read_dir(&self.root)
+            .await
+            .map_err(|e| io_error("listing", &self.root, e))?;
+        let mut removed = 0;
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(|e| io_error("listing", &self.root, e))?
+        {
+            if !entry.file_name().to_string_lossy().starts_with(".tmp-") {
+                continue;
+            }
+            let path = entry.path();
+            let stale = match entry.metadata().await.and_then(|m| m.modified()) {
+                Ok(modified) => modified < before,
+                Err(_) => false,
+            };
+            if stale {
+                match tokio::fs::remove_file(&path).await {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_error("removing", &path, e)),
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     async fn delete(&self, name: &str) -> Result<bool> {
         let path = self.path(name)?;
         match tokio::fs::remove_file(&path).await {

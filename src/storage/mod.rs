@@ -106,6 +106,20 @@ pub trait ResultStorageEngine: Send + Sync + 'static {
     ///
     /// [`Error::InvalidName`] or [`Error::Storage`].
     async fn delete(&self, name: &str) -> Result<bool>;
+
+    /// Removes partial objects (writes never published nor aborted, e.g.
+    /// of a process that was killed) last written before `before`; returns
+    /// how many. The cleaner calls it every sweep with a time older than
+    /// any live writer can be. The default does nothing, for back-ends that
+    /// leave no partial data behind (a multipart upload that expires, memory).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Storage`].
+    async fn remove_stale_partials(&self, before: std::time::SystemTime) -> Result<u64> {
+        let _ = before;
+        Ok(0)
+    }
 }
 
 /// Checks an object name: 1 to 200 ASCII letters, digits, `-`, `_` or `.`,

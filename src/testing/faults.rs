@@ -279,4 +279,9 @@ impl ResultStorageEngine for FaultyStorage {
         self.faults.storage("delete").await?;
         self.inner.delete(name).await
     }
+
+    async fn remove_stale_partials(&self, before: std::time::SystemTime) -> Result<u64> {
+        self.faults.storage("remove_stale_partials").await?;
+        self.inner.remove_stale_partials(before).await
+    }
 }
