@@ -105,13 +105,39 @@ pub mod pg {
     }
 
     impl TestDb {
-        pub async fn drop_db(self) {
+        /// Drops the database now (a test that panics drops it in `Drop`).
+        pub async fn drop_db(mut self) {
             self.dao.pool().close().await;
-            if let Ok(mut conn) = self.admin.connect().await {
-                let _ = conn
-                    .execute(format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name).as_str())
-                    .await;
+            drop_database(&self.admin, &self.name).await;
+            self.name.clear();
+        }
+    }
+
+    async fn drop_database(admin: &PgConnectOptions, name: &str) {
+        if let Ok(mut conn) = admin.connect().await {
+            let _ = conn
+                .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
+                .await;
+        }
+    }
+
+    impl Drop for TestDb {
+        fn drop(&mut self) {
+            if self.name.is_empty() {
+                return;
             }
+            // Not dropped yet (the test panicked): do it on a thread of its
+            // own, since this may run inside the test's runtime.
+            let (admin, name) = (self.admin.clone(), std::mem::take(&mut self.name));
+            let _ = std::thread::spawn(move || {
+                if let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    runtime.block_on(drop_database(&admin, &name));
+                }
+            })
+            .join();
         }
     }
 }
