@@ -91,9 +91,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?
         .execute(format!("CREATE DATABASE {name}").as_str())
         .await?;
+    // `PG_BENCH_ASYNC_COMMIT=1`: this client's sessions commit without
+    // waiting for the WAL flush (`synchronous_commit = off`; a server crash
+    // can lose the last few hundred ms of status changes, never corrupt).
+    let async_commit = std::env::var("PG_BENCH_ASYNC_COMMIT").is_ok_and(|v| v == "1");
+    let mut options = admin.clone().database(&name);
+    if async_commit {
+        options = options.options([("synchronous_commit", "off")]);
+        println!("sessions use synchronous_commit = off");
+    }
     let pool = PgPoolOptions::new()
         .max_connections(10)
-        .connect_with(admin.clone().database(&name))
+        .connect_with(options)
         .await?;
     let dao = PostgresDao::from_pool(pool.clone());
     dao.migrate().await?;
