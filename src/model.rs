@@ -182,6 +182,12 @@ impl Principal {
     pub fn has_role(&self, role: &str) -> bool {
         self.roles.contains(role)
     }
+
+    /// The visibility rule: the owner (by name) and holders of `admin_role`
+    /// may see a job; nobody else.
+    pub fn may_see(&self, owner: &str, admin_role: &str) -> bool {
+        self.name == owner || self.has_role(admin_role)
+    }
 }
 
 /// Where a finished job's output is.
@@ -290,7 +296,7 @@ impl AsyncQuery {
     /// Whether `principal` may see this job: its owner, or anyone holding
     /// `admin_role`.
     pub fn is_visible_to(&self, principal: &Principal, admin_role: &str) -> bool {
-        self.principal.name == principal.name || principal.has_role(admin_role)
+        principal.may_see(&self.principal.name, admin_role)
     }
 }
 

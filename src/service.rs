@@ -144,9 +144,7 @@ impl Subscription {
         loop {
             match self.rx.recv().await {
                 Ok(event) => {
-                    if event.owner == self.principal.name
-                        || self.principal.has_role(&self.admin_role)
-                    {
+                    if self.principal.may_see(&event.owner, &self.admin_role) {
                         return Ok(event);
                     }
                 }

@@ -49,6 +49,23 @@ impl Clock {
     }
 }
 
+/// Follows a local job's snapshots until it is terminal or `deadline`
+/// passes, and returns the latest one; `None` if this instance stopped
+/// tracking the job first (it runs elsewhere: read the DAO instead).
+async fn follow_local(
+    rx: &mut watch::Receiver<Arc<AsyncQuery>>,
+    deadline: Instant,
+) -> Option<AsyncQuery> {
+    let closed = tokio::time::timeout_at(deadline, rx.wait_for(|j| j.status.is_terminal()))
+        .await
+        .is_ok_and(|waited| waited.is_err());
+    if closed {
+        return None;
+    }
+    let latest = Arc::clone(&rx.borrow());
+    Some(AsyncQuery::clone(&latest))
+}
+
 fn to_delta(d: Duration) -> TimeDelta {
     TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
 }
@@ -396,22 +413,15 @@ impl Inner {
         }
         drop(job);
         let deadline = Instant::now() + async_after;
-        let closed = tokio::time::timeout_at(deadline, rx.wait_for(|j| j.status.is_terminal()))
-            .await
-            .is_ok_and(|waited| waited.is_err());
-        if closed {
+        match follow_local(&mut rx, deadline).await {
+            Some(latest) => Ok(latest),
             // Another instance took the job (this one is submit-only or
             // busy): follow it through the DAO for the rest of the wait.
-            return self
-                .wait(
-                    principal,
-                    id,
-                    deadline.saturating_duration_since(Instant::now()),
-                )
-                .await;
+            None => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                self.wait(principal, id, left).await
+            }
         }
-        let latest = Arc::clone(&rx.borrow());
-        Ok(AsyncQuery::clone(&latest))
     }
 
     pub(crate) async fn get(&self, principal: &Principal, id: Uuid) -> Result<AsyncQuery> {
@@ -438,16 +448,11 @@ impl Inner {
                 {
                     return Err(Error::NotFound { id });
                 }
-                let closed =
-                    tokio::time::timeout_at(deadline, rx.wait_for(|j| j.status.is_terminal()))
-                        .await
-                        .is_ok_and(|waited| waited.is_err());
-                // Closed without a terminal status: the job left this
-                // instance's table; read the DAO instead.
-                if !closed {
-                    let latest = Arc::clone(&rx.borrow());
-                    return Ok(AsyncQuery::clone(&latest));
+                if let Some(latest) = follow_local(&mut rx, deadline).await {
+                    return Ok(latest);
                 }
+                // The job left this instance's table without a terminal
+                // status: read the DAO instead.
             }
             // Registered before reading, so a change pushed in between is
             // not missed.
@@ -525,13 +530,9 @@ impl Inner {
         let Some(mut rx) = rx else {
             return job;
         };
-        let _ = tokio::time::timeout(
-            self.config.cancel_grace,
-            rx.wait_for(|j| j.status.is_terminal()),
-        )
-        .await;
-        let latest = Arc::clone(&rx.borrow());
-        AsyncQuery::clone(&latest)
+        follow_local(&mut rx, Instant::now() + self.config.cancel_grace)
+            .await
+            .unwrap_or(job)
     }
 
     /// Runs `job` on a worker task that holds `permit`; when the job has
@@ -683,13 +684,13 @@ impl Inner {
             // Running jobs get their leases renewed; queued ones are checked
             // too, so a job another instance claimed leaves this instance's
             // queue count (a submit-only instance never claims its own).
-            let (running, queued): (Vec<Uuid>, Vec<Uuid>) = {
+            let (running, queued): (Vec<Uuid>, std::collections::HashSet<Uuid>) = {
                 let local = self.lock_local();
                 let mut running = Vec::new();
-                let mut queued = Vec::new();
+                let mut queued = std::collections::HashSet::new();
                 for (id, job) in &local.jobs {
                     if job.queued {
-                        queued.push(*id)
+                        queued.insert(*id);
                     } else {
                         running.push(*id)
                     }
