@@ -170,6 +170,10 @@ async fn cancel_half_way_leaves_no_file() {
         1,
         "the export is being written to a temporary file"
     );
+    match service.download(&alice(), job.id, None).await {
+        Err(Error::NoResult { reason, .. }) => assert_eq!(reason, "its status is PROCESSING"),
+        other => panic!("a running export has nothing to download yet, got {other:?}"),
+    }
     let record = service
         .cancel(&alice(), job.id)
         .await

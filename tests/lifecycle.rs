@@ -445,3 +445,95 @@ async fn building_without_an_executor_or_runtime_is_a_config_error() {
     .unwrap();
     assert!(matches!(outside, Err(Error::Config { .. })));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_subscriber_is_told_it_lagged_and_then_continues() {
+    let h = harness(async_query::Config {
+        event_capacity: 2,
+        ..config()
+    });
+    let mut events = h.service.subscribe(&alice());
+    let mut last = None;
+    for i in 0..3 {
+        last = Some(
+            h.service
+                .submit(&alice(), SubmitRequest::query(format!("q{i}")))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // Six events were sent into a buffer of two.
+    match events.recv().await {
+        Err(Error::EventsLagged { missed }) => assert_eq!(missed, 4),
+        other => panic!("expected EventsLagged, got {other:?}"),
+    }
+    let next = events.recv().await.unwrap();
+    assert_eq!(
+        next.id,
+        last.unwrap(),
+        "continues with the oldest event still kept"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_end_when_the_service_is_gone() {
+    let h = harness(config());
+    let mut events = h.service.subscribe(&alice());
+    drop(h);
+    let ended = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .unwrap();
+    assert!(matches!(ended, Err(Error::ShuttingDown)), "{ended:?}");
+}
+
+/// Rejects queries that are not `SELECT`s.
+struct SelectOnly;
+
+#[async_trait::async_trait]
+impl async_query::QueryExecutor for SelectOnly {
+    fn validate(&self, request: &SubmitRequest) -> Result<(), String> {
+        if request.query.to_lowercase().starts_with("select") {
+            Ok(())
+        } else {
+            Err("only SELECT is allowed".into())
+        }
+    }
+
+    async fn execute(
+        &self,
+        _: &async_query::AsyncQuery,
+        _: async_query::ExecutionContext,
+    ) -> Result<async_query::QueryOutput, async_query::BoxError> {
+        Ok(async_query::QueryOutput::body("[]", 0))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_executors_validation_rejects_before_anything_is_stored() {
+    let dao = std::sync::Arc::new(async_query::MemoryDao::new());
+    let service = async_query::AsyncQueryService::builder()
+        .dao(dao.clone())
+        .executor(std::sync::Arc::new(SelectOnly))
+        .build()
+        .unwrap();
+    let id = uuid::Uuid::new_v4();
+    match service
+        .submit(&alice(), SubmitRequest::query("drop table t").with_id(id))
+        .await
+    {
+        Err(Error::InvalidRequest { reason }) => assert_eq!(reason, "only SELECT is allowed"),
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    assert!(
+        async_query::AsyncApiDao::get(&*dao, id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let ok = service
+        .submit(&alice(), SubmitRequest::query("select 1"))
+        .await
+        .unwrap();
+    assert_eq!(ok.status, QueryStatus::Complete);
+}

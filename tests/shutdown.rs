@@ -82,3 +82,31 @@ async fn queued_jobs_stay_queued_for_the_next_start() {
         "nothing new starts after shutdown began"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_everything_even_when_the_store_fails() {
+    use async_query::testing::{FaultyDao, ScriptedExecutor};
+    use std::sync::Arc;
+    let (dao, faults) = FaultyDao::new(Arc::new(async_query::MemoryDao::new()));
+    let service = async_query::AsyncQueryService::builder()
+        .config(config())
+        .dao(Arc::new(dao))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    service
+        .submit(
+            &alice(),
+            SubmitRequest::query("block").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    faults.fail_always(true);
+    let err = service.shutdown(Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Dao { .. }), "{err:?}");
+    faults.fail_always(false);
+    assert!(matches!(
+        service.submit(&alice(), SubmitRequest::query("x")).await,
+        Err(Error::ShuttingDown)
+    ));
+}
