@@ -182,7 +182,8 @@ pub struct Download {
     pub format: ExportFormat,
     /// Its media type.
     pub content_type: &'static str,
-    /// A file name to offer (`<id>.<ext>`).
+    /// The stored object's name: `<id>`, or `<id>.<ext>` with
+    /// [`Config::append_file_extension`].
     pub file_name: String,
     /// Records in the whole export.
     pub record_count: Option<u64>,
@@ -307,6 +308,45 @@ impl AsyncQueryService {
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         &self.inner.config
+    }
+
+    /// Submits many jobs for `principal` at once, without waiting: all are
+    /// checked first, then stored `QUEUED` in one DAO call
+    /// ([`AsyncApiDao::create_many`]: one transaction on SQL back-ends), and
+    /// workers take them in order. Use it to enqueue a batch; for one job
+    /// with an inline answer use [`submit`](Self::submit).
+    ///
+    /// All or nothing: on any error, no job is stored.
+    ///
+    /// ```
+    /// # use async_query::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> async_query::Result<()> {
+    /// # let service = AsyncQueryService::builder()
+    /// #     .executor(std::sync::Arc::new(async_query::testing::ScriptedExecutor::new()))
+    /// #     .build()?;
+    /// let alice = Principal::new("alice");
+    /// let requests = (0..3).map(|i| SubmitRequest::query(format!("sleep {i}"))).collect();
+    /// let jobs = service.submit_many(&alice, requests).await?;
+    /// assert!(jobs.iter().all(|job| job.status == QueryStatus::Queued));
+    /// for job in jobs {
+    ///     let done = service.wait(&alice, job.id, std::time::Duration::from_secs(5)).await?;
+    ///     assert_eq!(done.status, QueryStatus::Complete);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] naming the first bad request's position;
+    /// [`Error::DuplicateId`]; [`Error::QueueFull`] if the batch does not fit
+    /// in [`Config::max_queued`]; [`Error::ShuttingDown`]; [`Error::Dao`].
+    pub async fn submit_many(
+        &self,
+        principal: &Principal,
+        requests: Vec<SubmitRequest>,
+    ) -> Result<Vec<AsyncQuery>> {
+        self.inner.submit_many(principal, requests).await
     }
 
     /// Submits a job for `principal` and waits up to its async-after for the

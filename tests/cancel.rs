@@ -38,11 +38,7 @@ async fn cancel_running_stops_it_at_once() {
         QueryStatus::CancelComplete
     );
     // The slot is free again.
-    let next = h
-        .service
-        .submit(&alice(), SubmitRequest::query("ok"))
-        .await
-        .unwrap();
+    let next = submit(&h.service, SubmitRequest::query("ok")).await;
     assert_eq!(next.status, QueryStatus::Complete);
 }
 
@@ -52,16 +48,8 @@ async fn cancel_queued_never_starts_it() {
         pool_size: 1,
         ..config()
     });
-    let running = h
-        .service
-        .submit(&alice(), detached("sleep 1000"))
-        .await
-        .unwrap();
-    let queued = h
-        .service
-        .submit(&alice(), detached("never run me"))
-        .await
-        .unwrap();
+    let running = submit(&h.service, detached("sleep 1000")).await;
+    let queued = submit(&h.service, detached("never run me")).await;
     assert_eq!(queued.status, QueryStatus::Queued);
     let record = h
         .service
@@ -81,22 +69,14 @@ async fn cancel_queued_never_starts_it() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(h.executor.started(), vec!["sleep 1000".to_string()]);
     // Its queue place was given back: the queue bound counts only waiting jobs.
-    let again = h
-        .service
-        .submit(&alice(), SubmitRequest::query("ok"))
-        .await
-        .unwrap();
+    let again = submit(&h.service, SubmitRequest::query("ok")).await;
     assert_eq!(again.status, QueryStatus::Complete);
 }
 
 #[tokio::test(start_paused = true)]
 async fn cancel_after_completion_is_a_no_op_that_says_so() {
     let h = harness(config());
-    let job = h
-        .service
-        .submit(&alice(), SubmitRequest::query("done"))
-        .await
-        .unwrap();
+    let job = submit(&h.service, SubmitRequest::query("done")).await;
     assert_eq!(job.status, QueryStatus::Complete);
     match h.service.cancel(&alice(), job.id).await.unwrap() {
         CancelOutcome::AlreadyFinished(record) => assert_eq!(record, job),
@@ -156,11 +136,7 @@ async fn concurrent_cancel_vs_completion_never_produces_an_illegal_transition() 
     let mut ids = Vec::new();
     for i in 0..400 {
         // sleep 0..=2 ms: completion lands right around the cancel
-        let job = h
-            .service
-            .submit(&alice(), detached(&format!("sleep {}", i % 3)))
-            .await
-            .unwrap();
+        let job = submit(&h.service, detached(&format!("sleep {}", i % 3))).await;
         ids.push(job.id);
     }
     let cancels = ids.iter().map(|id| {

@@ -140,14 +140,11 @@ async fn own_long_jobs_keep_their_lease_and_finish() {
         lease: Duration::from_secs(30),
         ..cleaner_config()
     });
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("sleep 600000").with_async_after(Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::query("sleep 600000").with_async_after(Duration::ZERO),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(300)).await;
     let running = h.service.get(&alice(), job.id).await.unwrap();
     assert_eq!(

@@ -104,11 +104,7 @@ async fn csv_export_is_stored_and_downloadable_in_ranges() {
 async fn json_and_ndjson_exports_parse_back() {
     let h = harness(config());
     for format in [ExportFormat::Json, ExportFormat::Ndjson] {
-        let job = h
-            .service
-            .submit(&alice(), SubmitRequest::export("rows 3", format))
-            .await
-            .unwrap();
+        let job = submit(&h.service, SubmitRequest::export("rows 3", format)).await;
         assert_eq!(job.status, QueryStatus::Complete);
         let bytes = body(h.service.download(&alice(), job.id, None).await.unwrap()).await;
         let rows: Vec<serde_json::Value> = match format {
@@ -190,24 +186,17 @@ async fn cancel_half_way_leaves_no_file() {
 #[tokio::test]
 async fn queries_and_exports_do_not_mix_up_their_outputs() {
     let h = harness(config());
-    let query = h
-        .service
-        .submit(&alice(), SubmitRequest::query("rows 5"))
-        .await
-        .unwrap();
+    let query = submit(&h.service, SubmitRequest::query("rows 5")).await;
     assert_eq!(query.status, QueryStatus::Complete);
     assert!(matches!(
         h.service.download(&alice(), query.id, None).await,
         Err(Error::NoResult { .. })
     ));
-    let export = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("plain text", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
+    let export = submit(
+        &h.service,
+        SubmitRequest::export("plain text", ExportFormat::Csv),
+    )
+    .await;
     assert_eq!(export.status, QueryStatus::Failure);
     assert!(
         export
@@ -342,14 +331,11 @@ async fn record_limit_fails_or_truncates_but_never_silently() {
         ..config()
     };
     let fail = harness(limited(async_query::config::ExportLimitAction::Fail));
-    let job = fail
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 11", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &fail.service,
+        SubmitRequest::export("rows 11", ExportFormat::Csv),
+    )
+    .await;
     assert_eq!(job.status, QueryStatus::Failure);
     assert!(
         job.result
@@ -358,14 +344,11 @@ async fn record_limit_fails_or_truncates_but_never_silently() {
             .unwrap()
             .contains("10 records (export_max_records)")
     );
-    let exact = fail
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 10", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
+    let exact = submit(
+        &fail.service,
+        SubmitRequest::export("rows 10", ExportFormat::Csv),
+    )
+    .await;
     assert_eq!(
         exact.status,
         QueryStatus::Complete,
@@ -374,14 +357,11 @@ async fn record_limit_fails_or_truncates_but_never_silently() {
     assert!(!exact.result.unwrap().truncated);
 
     let truncate = harness(limited(async_query::config::ExportLimitAction::Truncate));
-    let job = truncate
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 1000", ExportFormat::Ndjson),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &truncate.service,
+        SubmitRequest::export("rows 1000", ExportFormat::Ndjson),
+    )
+    .await;
     assert_eq!(job.status, QueryStatus::Complete);
     let result = job.result.clone().unwrap();
     assert!(result.truncated);
@@ -405,14 +385,11 @@ async fn byte_limit_stops_at_the_first_record_that_reaches_it() {
         export_limit_action: async_query::config::ExportLimitAction::Truncate,
         ..config()
     });
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 1000", ExportFormat::Json),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::export("rows 1000", ExportFormat::Json),
+    )
+    .await;
     let result = job.result.unwrap();
     assert!(result.truncated);
     let len = result.content_length.unwrap();

@@ -63,22 +63,15 @@ async fn a_failed_create_is_a_typed_error_and_leaks_nothing() {
     // Neither the slot nor the id was kept: the same id and both the slot and
     // the single queue place work afterwards.
     let zero = Duration::ZERO;
-    let job = f
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("block")
-                .with_id(id)
-                .with_async_after(zero),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &f.service,
+        SubmitRequest::query("block")
+            .with_id(id)
+            .with_async_after(zero),
+    )
+    .await;
     assert_eq!(job.status, QueryStatus::Processing);
-    let queued = f
-        .service
-        .submit(&alice(), SubmitRequest::query("y").with_async_after(zero))
-        .await
-        .unwrap();
+    let queued = submit(&f.service, SubmitRequest::query("y").with_async_after(zero)).await;
     assert_eq!(queued.status, QueryStatus::Queued);
 }
 
@@ -87,11 +80,7 @@ async fn a_result_that_cannot_be_saved_ends_failure() {
     let f = faulty(config());
     f.dao_faults.only(&["update_status"]);
     f.dao_faults.fail_nth(1); // the COMPLETE write fails once
-    let job = f
-        .service
-        .submit(&alice(), SubmitRequest::query("fine"))
-        .await
-        .unwrap();
+    let job = submit(&f.service, SubmitRequest::query("fine")).await;
     assert_eq!(job.status, QueryStatus::Failure);
     let message = job.result.unwrap().message.unwrap();
     assert!(
@@ -107,14 +96,11 @@ async fn a_database_outage_gives_typed_errors_and_no_stuck_job() {
         cleaner_interval: Duration::from_secs(60),
         ..config()
     });
-    let job = f
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("sleep 1000").with_async_after(Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &f.service,
+        SubmitRequest::query("sleep 1000").with_async_after(Duration::ZERO),
+    )
+    .await;
     f.dao_faults.fail_for(Duration::from_secs(120));
     // Callers get typed errors during the outage.
     let err = f.service.get(&alice(), job.id).await.unwrap_err();
@@ -131,11 +117,7 @@ async fn a_database_outage_gives_typed_errors_and_no_stuck_job() {
     let record = f.service.get(&alice(), job.id).await.unwrap();
     assert_eq!(record.status, QueryStatus::TimedOut);
     // And the service works again.
-    let next = f
-        .service
-        .submit(&alice(), SubmitRequest::query("again"))
-        .await
-        .unwrap();
+    let next = submit(&f.service, SubmitRequest::query("again")).await;
     assert_eq!(next.status, QueryStatus::Complete);
 }
 
@@ -144,14 +126,11 @@ async fn storage_failing_half_way_ends_failure_with_nothing_stored() {
     let f = faulty(config());
     f.storage_faults.only(&["write"]);
     f.storage_faults.fail_nth(3); // the third 64 KiB chunk
-    let job = f
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 100000", ExportFormat::Ndjson),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &f.service,
+        SubmitRequest::export("rows 100000", ExportFormat::Ndjson),
+    )
+    .await;
     assert_eq!(job.status, QueryStatus::Failure);
     let message = job.result.unwrap().message.unwrap();
     assert!(
@@ -174,26 +153,20 @@ async fn a_failed_publish_ends_failure_and_a_failed_download_is_typed() {
     let f = faulty(config());
     f.storage_faults.only(&["publish"]);
     f.storage_faults.fail_nth(1);
-    let job = f
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 10", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &f.service,
+        SubmitRequest::export("rows 10", ExportFormat::Csv),
+    )
+    .await;
     assert_eq!(job.status, QueryStatus::Failure);
     assert!(f.storage.names().is_empty());
 
     f.storage_faults.only(&["open"]);
-    let ok = f
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 10", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
+    let ok = submit(
+        &f.service,
+        SubmitRequest::export("rows 10", ExportFormat::Csv),
+    )
+    .await;
     assert_eq!(ok.status, QueryStatus::Complete);
     f.storage_faults.fail_nth(1);
     assert!(matches!(
@@ -211,11 +184,7 @@ async fn a_slow_database_delays_but_does_not_break_the_lifecycle() {
     let f = faulty(config());
     f.dao_faults.delay(Duration::from_millis(200));
     let start = tokio::time::Instant::now();
-    let job = f
-        .service
-        .submit(&alice(), SubmitRequest::query("sleep 100"))
-        .await
-        .unwrap();
+    let job = submit(&f.service, SubmitRequest::query("sleep 100")).await;
     assert_eq!(job.status, QueryStatus::Complete);
     // create (200 ms) + run (100 ms) + the COMPLETE write (200 ms)
     assert_eq!(start.elapsed(), Duration::from_millis(500));
@@ -229,11 +198,11 @@ async fn a_failing_cleaner_retries_and_catches_up() {
         cleaner_interval: Duration::from_secs(60),
         ..config()
     });
-    let job = f
-        .service
-        .submit(&alice(), SubmitRequest::export("rows 5", ExportFormat::Csv))
-        .await
-        .unwrap();
+    let job = submit(
+        &f.service,
+        SubmitRequest::export("rows 5", ExportFormat::Csv),
+    )
+    .await;
     assert_eq!(job.status, QueryStatus::Complete);
     // The storage refuses deletes for a while: the record is kept so that it
     // never points at a deleted result.
@@ -248,4 +217,100 @@ async fn a_failing_cleaner_retries_and_catches_up() {
         Err(Error::NotFound { .. })
     ));
     assert!(f.storage.names().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batch_is_a_typed_error_and_leaks_nothing() {
+    let f = faulty(Config {
+        pool_size: 1,
+        max_queued: 3,
+        ..config()
+    });
+    f.dao_faults.only(&["create_many"]);
+    f.dao_faults.fail_nth(1);
+    let requests = || (0..3).map(|_| SubmitRequest::query("sleep 1")).collect();
+    let err = f
+        .service
+        .submit_many(&alice(), requests())
+        .await
+        .unwrap_err();
+    assert!(is_injected_dao_error(&err), "{err:?}");
+    // Nothing is left in the queue count: the same batch fits and runs.
+    let jobs = f.service.submit_many(&alice(), requests()).await.unwrap();
+    for job in jobs {
+        let done = f.service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+        assert_eq!(done.status, QueryStatus::Complete);
+    }
+}
+
+/// Exports submitted as one batch on a service that claims ahead and writes
+/// records in batches (`claim_batch` 4).
+async fn batched_exports(f: &Faulty, n: usize) -> Vec<async_query::AsyncQuery> {
+    let requests = (0..n)
+        .map(|_| SubmitRequest::export("rows 10", ExportFormat::Csv))
+        .collect();
+    f.service.submit_many(&alice(), requests).await.unwrap()
+}
+
+fn batching() -> Config {
+    Config {
+        claim_batch: 4,
+        ..config()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_batched_write_is_retried_job_by_job() {
+    let f = faulty(batching());
+    f.dao_faults.only(&["update_status_many"]);
+    f.dao_faults.fail_always(true);
+    let jobs = batched_exports(&f, 4).await;
+    for job in &jobs {
+        let done = f.service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+        assert_eq!(done.status, QueryStatus::Complete, "{done:?}");
+        f.service.download(&alice(), job.id, None).await.unwrap();
+    }
+    assert!(f.dao_faults.calls() >= 1, "the batch was tried");
+    assert_eq!(f.storage.names().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batched_write_whose_reply_was_lost_keeps_its_results() {
+    let f = faulty(batching());
+    f.dao_faults.only(&["update_status_many"]);
+    f.dao_faults.lose_replies(true);
+    f.dao_faults.fail_always(true);
+    let jobs = batched_exports(&f, 4).await;
+    for job in &jobs {
+        // Waiters see the result (the retry recognises its own write)...
+        let done = f.service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+        assert_eq!(done.status, QueryStatus::Complete, "{done:?}");
+        // ...and the export the record points at is still there.
+        f.service.download(&alice(), job.id, None).await.unwrap();
+    }
+    assert_eq!(f.storage.names().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_cancelled_while_its_record_waits_to_be_written_ends_cancel_complete() {
+    let f = faulty(batching());
+    f.dao_faults.only(&["update_status_many"]);
+    f.dao_faults.delay(SECOND);
+    let jobs = batched_exports(&f, 1).await;
+    // The export has run; its COMPLETE waits in the (slow) batched write.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let record = f.service.get(&alice(), jobs[0].id).await.unwrap();
+    assert_eq!(record.status, QueryStatus::Processing);
+    let cancelled = f
+        .service
+        .cancel(&alice(), jobs[0].id)
+        .await
+        .unwrap()
+        .into_record();
+    assert_eq!(cancelled.status, QueryStatus::CancelComplete);
+    assert!(
+        f.storage.names().is_empty(),
+        "the discarded export was deleted: {:?}",
+        f.storage.names()
+    );
 }

@@ -10,14 +10,11 @@ use common::*;
 #[tokio::test(start_paused = true)]
 async fn fast_job_returns_complete_inline() {
     let h = harness(config());
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("hello").with_query_type("SQL"),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::query("hello").with_query_type("SQL"),
+    )
+    .await;
     assert_eq!(job.status, QueryStatus::Complete);
     let result = job.result.as_ref().unwrap();
     assert_eq!(result.body, ResultBody::Inline("hello".into()));
@@ -65,14 +62,11 @@ async fn slow_job_returns_processing_then_completes() {
 #[tokio::test(start_paused = true)]
 async fn wait_times_out_with_the_unfinished_job() {
     let h = harness(config());
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("sleep 10000").with_async_after(Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::query("sleep 10000").with_async_after(Duration::ZERO),
+    )
+    .await;
     let start = tokio::time::Instant::now();
     let still = h
         .service
@@ -87,14 +81,11 @@ async fn wait_times_out_with_the_unfinished_job() {
 async fn async_after_zero_returns_at_once() {
     let h = harness(config());
     let start = tokio::time::Instant::now();
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("sleep 10").with_async_after(Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::query("sleep 10").with_async_after(Duration::ZERO),
+    )
+    .await;
     assert_eq!(start.elapsed(), Duration::ZERO);
     assert_eq!(job.status, QueryStatus::Processing);
     let done = h.service.wait(&alice(), job.id, SECOND).await.unwrap();
@@ -126,11 +117,7 @@ async fn default_async_after_applies_when_the_request_is_silent() {
         ..config()
     });
     let start = tokio::time::Instant::now();
-    let job = h
-        .service
-        .submit(&alice(), SubmitRequest::query("sleep 9000"))
-        .await
-        .unwrap();
+    let job = submit(&h.service, SubmitRequest::query("sleep 9000")).await;
     assert_eq!(start.elapsed(), Duration::from_secs(2));
     assert_eq!(job.status, QueryStatus::Processing);
 }
@@ -197,11 +184,7 @@ async fn queue_bound_gives_a_typed_error_and_stores_nothing() {
 #[tokio::test(start_paused = true)]
 async fn failure_ends_failure_with_the_message() {
     let h = harness(config());
-    let job = h
-        .service
-        .submit(&alice(), SubmitRequest::query("fail table missing"))
-        .await
-        .unwrap();
+    let job = submit(&h.service, SubmitRequest::query("fail table missing")).await;
     assert_eq!(job.status, QueryStatus::Failure);
     let result = job.result.unwrap();
     assert_eq!(result.message.as_deref(), Some("table missing"));
@@ -214,22 +197,14 @@ async fn panic_ends_failure_and_the_service_keeps_working() {
         pool_size: 1,
         ..config()
     });
-    let job = h
-        .service
-        .submit(&alice(), SubmitRequest::query("panic boom"))
-        .await
-        .unwrap();
+    let job = submit(&h.service, SubmitRequest::query("panic boom")).await;
     assert_eq!(job.status, QueryStatus::Failure);
     assert_eq!(
         job.result.unwrap().message.as_deref(),
         Some("the executor panicked: boom")
     );
     // The only slot was released.
-    let next = h
-        .service
-        .submit(&alice(), SubmitRequest::query("ok"))
-        .await
-        .unwrap();
+    let next = submit(&h.service, SubmitRequest::query("ok")).await;
     assert_eq!(next.status, QueryStatus::Complete);
 }
 
@@ -239,11 +214,7 @@ async fn oversized_inline_result_is_a_failure_not_a_truncation() {
         max_inline_result_bytes: 4,
         ..config()
     });
-    let job = h
-        .service
-        .submit(&alice(), SubmitRequest::query("too long"))
-        .await
-        .unwrap();
+    let job = submit(&h.service, SubmitRequest::query("too long")).await;
     assert_eq!(job.status, QueryStatus::Failure);
     assert!(
         job.result
@@ -261,14 +232,11 @@ async fn max_run_time_times_out_and_requests_may_only_lower_it() {
         ..config()
     });
     let start = tokio::time::Instant::now();
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("block").with_max_run_time(Duration::from_secs(3600)),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::query("block").with_max_run_time(Duration::from_secs(3600)),
+    )
+    .await;
     assert_eq!(
         job.max_run_time,
         Duration::from_secs(10),
@@ -290,14 +258,11 @@ async fn max_run_time_times_out_and_requests_may_only_lower_it() {
             .contains("maximum run time of 10s")
     );
 
-    let lower = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("block").with_max_run_time(Duration::from_secs(2)),
-        )
-        .await
-        .unwrap();
+    let lower = submit(
+        &h.service,
+        SubmitRequest::query("block").with_max_run_time(Duration::from_secs(2)),
+    )
+    .await;
     assert_eq!(
         lower.status,
         QueryStatus::TimedOut,
@@ -309,11 +274,7 @@ async fn max_run_time_times_out_and_requests_may_only_lower_it() {
 async fn client_supplied_ids_are_used_once() {
     let h = harness(config());
     let id = uuid::Uuid::new_v4();
-    let job = h
-        .service
-        .submit(&alice(), SubmitRequest::query("a").with_id(id))
-        .await
-        .unwrap();
+    let job = submit(&h.service, SubmitRequest::query("a").with_id(id)).await;
     assert_eq!(job.id, id);
     match h
         .service
@@ -536,4 +497,105 @@ async fn the_executors_validation_rejects_before_anything_is_stored() {
         .await
         .unwrap();
     assert_eq!(ok.status, QueryStatus::Complete);
+}
+
+#[tokio::test(start_paused = true)]
+async fn submit_many_queues_a_batch_in_order_all_or_nothing() {
+    let h = harness(async_query::Config {
+        max_queued: 8,
+        ..config() // pool of 2
+    });
+    let batch = |n: usize| -> Vec<SubmitRequest> {
+        (0..n)
+            .map(|i| SubmitRequest::query(format!("sleep {}", 100 + i)))
+            .collect()
+    };
+    // Refused batches store nothing: a bad request, a duplicate, too many.
+    let mut bad = batch(3);
+    bad[2].query = " ".into();
+    match h.service.submit_many(&alice(), bad).await {
+        Err(Error::InvalidRequest { reason }) => {
+            assert!(reason.starts_with("request 2:"), "{reason}")
+        }
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    let id = uuid::Uuid::new_v4();
+    let mut twice = batch(2);
+    twice[0].id = Some(id);
+    twice[1].id = Some(id);
+    assert!(matches!(
+        h.service.submit_many(&alice(), twice).await,
+        Err(Error::DuplicateId { id: dup }) if dup == id
+    ));
+    assert!(matches!(
+        h.service.submit_many(&alice(), batch(9)).await,
+        Err(Error::QueueFull { limit: 8 })
+    ));
+    assert!(h.executor.started().is_empty());
+    assert!(matches!(
+        h.service.get(&alice(), id).await,
+        Err(Error::NotFound { .. })
+    ));
+
+    let jobs = h.service.submit_many(&alice(), batch(6)).await.unwrap();
+    assert_eq!(jobs.len(), 6);
+    assert!(jobs.iter().all(|j| j.status == QueryStatus::Queued));
+    for job in &jobs {
+        let done = h.service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+        assert_eq!(done.status, QueryStatus::Complete);
+    }
+    let expected: Vec<String> = (0..6).map(|i| format!("sleep {}", 100 + i)).collect();
+    assert_eq!(h.executor.started(), expected, "a batch runs in its order");
+    assert_eq!(h.executor.max_running(), 2);
+    // The queue places were given back: a full batch fits again.
+    let again = h.service.submit_many(&alice(), batch(8)).await.unwrap();
+    assert_eq!(again.len(), 8);
+}
+
+#[tokio::test(start_paused = true)]
+async fn claim_batches_keep_order_pool_size_and_cancellation() {
+    let h = harness(async_query::Config {
+        claim_batch: 4,
+        max_queued: 20,
+        ..config() // pool of 2
+    });
+    let requests = (0..10)
+        .map(|i| SubmitRequest::query(format!("sleep {}", 100 + i)))
+        .collect();
+    let jobs = h.service.submit_many(&alice(), requests).await.unwrap();
+    for job in &jobs {
+        let done = h.service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+        assert_eq!(done.status, QueryStatus::Complete);
+    }
+    let expected: Vec<String> = (0..10).map(|i| format!("sleep {}", 100 + i)).collect();
+    assert_eq!(h.executor.started(), expected);
+    assert_eq!(h.executor.max_running(), 2, "claimed ahead is not running");
+
+    // A job claimed ahead and cancelled never starts and ends CANCEL_COMPLETE.
+    let requests = ["block", "block", "sleep 1", "sleep 2"]
+        .into_iter()
+        .map(SubmitRequest::query)
+        .collect();
+    let jobs = h.service.submit_many(&alice(), requests).await.unwrap();
+    tokio::time::sleep(SECOND).await;
+    let waiting = h.service.get(&alice(), jobs[2].id).await.unwrap();
+    assert_eq!(waiting.status, QueryStatus::Processing, "claimed ahead");
+    h.service.cancel(&alice(), jobs[2].id).await.unwrap();
+    h.service.cancel(&alice(), jobs[0].id).await.unwrap();
+    h.service.cancel(&alice(), jobs[1].id).await.unwrap();
+    let cancelled = h
+        .service
+        .wait(&alice(), jobs[2].id, 60 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status, QueryStatus::CancelComplete);
+    let last = h
+        .service
+        .wait(&alice(), jobs[3].id, 60 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(last.status, QueryStatus::Complete);
+    let started = h.executor.started();
+    assert!(!started.contains(&"sleep 1".to_string()), "{started:?}");
+    assert!(started.contains(&"sleep 2".to_string()));
 }

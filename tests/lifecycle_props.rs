@@ -179,9 +179,10 @@ fn reachable(from: QueryStatus, to: QueryStatus) -> bool {
     false
 }
 
-async fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
+async fn run(ops: Vec<Op>, claim_batch: usize) -> Result<(), TestCaseError> {
     let config = Config {
         pool_size: 2,
+        claim_batch,
         max_queued: 1_000,
         max_run_time: Duration::from_secs(20),
         lease: Duration::from_secs(6),
@@ -278,12 +279,16 @@ proptest! {
     })]
 
     #[test]
-    fn random_lifecycles_keep_every_invariant(ops in proptest::collection::vec(op(), 1..40)) {
+    fn random_lifecycles_keep_every_invariant(
+        ops in proptest::collection::vec(op(), 1..40),
+        // 3: jobs claimed ahead, records written in batches behind.
+        claim_batch in prop_oneof![Just(1usize), Just(3usize)],
+    ) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .start_paused(true)
             .build()
             .expect("runtime");
-        runtime.block_on(run(ops))?;
+        runtime.block_on(run(ops, claim_batch))?;
     }
 }

@@ -101,6 +101,10 @@ fn child_instance() {
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    let claim_batch: usize = std::env::var("AQ_CHILD_CLAIM_BATCH")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async move {
         let file = std::fs::OpenOptions::new()
@@ -112,7 +116,10 @@ fn child_instance() {
             log: Mutex::new(file),
         });
         let service = AsyncQueryService::builder()
-            .config(instance_config(instance, 4))
+            .config(Config {
+                claim_batch,
+                ..instance_config(instance, 4)
+            })
             .dao(open_dao(&url).await)
             .executor(executor.clone())
             .build()
@@ -130,6 +137,17 @@ fn child_instance() {
 }
 
 fn spawn_child(url: &str, instance: uuid::Uuid, log: &Path, submit: usize) -> Child {
+    spawn_child_batching(url, instance, log, submit, 1)
+}
+
+/// A child instance with `Config::claim_batch = claim_batch`.
+fn spawn_child_batching(
+    url: &str,
+    instance: uuid::Uuid,
+    log: &Path,
+    submit: usize,
+    claim_batch: usize,
+) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
         .args([
             "--exact",
@@ -142,6 +160,7 @@ fn spawn_child(url: &str, instance: uuid::Uuid, log: &Path, submit: usize) -> Ch
         .env("AQ_CHILD_INSTANCE", instance.to_string())
         .env("AQ_CHILD_LOG", log)
         .env("AQ_CHILD_SUBMIT", submit.to_string())
+        .env("AQ_CHILD_CLAIM_BATCH", claim_batch.to_string())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -296,10 +315,13 @@ async fn postgres_three_worker_processes_one_killed_every_job_ends_exactly_once(
     let logs: Vec<PathBuf> = (0..3)
         .map(|i| dir.path().join(format!("worker-{i}.log")))
         .collect();
+    // Workers 0 (the one killed) and 1 claim ahead and write behind
+    // (`claim_batch` 8); worker 2 claims one job at a time.
     let mut children: Vec<Child> = workers
         .iter()
         .zip(&logs)
-        .map(|(id, log)| spawn_child(&db.url, *id, log, 0))
+        .zip([8, 8, 1])
+        .map(|((id, log), batch)| spawn_child_batching(&db.url, *id, log, 0, batch))
         .collect();
 
     // This process only submits and cancels (no worker slots).

@@ -10,14 +10,11 @@ use common::*;
 #[tokio::test(start_paused = true)]
 async fn another_principal_gets_the_same_error_as_for_an_unknown_id() {
     let h = harness(config());
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("block").with_async_after(Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::query("block").with_async_after(Duration::ZERO),
+    )
+    .await;
     let unknown = uuid::Uuid::new_v4();
     for id in [job.id, unknown] {
         let get = h.service.get(&bob(), id).await.unwrap_err();
@@ -53,14 +50,11 @@ async fn another_principal_gets_the_same_error_as_for_an_unknown_id() {
 #[tokio::test(start_paused = true)]
 async fn admin_sees_waits_on_and_cancels_anyones_job() {
     let h = harness(config());
-    let job = h
-        .service
-        .submit(
-            &alice(),
-            SubmitRequest::query("block").with_async_after(Duration::ZERO),
-        )
-        .await
-        .unwrap();
+    let job = submit(
+        &h.service,
+        SubmitRequest::query("block").with_async_after(Duration::ZERO),
+    )
+    .await;
     assert_eq!(h.service.get(&admin(), job.id).await.unwrap().id, job.id);
     let waited = h.service.wait(&admin(), job.id, SECOND).await.unwrap();
     assert_eq!(waited.status, QueryStatus::Processing);
@@ -83,11 +77,7 @@ async fn the_admin_role_is_configurable() {
         admin_role: "ops".into(),
         ..config()
     });
-    let job = h
-        .service
-        .submit(&alice(), SubmitRequest::query("x"))
-        .await
-        .unwrap();
+    let job = submit(&h.service, SubmitRequest::query("x")).await;
     assert!(
         h.service.get(&admin(), job.id).await.is_err(),
         "\"admin\" is no longer special"

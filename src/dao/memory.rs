@@ -54,22 +54,27 @@ impl MemoryDao {
 #[async_trait]
 impl AsyncApiDao for MemoryDao {
     async fn create(&self, job: &AsyncQuery) -> Result<()> {
+        self.create_many(std::slice::from_ref(job)).await
+    }
+
+    async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
+        if let Some(id) = super::first_repeated(jobs) {
+            return Err(Error::DuplicateId { id });
+        }
         let mut state = self.lock();
-        if state.jobs.contains_key(&job.id) {
+        if let Some(job) = jobs.iter().find(|j| state.jobs.contains_key(&j.id)) {
             return Err(Error::DuplicateId { id: job.id });
         }
-        let seq = state.next_seq;
-        state.next_seq += 1;
-        if job.status == QueryStatus::Queued {
-            state.queue.insert(seq, job.id);
+        state.jobs.reserve(jobs.len());
+        for job in jobs {
+            let seq = state.next_seq;
+            state.next_seq += 1;
+            if job.status == QueryStatus::Queued {
+                state.queue.insert(seq, job.id);
+            }
+            let job = job.clone();
+            state.jobs.insert(job.id, Entry { seq, job });
         }
-        state.jobs.insert(
-            job.id,
-            Entry {
-                seq,
-                job: job.clone(),
-            },
-        );
         Ok(())
     }
 

@@ -176,6 +176,33 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
     async fn create(&self, job: &AsyncQuery) -> Result<()>;
 
+    /// Stores several new records, all or nothing, in this order (claims
+    /// take them first to last). Back-ends should make this one round trip
+    /// per few hundred records; the default calls
+    /// [`create`](Self::create) for each and deletes what it created if one
+    /// fails.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::DuplicateId`](crate::Error::DuplicateId) if an id exists or
+    /// appears twice (nothing is stored); [`Error::Dao`](crate::Error::Dao)
+    /// if the back-end fails.
+    async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
+        if let Some(id) = first_repeated(jobs) {
+            return Err(crate::Error::DuplicateId { id });
+        }
+        for (i, job) in jobs.iter().enumerate() {
+            if let Err(e) = self.create(job).await {
+                let created: Vec<Uuid> = jobs[..i].iter().map(|j| j.id).collect();
+                if let Err(undo) = self.delete(&created).await {
+                    tracing::warn!(error = %undo, "could not remove a partly created batch");
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
     /// Reads a record; `None` if there is none with this id.
     ///
     /// # Errors
@@ -189,6 +216,28 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// `NotFound`, `InvalidTransition`, or `Dao` as described above.
     async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome>;
+
+    /// Several independent compare-and-set changes, each with the outcome
+    /// [`update_status`](Self::update_status) would give, in order. The
+    /// service uses it to write finished jobs' records in batches
+    /// ([`Config::claim_batch`](crate::Config::claim_batch) above 1). SQL
+    /// back-ends run them in one transaction (one commit); the default
+    /// calls `update_status` for each.
+    ///
+    /// # Errors
+    ///
+    /// As `update_status`, for the first change that fails; changes before
+    /// it may or may not have been applied (re-read the records).
+    async fn update_status_many(
+        &self,
+        changes: &[(Uuid, StatusChange)],
+    ) -> Result<Vec<CasOutcome>> {
+        let mut outcomes = Vec::with_capacity(changes.len());
+        for (id, change) in changes {
+            outcomes.push(self.update_status(*id, change.clone()).await?);
+        }
+        Ok(outcomes)
+    }
 
     /// Claims up to `limit` of the oldest queued jobs for `lease.owner`.
     ///
@@ -270,4 +319,14 @@ pub(crate) fn apply_change(job: &mut AsyncQuery, change: StatusChange) {
     } else if change.to.is_terminal() {
         job.lease = None;
     }
+}
+
+/// The first id that appears twice in `jobs`.
+pub(crate) fn first_repeated(jobs: &[AsyncQuery]) -> Option<Uuid> {
+    // The common case, one record, needs no set.
+    if jobs.len() < 2 {
+        return None;
+    }
+    let mut seen = std::collections::HashSet::with_capacity(jobs.len());
+    jobs.iter().map(|j| j.id).find(|id| !seen.insert(*id))
 }

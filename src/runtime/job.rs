@@ -8,10 +8,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cas, Inner};
 use crate::config::ExportLimitAction;
-use crate::dao::StatusChange;
+use crate::dao::{CasOutcome, StatusChange};
 use crate::executor::{ExecutionContext, QueryOutput, RecordStream};
 use crate::format::Encoder;
 use crate::model::{AsyncQuery, ExportFormat, JobKind, QueryResult, QueryStatus, ResultBody};
+
+/// A finished job waiting for the batcher to write its record.
+pub(super) struct Settlement {
+    pub(super) job: std::sync::Arc<AsyncQuery>,
+    pub(super) change: StatusChange,
+    pub(super) stored: Option<String>,
+}
 
 /// How a job's run ended, before it is written down.
 #[derive(Debug)]
@@ -195,10 +202,35 @@ impl Inner {
     /// `CANCEL_COMPLETE` (its output discarded); a job someone else settled
     /// (the cleaner) is left as they decided. Returns false when the service
     /// is gone and the worker should stop.
-    pub(super) async fn settle(&self, job: &AsyncQuery, outcome: Outcome) -> bool {
+    ///
+    /// With `claim_batch > 1` the record is handed to the batcher, which
+    /// writes it with others while the worker runs its next job.
+    pub(super) async fn settle(&self, job: &std::sync::Arc<AsyncQuery>, outcome: Outcome) -> bool {
+        let Some((change, stored)) = self.first_change(job, outcome) else {
+            return false;
+        };
+        if self.config.claim_batch > 1 {
+            let settlement = Settlement {
+                job: std::sync::Arc::clone(job),
+                change,
+                stored,
+            };
+            return self.settle_tx.send(settlement).await.is_ok();
+        }
+        self.settle_change(job, change, stored, None).await;
+        true
+    }
+
+    /// The change that writes `outcome`, and the stored export it
+    /// references; `None` when the service is gone (write nothing).
+    fn first_change(
+        &self,
+        job: &AsyncQuery,
+        outcome: Outcome,
+    ) -> Option<(StatusChange, Option<String>)> {
         let now = self.clock.now();
-        let (mut from, mut to, mut result) = match outcome {
-            Outcome::Abandoned => return false,
+        let (from, to, result) = match outcome {
+            Outcome::Abandoned => return None,
             Outcome::Complete(result) => (QueryStatus::Processing, QueryStatus::Complete, result),
             Outcome::Failure(message) => (
                 QueryStatus::Processing,
@@ -223,37 +255,105 @@ impl Inner {
             ),
         };
         // A stored export must be deleted if its record will not point at it.
-        let mut stored = match &result.body {
+        let stored = match &result.body {
             ResultBody::Stored(name) => Some(name.clone()),
             _ => None,
         };
+        Some((StatusChange::new(from, to, now).with_result(result), stored))
+    }
+
+    /// Writes `change` (whose first attempt may already have been made, in
+    /// a batch: `first`), then follows up on conflicts and failures.
+    async fn settle_change(
+        &self,
+        job: &AsyncQuery,
+        mut change: StatusChange,
+        mut stored: Option<String>,
+        mut first: Option<CasOutcome>,
+    ) {
+        let now = change.at;
         loop {
-            let change = StatusChange::new(from, to, now).with_result(result);
-            match self.transition(job.id, change).await {
-                Ok(Cas::Applied(_)) => return true,
+            let (from, to) = (change.from, change.to);
+            let attempt = match first.take() {
+                Some(outcome) => Ok(self.applied(from, outcome)),
+                None => self.transition(job.id, change).await,
+            };
+            change = match attempt {
+                Ok(Cas::Applied(_)) => return,
+                // Already written: an earlier attempt of a batch that
+                // failed as a whole had been applied.
+                Ok(Cas::Conflict(current)) if current.status == to => {
+                    self.observe(Some(from), std::sync::Arc::new(*current), false);
+                    return;
+                }
                 Ok(Cas::Conflict(current)) => {
                     self.discard_output(stored.take()).await;
                     if current.status == QueryStatus::Cancelled && to != QueryStatus::CancelComplete
                     {
-                        (from, to) = (QueryStatus::Cancelled, QueryStatus::CancelComplete);
-                        result = QueryResult::message(now, "cancelled on request");
-                        continue;
+                        StatusChange::new(QueryStatus::Cancelled, QueryStatus::CancelComplete, now)
+                            .with_result(QueryResult::message(now, "cancelled on request"))
+                    } else {
+                        self.forget(job.id);
+                        return;
                     }
-                    self.forget(job.id);
-                    return true;
                 }
                 Err(e) if to != QueryStatus::Failure && to != QueryStatus::CancelComplete => {
                     tracing::warn!(job = %job.id, error = %e, "saving the job's outcome failed; marking it FAILURE");
                     self.discard_output(stored.take()).await;
-                    to = QueryStatus::Failure;
-                    result =
-                        QueryResult::message(now, format!("the result could not be saved: {e}"));
+                    StatusChange::new(from, QueryStatus::Failure, now).with_result(
+                        QueryResult::message(now, format!("the result could not be saved: {e}")),
+                    )
                 }
                 Err(e) => {
                     tracing::error!(job = %job.id, error = %e, "saving the job's outcome failed; its lease will expire");
                     self.forget(job.id);
-                    return true;
+                    return;
                 }
+            };
+        }
+    }
+
+    /// Writes finished jobs' records in batches (`claim_batch > 1`): takes
+    /// what is waiting, up to `claim_batch`, and writes it with one
+    /// [`update_status_many`](crate::AsyncApiDao::update_status_many) while
+    /// the next batch fills. Conflicts and failures are followed up one by
+    /// one, as `settle` does.
+    pub(super) async fn batcher(
+        self: std::sync::Arc<Self>,
+        mut settlements: tokio::sync::mpsc::Receiver<Settlement>,
+    ) {
+        let max = self.config.claim_batch.max(1);
+        loop {
+            let first = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                next = settlements.recv() => match next {
+                    Some(s) => s,
+                    None => return,
+                },
+            };
+            let mut batch = vec![first];
+            while batch.len() < max {
+                match settlements.try_recv() {
+                    Ok(s) => batch.push(s),
+                    Err(_) => break,
+                }
+            }
+            // The changes move into the call's slice (no copies of result
+            // bodies); the rest waits beside them.
+            let (changes, waiting): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|s| ((s.job.id, s.change), (s.job, s.stored)))
+                .unzip();
+            let outcomes = match self.dao.update_status_many(&changes).await {
+                Ok(outcomes) if outcomes.len() == changes.len() => outcomes,
+                // Some may have been applied: each is retried alone (an
+                // applied one then conflicts with its own status).
+                _ => Vec::new(),
+            };
+            let mut outcomes = outcomes.into_iter();
+            for ((_, change), (job, stored)) in changes.into_iter().zip(waiting) {
+                self.settle_change(&job, change, stored, outcomes.next())
+                    .await;
             }
         }
     }

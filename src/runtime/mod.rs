@@ -79,12 +79,41 @@ pub(crate) enum Cas {
 
 /// A job this instance submitted or runs.
 struct LocalJob {
-    /// The latest record, for waiters.
-    state: watch::Sender<Arc<AsyncQuery>>,
+    /// The latest record.
+    latest: Arc<AsyncQuery>,
+    /// Publishes `latest` to waiters; created by the first waiter, because
+    /// a channel nobody follows still costs a lock per update and per drop.
+    watchers: Option<watch::Sender<Arc<AsyncQuery>>>,
     /// Stops the job's executor.
     cancel: CancellationToken,
     /// Still waiting for a slot (counts against `max_queued`).
     queued: bool,
+}
+
+impl LocalJob {
+    fn new(job: Arc<AsyncQuery>, cancel: CancellationToken, queued: bool) -> Self {
+        LocalJob {
+            latest: job,
+            watchers: None,
+            cancel,
+            queued,
+        }
+    }
+
+    /// Follows this job's record from its current state on.
+    fn subscribe(&mut self) -> watch::Receiver<Arc<AsyncQuery>> {
+        let latest = &self.latest;
+        self.watchers
+            .get_or_insert_with(|| watch::channel(Arc::clone(latest)).0)
+            .subscribe()
+    }
+
+    fn update(&mut self, job: Arc<AsyncQuery>) {
+        if let Some(watchers) = &self.watchers {
+            watchers.send_replace(Arc::clone(&job));
+        }
+        self.latest = job;
+    }
 }
 
 #[derive(Default)]
@@ -108,7 +137,7 @@ pub(crate) struct Inner {
     shutdown: CancellationToken,
     /// Fires when `shutdown` starts: no new submissions or claims.
     closing: CancellationToken,
-    /// Signalled whenever a job leaves the local table.
+    /// Signalled whenever a job leaves the local table once `closing` fired.
     left: tokio::sync::Notify,
     /// Live [`Subscription`](crate::Subscription)s.
     pub(crate) subscribers: Arc<std::sync::atomic::AtomicUsize>,
@@ -117,6 +146,13 @@ pub(crate) struct Inner {
     /// Signalled whenever the DAO pushes a status change (any instance's).
     remote_changed: tokio::sync::Notify,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Jobs claimed ahead (`claim_batch > 1`), `PROCESSING` here, waiting
+    /// for a worker, oldest first.
+    ready: Mutex<std::collections::VecDeque<(Arc<AsyncQuery>, CancellationToken)>>,
+    /// Finished jobs for the batcher (`claim_batch > 1`); bounded, so
+    /// workers wait when records are not written fast enough.
+    settle_tx: tokio::sync::mpsc::Sender<job::Settlement>,
+    settle_rx: Mutex<Option<tokio::sync::mpsc::Receiver<job::Settlement>>>,
 }
 
 impl Inner {
@@ -127,6 +163,9 @@ impl Inner {
         executor: Arc<dyn QueryExecutor>,
     ) -> Arc<Self> {
         let (events, _) = broadcast::channel(config.event_capacity);
+        // Room for the next batch while one is written: a full channel makes
+        // workers wait, which bounds the records not yet written.
+        let (settle_tx, settle_rx) = tokio::sync::mpsc::channel(2 * config.claim_batch.max(1));
         Arc::new(Inner {
             slots: Arc::new(Semaphore::new(config.pool_size)),
             config,
@@ -144,6 +183,9 @@ impl Inner {
             recovered: std::sync::atomic::AtomicBool::new(false),
             subscribers: Arc::default(),
             tasks: Mutex::new(Vec::new()),
+            ready: Mutex::default(),
+            settle_tx,
+            settle_rx: Mutex::new(Some(settle_rx)),
         })
     }
 
@@ -155,12 +197,20 @@ impl Inner {
     /// recovers this instance's interrupted jobs); all end when the shutdown
     /// token fires.
     pub(crate) fn start(this: &Arc<Self>, runtime: &tokio::runtime::Handle) {
-        let handles = vec![
+        let mut handles = vec![
             runtime.spawn(Arc::clone(this).dispatcher()),
             runtime.spawn(Arc::clone(this).heartbeat()),
             runtime.spawn(Arc::clone(this).cleaner()),
             runtime.spawn(Arc::clone(this).listener()),
         ];
+        let settlements = this
+            .settle_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(settlements) = settlements.filter(|_| this.config.claim_batch > 1) {
+            handles.push(runtime.spawn(Arc::clone(this).batcher(settlements)));
+        }
         this.tasks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -267,11 +317,11 @@ impl Inner {
         let local = &mut *local;
         let entry = match local.jobs.get_mut(&job.id) {
             Some(entry) => entry,
-            None if adopt => local.jobs.entry(job.id).or_insert(LocalJob {
-                state: watch::channel(Arc::clone(&job)).0,
-                cancel: self.shutdown.child_token(),
-                queued: false,
-            }),
+            None if adopt => local.jobs.entry(job.id).or_insert(LocalJob::new(
+                Arc::clone(&job),
+                self.shutdown.child_token(),
+                false,
+            )),
             None => return None,
         };
         // A job that leaves the queue runs here only if this instance claimed
@@ -285,12 +335,21 @@ impl Inner {
         }
         let token = entry.cancel.clone();
         let id = job.id;
-        entry.state.send_replace(job);
+        entry.update(job);
         if leave {
             local.jobs.remove(&id);
-            self.left.notify_waiters();
+            self.job_left();
         }
         Some(token)
+    }
+
+    /// Tells a waiting `shutdown` that a job left the local table. Only
+    /// `shutdown` listens, and it sets `closing` before it looks at the
+    /// table, so the (locking) notification is skipped until then.
+    fn job_left(&self) {
+        if self.closing.is_cancelled() {
+            self.left.notify_waiters();
+        }
     }
 
     /// Drops a local entry without a terminal status (the record could not be
@@ -301,7 +360,7 @@ impl Inner {
             if entry.queued {
                 local.queued -= 1;
             }
-            self.left.notify_waiters();
+            self.job_left();
         }
     }
 
@@ -309,24 +368,28 @@ impl Inner {
     /// mirrored locally when applied.
     pub(crate) async fn transition(&self, id: Uuid, change: StatusChange) -> Result<Cas> {
         let from = change.from;
-        Ok(match self.dao.update_status(id, change).await? {
+        Ok(self.applied(from, self.dao.update_status(id, change).await?))
+    }
+
+    /// Mirrors a compare-and-set the DAO decided (from `from`).
+    fn applied(&self, from: QueryStatus, outcome: CasOutcome) -> Cas {
+        match outcome {
             CasOutcome::Applied(job) => {
                 let job = Arc::new(job);
                 self.observe(Some(from), Arc::clone(&job), false);
                 Cas::Applied(job)
             }
             CasOutcome::Conflict(current) => Cas::Conflict(Box::new(current)),
-        })
+        }
     }
 
-    pub(crate) async fn submit(
-        self: &Arc<Self>,
+    /// Checks a request and turns it into a new `QUEUED` record.
+    fn new_record(
+        &self,
         principal: &Principal,
         request: SubmitRequest,
+        now: DateTime<Utc>,
     ) -> Result<AsyncQuery> {
-        if self.closing.is_cancelled() || self.shutdown.is_cancelled() {
-            return Err(Error::ShuttingDown);
-        }
         if request.query.trim().is_empty() {
             return Err(Error::invalid("the query is empty"));
         }
@@ -342,10 +405,8 @@ impl Inner {
             .async_after
             .unwrap_or(config.default_async_after)
             .min(config.max_async_after);
-        let now = self.clock.now();
-        let id = request.id.unwrap_or_else(Uuid::new_v4);
-        let mut job = AsyncQuery {
-            id,
+        Ok(AsyncQuery {
+            id: request.id.unwrap_or_else(Uuid::new_v4),
             kind: request.kind,
             query: request.query,
             query_type: request.query_type,
@@ -357,12 +418,85 @@ impl Inner {
             updated_on: now,
             result: None,
             lease: None,
-        };
+        })
+    }
+
+    /// Stores many jobs `QUEUED` in one DAO call (all or nothing); workers
+    /// take them in order as slots free up.
+    pub(crate) async fn submit_many(
+        self: &Arc<Self>,
+        principal: &Principal,
+        requests: Vec<SubmitRequest>,
+    ) -> Result<Vec<AsyncQuery>> {
+        if self.closing.is_cancelled() || self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let now = self.clock.now();
+        let jobs = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, request)| {
+                self.new_record(principal, request, now)
+                    .map_err(|e| match e {
+                        Error::InvalidRequest { reason } => {
+                            Error::invalid(format!("request {i}: {reason}"))
+                        }
+                        e => e,
+                    })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        if let Some(id) = crate::dao::first_repeated(&jobs) {
+            return Err(Error::DuplicateId { id });
+        }
+        {
+            let mut local = self.lock_local();
+            if let Some(job) = jobs.iter().find(|j| local.jobs.contains_key(&j.id)) {
+                return Err(Error::DuplicateId { id: job.id });
+            }
+            if local.queued + jobs.len() > self.config.max_queued {
+                return Err(Error::QueueFull {
+                    limit: self.config.max_queued,
+                });
+            }
+            local.queued += jobs.len();
+            for job in &jobs {
+                let entry = LocalJob::new(Arc::new(job.clone()), self.shutdown.child_token(), true);
+                local.jobs.insert(job.id, entry);
+            }
+        }
+        if let Err(e) = self.dao.create_many(&jobs).await {
+            for job in &jobs {
+                self.forget(job.id);
+            }
+            return Err(e);
+        }
+        for job in &jobs {
+            self.emit(job, None);
+        }
+        if self.slots.available_permits() > 0 {
+            self.wake_dispatcher.notify_one();
+        }
+        Ok(jobs)
+    }
+
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        principal: &Principal,
+        request: SubmitRequest,
+    ) -> Result<AsyncQuery> {
+        if self.closing.is_cancelled() || self.shutdown.is_cancelled() {
+            return Err(Error::ShuttingDown);
+        }
+        let now = self.clock.now();
+        let mut job = self.new_record(principal, request, now)?;
+        let id = job.id;
+        let async_after = job.async_after;
+        let config = &self.config;
 
         // Take a worker slot (only when nobody older waits, to keep FIFO) or
         // a place in the queue, before anything is stored.
         let cancel = self.shutdown.child_token();
-        let (permit, job, mut rx) = {
+        let (permit, job, rx) = {
             let mut local = self.lock_local();
             if local.jobs.contains_key(&id) {
                 return Err(Error::DuplicateId { id });
@@ -384,15 +518,10 @@ impl Inner {
                 local.queued += 1;
             }
             let job = Arc::new(job);
-            let (state, rx) = watch::channel(Arc::clone(&job));
-            local.jobs.insert(
-                id,
-                LocalJob {
-                    state,
-                    cancel: cancel.clone(),
-                    queued: permit.is_none(),
-                },
-            );
+            let mut entry = LocalJob::new(Arc::clone(&job), cancel.clone(), permit.is_none());
+            // Follow the job from before it can change, unless not waiting.
+            let rx = (!async_after.is_zero()).then(|| entry.subscribe());
+            local.jobs.insert(id, entry);
             (permit, job, rx)
         };
         if let Err(e) = self.dao.create(&job).await {
@@ -408,9 +537,9 @@ impl Inner {
             None if self.slots.available_permits() > 0 => self.wake_dispatcher.notify_one(),
             None => {}
         }
-        if async_after.is_zero() {
+        let Some(mut rx) = rx else {
             return Ok(AsyncQuery::clone(&job));
-        }
+        };
         drop(job);
         let deadline = Instant::now() + async_after;
         match follow_local(&mut rx, deadline).await {
@@ -440,7 +569,7 @@ impl Inner {
     ) -> Result<AsyncQuery> {
         let deadline = Instant::now() + timeout;
         loop {
-            let rx = self.lock_local().jobs.get(&id).map(|j| j.state.subscribe());
+            let rx = self.lock_local().jobs.get_mut(&id).map(LocalJob::subscribe);
             if let Some(mut rx) = rx {
                 if !rx
                     .borrow()
@@ -524,9 +653,9 @@ impl Inner {
         let rx = self
             .lock_local()
             .jobs
-            .get(&job.id)
+            .get_mut(&job.id)
             .filter(|j| !j.queued)
-            .map(|j| j.state.subscribe());
+            .map(LocalJob::subscribe);
         let Some(mut rx) = rx else {
             return job;
         };
@@ -562,8 +691,29 @@ impl Inner {
         });
     }
 
-    /// Claims the oldest queued job for this instance, if any.
+    /// The oldest job claimed ahead, if any.
+    fn pop_ready(&self) -> Option<(Arc<AsyncQuery>, CancellationToken)> {
+        if self.config.claim_batch <= 1 {
+            return None;
+        }
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front()
+    }
+
+    /// Claims the oldest queued job for this instance, if any (with
+    /// `claim_batch > 1`, from the jobs claimed ahead first, and claiming a
+    /// batch when none are left).
     async fn claim_one(&self) -> Option<(Arc<AsyncQuery>, CancellationToken)> {
+        if self.shutdown.is_cancelled() {
+            return None;
+        }
+        // Claimed ahead, so they run even while shutting down (within its
+        // grace period), like the jobs already running.
+        if let Some(next) = self.pop_ready() {
+            return Some(next);
+        }
         if self.closing.is_cancelled()
             || self.shutdown.is_cancelled()
             || !self.recovered.load(std::sync::atomic::Ordering::Acquire)
@@ -571,16 +721,28 @@ impl Inner {
             return None;
         }
         let now = self.clock.now();
-        let claimed = match self.dao.claim(&self.lease(now), 1, now).await {
+        let claimed = match self
+            .dao
+            .claim(&self.lease(now), self.config.claim_batch.max(1), now)
+            .await
+        {
             Ok(claimed) => claimed,
             Err(e) => {
                 tracing::warn!(error = %e, "claiming queued jobs failed; retrying at the next poll");
                 return None;
             }
         };
-        let job = Arc::new(claimed.into_iter().next()?);
-        let token = self.observe(Some(QueryStatus::Queued), Arc::clone(&job), true)?;
-        Some((job, token))
+        let mut adopted = claimed.into_iter().filter_map(|job| {
+            let job = Arc::new(job);
+            let token = self.observe(Some(QueryStatus::Queued), Arc::clone(&job), true)?;
+            Some((job, token))
+        });
+        let first = adopted.next();
+        self.ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(adopted);
+        first
     }
 
     /// Claims queued jobs while worker slots are free, until told to stop.

@@ -99,6 +99,104 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
         other => panic!("creating a duplicate id must fail with DuplicateId, got {other:?}"),
     }
 
+    // create_many: all stored, in order; all or nothing on a duplicate.
+    // (Terminal records, so the claim checks below do not see them.)
+    let batch: Vec<AsyncQuery> = (0..3).map(|_| record(now, QueryStatus::Complete)).collect();
+    dao.create_many(&batch).await.expect("create_many failed");
+    for job in &batch {
+        created.push(job.id);
+        assert_eq!(
+            dao.get(job.id).await.expect("get failed").as_ref(),
+            Some(job),
+            "create_many must store every record as given"
+        );
+    }
+    let fresh = record(now, QueryStatus::Complete);
+    for (clash, with) in [(batch[1].clone(), batch[1].id), (fresh.clone(), fresh.id)] {
+        let attempt = [fresh.clone(), clash];
+        match dao.create_many(&attempt).await {
+            Err(Error::DuplicateId { id }) => assert_eq!(id, with),
+            other => {
+                panic!("create_many with a duplicate id must fail with DuplicateId, got {other:?}")
+            }
+        }
+        assert!(
+            dao.get(fresh.id).await.expect("get failed").is_none(),
+            "a failed create_many must store nothing"
+        );
+    }
+    dao.create_many(&[])
+        .await
+        .expect("an empty create_many is fine");
+    // Large batches too (SQL back-ends split them into several statements):
+    // a duplicate at the end undoes the start.
+    let mut large: Vec<AsyncQuery> = (0..1_200)
+        .map(|_| record(now, QueryStatus::Complete))
+        .collect();
+    large.push(batch[0].clone());
+    match dao.create_many(&large).await {
+        Err(Error::DuplicateId { id }) => assert_eq!(id, batch[0].id),
+        other => {
+            panic!("create_many with a duplicate id must fail with DuplicateId, got {other:?}")
+        }
+    }
+    assert!(
+        dao.get(large[0].id).await.expect("get failed").is_none(),
+        "a failed create_many must store nothing, however large"
+    );
+    large.pop();
+    dao.create_many(&large)
+        .await
+        .expect("a large create_many failed");
+    created.extend(large.iter().map(|j| j.id));
+    assert_eq!(
+        dao.get(large[1_199].id).await.expect("get failed").as_ref(),
+        large.last()
+    );
+
+    // update_status_many: each change is its own compare-and-set.
+    let (a, b) = (
+        walk(dao, now, &[QueryStatus::Queued, QueryStatus::Processing]).await,
+        walk(
+            dao,
+            now,
+            &[
+                QueryStatus::Queued,
+                QueryStatus::Processing,
+                QueryStatus::Cancelled,
+            ],
+        )
+        .await,
+    );
+    created.extend([a.id, b.id]);
+    let later = now + TimeDelta::seconds(2);
+    let outcomes = dao
+        .update_status_many(&[
+            (
+                a.id,
+                StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, later),
+            ),
+            (
+                b.id,
+                StatusChange::new(QueryStatus::Processing, QueryStatus::Failure, later),
+            ),
+        ])
+        .await
+        .expect("update_status_many failed");
+    match outcomes.as_slice() {
+        [CasOutcome::Applied(done), CasOutcome::Conflict(current)] => {
+            assert_eq!((done.id, done.status), (a.id, QueryStatus::Complete));
+            assert_eq!((current.id, current.status), (b.id, QueryStatus::Cancelled));
+        }
+        other => {
+            panic!("update_status_many must apply the first and report the conflict, got {other:?}")
+        }
+    }
+    assert_eq!(
+        dao.get(a.id).await.expect("get failed").map(|j| j.status),
+        Some(QueryStatus::Complete)
+    );
+
     // every legal and illegal compare-and-set, from every status
     for from in QueryStatus::ALL {
         for to in QueryStatus::ALL {

@@ -36,6 +36,7 @@ struct Plan {
     fail_always: bool,
     only: Option<HashSet<&'static str>>,
     delay: Duration,
+    lose_replies: bool,
 }
 
 /// Controls the faults of a [`FaultyDao`] or [`FaultyStorage`]. Shared by
@@ -85,6 +86,14 @@ impl Faults {
         self.plan().delay = delay;
     }
 
+    /// With `true`, a DAO call that fails is made first and only its reply
+    /// is lost: the change is stored, the caller sees the injected error
+    /// (as when a connection drops after the commit). With `false` (the
+    /// default) a failed call never reaches the inner DAO.
+    pub fn lose_replies(&self, on: bool) {
+        self.plan().lose_replies = on;
+    }
+
     /// Counts and faults only these operations (method names such as
     /// `"update_status"`, `"claim"`, `"write"`, `"publish"`); others pass
     /// through untouched.
@@ -118,10 +127,22 @@ impl Faults {
         }
     }
 
-    async fn dao(&self, operation: &'static str) -> Result<()> {
-        self.check(operation)
-            .await
-            .map_err(|fault| Error::dao(operation, fault))
+    /// Runs the DAO call `call` as the plan says: not at all if it fails
+    /// (or, when replies are lost, run and then fail).
+    async fn dao<T>(
+        &self,
+        operation: &'static str,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        match self.check(operation).await {
+            Ok(()) => call.await,
+            Err(fault) => {
+                if self.plan().lose_replies {
+                    let _ = call.await;
+                }
+                Err(Error::dao(operation, fault))
+            }
+        }
     }
 
     async fn storage(&self, operation: &'static str) -> Result<()> {
@@ -133,7 +154,8 @@ impl Faults {
 
 /// An [`AsyncApiDao`] that forwards to another one, failing or delaying
 /// calls as its [`Faults`] say. Failures are [`Error::Dao`] with an
-/// [`InjectedFault`] source; a failed call does not reach the inner DAO.
+/// [`InjectedFault`] source; a failed call does not reach the inner DAO
+/// unless [`Faults::lose_replies`] is on.
 pub struct FaultyDao {
     inner: Arc<dyn AsyncApiDao>,
     faults: Arc<Faults>,
@@ -156,18 +178,32 @@ impl FaultyDao {
 #[async_trait]
 impl AsyncApiDao for FaultyDao {
     async fn create(&self, job: &AsyncQuery) -> Result<()> {
-        self.faults.dao("create").await?;
-        self.inner.create(job).await
+        self.faults.dao("create", self.inner.create(job)).await
+    }
+
+    async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
+        self.faults
+            .dao("create_many", self.inner.create_many(jobs))
+            .await
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>> {
-        self.faults.dao("get").await?;
-        self.inner.get(id).await
+        self.faults.dao("get", self.inner.get(id)).await
     }
 
     async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
-        self.faults.dao("update_status").await?;
-        self.inner.update_status(id, change).await
+        self.faults
+            .dao("update_status", self.inner.update_status(id, change))
+            .await
+    }
+
+    async fn update_status_many(
+        &self,
+        changes: &[(Uuid, StatusChange)],
+    ) -> Result<Vec<CasOutcome>> {
+        self.faults
+            .dao("update_status_many", self.inner.update_status_many(changes))
+            .await
     }
 
     async fn claim(
@@ -176,8 +212,9 @@ impl AsyncApiDao for FaultyDao {
         limit: usize,
         at: DateTime<Utc>,
     ) -> Result<Vec<AsyncQuery>> {
-        self.faults.dao("claim").await?;
-        self.inner.claim(lease, limit, at).await
+        self.faults
+            .dao("claim", self.inner.claim(lease, limit, at))
+            .await
     }
 
     async fn renew_leases(
@@ -186,23 +223,24 @@ impl AsyncApiDao for FaultyDao {
         ids: &[Uuid],
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<(Uuid, QueryStatus)>> {
-        self.faults.dao("renew_leases").await?;
-        self.inner.renew_leases(owner, ids, expires_at).await
+        self.faults
+            .dao(
+                "renew_leases",
+                self.inner.renew_leases(owner, ids, expires_at),
+            )
+            .await
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>> {
-        self.faults.dao("list").await?;
-        self.inner.list(filter).await
+        self.faults.dao("list", self.inner.list(filter)).await
     }
 
     async fn delete(&self, ids: &[Uuid]) -> Result<u64> {
-        self.faults.dao("delete").await?;
-        self.inner.delete(ids).await
+        self.faults.dao("delete", self.inner.delete(ids)).await
     }
 
     async fn watch(&self) -> Result<Option<crate::dao::SignalStream>> {
-        self.faults.dao("watch").await?;
-        self.inner.watch().await
+        self.faults.dao("watch", self.inner.watch()).await
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_query::testing::ScriptedExecutor;
-use async_query::{AsyncQueryService, Config, MemoryDao, Principal};
+use async_query::{AsyncQuery, AsyncQueryService, Config, MemoryDao, Principal, SubmitRequest};
 
 pub fn alice() -> Principal {
     Principal::new("alice")
@@ -17,6 +17,11 @@ pub fn bob() -> Principal {
 
 pub fn admin() -> Principal {
     Principal::new("root").with_role("admin")
+}
+
+/// `alice` submits `request`; any error fails the test.
+pub async fn submit(service: &AsyncQueryService, request: SubmitRequest) -> AsyncQuery {
+    service.submit(&alice(), request).await.expect("submit")
 }
 
 pub struct Harness {

@@ -213,38 +213,140 @@ macro_rules! sql_dao {
             }
         }
 
+        impl $dao {
+            /// One multi-row `INSERT` of encoded records (record, kind,
+            /// roles, result).
+            async fn insert_rows(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                rows: &[(&$crate::model::AsyncQuery, String, String, Option<String>)],
+            ) -> std::result::Result<(), sqlx::Error> {
+                use $crate::dao::sql::{micros, millis};
+                let mut insert = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
+                    "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
+                    "updated_on, result, lease_owner, lease_expires_at) "
+                ));
+                insert.push_values(rows, |mut row, (job, kind, roles, result)| {
+                    row.push_bind(job.id)
+                        .push_bind(kind.as_str())
+                        .push_bind(job.query.as_str())
+                        .push_bind(job.query_type.as_str())
+                        .push_bind(job.principal.name.as_str())
+                        .push_bind(roles.as_str())
+                        .push_bind(job.status.as_str())
+                        .push_bind(millis(job.async_after))
+                        .push_bind(millis(job.max_run_time))
+                        .push_bind(micros(job.created_on))
+                        .push_bind(micros(job.updated_on))
+                        .push_bind(result.as_deref())
+                        .push_bind(job.lease.as_ref().map(|l| l.owner))
+                        .push_bind(job.lease.as_ref().map(|l| micros(l.expires_at)));
+                });
+                insert.build().execute(&mut *conn).await.map(|_| ())
+            }
+
+            /// One compare-and-set on `conn`; a conflict reads the current
+            /// record on the same connection.
+            async fn cas(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: uuid::Uuid,
+                change: &$crate::dao::StatusChange,
+            ) -> $crate::Result<$crate::dao::CasOutcome> {
+                use $crate::dao::sql::{json, lease_mode, micros};
+                let sql = format!(
+                    "UPDATE async_query SET status = $1, updated_on = $2, result = COALESCE($3, result), \
+                     lease_owner = CASE $4 WHEN 1 THEN $5 WHEN 2 THEN NULL ELSE lease_owner END, \
+                     lease_expires_at = CASE $4 WHEN 1 THEN $6 WHEN 2 THEN NULL ELSE lease_expires_at END \
+                     WHERE id = $7 AND status = $8 RETURNING {}",
+                    $crate::dao::sql::COLUMNS
+                );
+                let updated = sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                    .bind(change.to.as_str())
+                    .bind(micros(change.at))
+                    .bind(change.result.as_ref().map(json).transpose()?)
+                    .bind(lease_mode(change.to))
+                    .bind(change.lease.as_ref().map(|l| l.owner))
+                    .bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
+                    .bind(id)
+                    .bind(change.from.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("changing a job's status", e))?;
+                if let Some(row) = updated {
+                    return Ok($crate::dao::CasOutcome::Applied(row.into_job()?));
+                }
+                let sql = format!("SELECT {} FROM async_query WHERE id = $1", $crate::dao::sql::COLUMNS);
+                let current = sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?;
+                match current {
+                    Some(row) => Ok($crate::dao::CasOutcome::Conflict(row.into_job()?)),
+                    None => Err($crate::Error::NotFound { id }),
+                }
+            }
+        }
+
         #[async_trait::async_trait]
         impl $crate::dao::AsyncApiDao for $dao {
             async fn create(&self, job: &$crate::model::AsyncQuery) -> $crate::Result<()> {
-                use $crate::dao::sql::{json, micros, millis};
-                let inserted = sqlx::query(concat!(
-                    "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
-                    "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
-                    "updated_on, result, lease_owner, lease_expires_at) ",
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
-                ))
-                .bind(job.id)
-                .bind(json(&job.kind)?)
-                .bind(&job.query)
-                .bind(&job.query_type)
-                .bind(&job.principal.name)
-                .bind(json(&job.principal.roles)?)
-                .bind(job.status.as_str())
-                .bind(millis(job.async_after))
-                .bind(millis(job.max_run_time))
-                .bind(micros(job.created_on))
-                .bind(micros(job.updated_on))
-                .bind(job.result.as_ref().map(json).transpose()?)
-                .bind(job.lease.as_ref().map(|l| l.owner))
-                .bind(job.lease.as_ref().map(|l| micros(l.expires_at)))
-                .execute(&self.pool)
-                .await;
-                match inserted {
-                    Ok(_) => Ok(()),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        Err($crate::Error::DuplicateId { id: job.id })
+                self.create_many(std::slice::from_ref(job)).await
+            }
+
+            async fn create_many(&self, jobs: &[$crate::model::AsyncQuery]) -> $crate::Result<()> {
+                use $crate::dao::sql::json;
+                if jobs.is_empty() {
+                    return Ok(());
+                }
+                if let Some(id) = $crate::dao::first_repeated(jobs) {
+                    return Err($crate::Error::DuplicateId { id });
+                }
+                let fail = |e| $crate::dao::sql::db_error("creating jobs", e);
+                // Encode everything before touching the database.
+                let mut rows = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    rows.push((
+                        job,
+                        json(&job.kind)?,
+                        json(&job.principal.roles)?,
+                        job.result.as_ref().map(json).transpose()?,
+                    ));
+                }
+                // 14 parameters a row: 500 rows stay below every database's
+                // parameter limit. One statement is atomic by itself; more
+                // share a transaction.
+                const CHUNK: usize = 500;
+                let inserted = if rows.len() <= CHUNK {
+                    let mut conn = self.pool.acquire().await.map_err(fail)?;
+                    Self::insert_rows(&mut conn, &rows).await
+                } else {
+                    let mut tx = self.pool.begin().await.map_err(fail)?;
+                    let mut inserted = Ok(());
+                    for chunk in rows.chunks(CHUNK) {
+                        inserted = Self::insert_rows(&mut tx, chunk).await;
+                        if inserted.is_err() {
+                            break;
+                        }
                     }
-                    Err(e) => Err($crate::dao::sql::db_error("creating a job", e)),
+                    match inserted {
+                        // Dropping `tx` rolls back.
+                        Ok(()) => tx.commit().await,
+                        failed => failed,
+                    }
+                };
+                match inserted {
+                    Ok(()) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        // Nothing was stored; name an id that exists.
+                        for job in jobs {
+                            if self.get(job.id).await?.is_some() {
+                                return Err($crate::Error::DuplicateId { id: job.id });
+                            }
+                        }
+                        Err(fail(sqlx::Error::Database(e)))
+                    }
+                    Err(e) => Err(fail(e)),
                 }
             }
 
@@ -264,35 +366,30 @@ macro_rules! sql_dao {
                 id: uuid::Uuid,
                 change: $crate::dao::StatusChange,
             ) -> $crate::Result<$crate::dao::CasOutcome> {
-                use $crate::dao::sql::{json, lease_mode, micros};
                 $crate::dao::check_transition(&change)?;
-                let sql = format!(
-                    "UPDATE async_query SET status = $1, updated_on = $2, result = COALESCE($3, result), \
-                     lease_owner = CASE $4 WHEN 1 THEN $5 WHEN 2 THEN NULL ELSE lease_owner END, \
-                     lease_expires_at = CASE $4 WHEN 1 THEN $6 WHEN 2 THEN NULL ELSE lease_expires_at END \
-                     WHERE id = $7 AND status = $8 RETURNING {}",
-                    $crate::dao::sql::COLUMNS
-                );
-                let updated = sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
-                    .bind(change.to.as_str())
-                    .bind(micros(change.at))
-                    .bind(change.result.as_ref().map(json).transpose()?)
-                    .bind(lease_mode(change.to))
-                    .bind(change.lease.as_ref().map(|l| l.owner))
-                    .bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
-                    .bind(id)
-                    .bind(change.from.as_str())
-                    .fetch_optional(&self.pool)
-                    .await
+                let mut conn = self.pool.acquire().await
                     .map_err(|e| $crate::dao::sql::db_error("changing a job's status", e))?;
-                match updated {
-                    Some(row) => Ok($crate::dao::CasOutcome::Applied(row.into_job()?)),
-                    None => match self.get(id).await? {
-                        Some(current) => Ok($crate::dao::CasOutcome::Conflict(current)),
-                        None => Err($crate::Error::NotFound { id }),
-                    },
-                }
+                Self::cas(&mut conn, id, &change).await
             }
+
+            async fn update_status_many(
+                &self,
+                changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
+            ) -> $crate::Result<Vec<$crate::dao::CasOutcome>> {
+                for (_, change) in changes {
+                    $crate::dao::check_transition(change)?;
+                }
+                let fail = |e| $crate::dao::sql::db_error("changing jobs' statuses", e);
+                // One transaction: one commit (one WAL flush) for the batch.
+                let mut tx = self.pool.begin().await.map_err(fail)?;
+                let mut outcomes = Vec::with_capacity(changes.len());
+                for (id, change) in changes {
+                    outcomes.push(Self::cas(&mut tx, *id, change).await?);
+                }
+                tx.commit().await.map_err(fail)?;
+                Ok(outcomes)
+            }
+
 
             async fn claim(
                 &self,
