@@ -94,7 +94,7 @@ pub use model::{
     AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
 };
 pub use service::{
-    AsyncQueryService, AsyncQueryServiceBuilder, CancelOutcome, Download, JobEvent, ShutdownReport,
-    SubmitRequest, Subscription,
+    AsyncQueryService, AsyncQueryServiceBuilder, CancelOutcome, Download, EventPage, JobEvent,
+    LoggedEvent, ShutdownReport, SubmitRequest, Subscription,
 };
 pub use storage::{FileSystemStorage, MemoryStorage, ResultStorageEngine};

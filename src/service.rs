@@ -111,6 +111,8 @@ impl CancelOutcome {
 pub struct JobEvent {
     /// The job.
     pub id: Uuid,
+    /// What kind of job it is.
+    pub kind: JobKind,
     /// The name of the principal that submitted it.
     pub owner: String,
     /// The previous status; `None` when the job was just created.
@@ -119,6 +121,33 @@ pub struct JobEvent {
     pub to: QueryStatus,
     /// When the change happened.
     pub at: DateTime<Utc>,
+}
+
+/// A [`JobEvent`] numbered by this instance's event log, from
+/// [`AsyncQueryService::events_after`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoggedEvent {
+    /// Position in this instance's log: 1, 2, 3, … in the order the changes
+    /// happened here.
+    pub seq: u64,
+    /// The change.
+    pub event: JobEvent,
+}
+
+/// One page of [`AsyncQueryService::events_after`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EventPage {
+    /// Visible events after the cursor, oldest first.
+    pub events: Vec<LoggedEvent>,
+    /// The cursor for the next call: past every event this page looked at,
+    /// including ones the caller may not see.
+    pub last_id: u64,
+    /// Events after the given cursor were dropped (the log is bounded), or
+    /// the cursor was not from this log (another instance, or a restart):
+    /// re-read the jobs you follow with [`get`](AsyncQueryService::get).
+    pub missed: bool,
 }
 
 /// A stream of status changes of the jobs a principal may see, from
@@ -477,6 +506,55 @@ impl AsyncQueryService {
     /// still stopped.
     pub async fn shutdown(&self, grace: Duration) -> Result<ShutdownReport> {
         self.inner.shutdown(grace).await
+    }
+
+    /// Starts keeping the last `capacity` status changes of this instance's
+    /// jobs for [`events_after`](Self::events_after) (calling it again can
+    /// only raise the capacity). Off by default: each change then costs a
+    /// lock and a copy of the event.
+    ///
+    /// The log holds the changes this instance makes or observes — with
+    /// several instances on one database, poll the instance that runs (or
+    /// submitted) the job, or follow jobs with [`wait`](Self::wait).
+    pub fn enable_event_log(&self, capacity: usize) {
+        self.inner.enable_event_log(capacity);
+    }
+
+    /// Up to `limit` status changes of jobs `principal` may see, after the
+    /// cursor `after` (`None`: from the oldest kept), in the spirit of
+    /// Superset's async event polling: one call returns the changes of all
+    /// the caller's jobs.
+    ///
+    /// ```
+    /// # use async_query::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> async_query::Result<()> {
+    /// # let service = AsyncQueryService::builder()
+    /// #     .executor(std::sync::Arc::new(async_query::testing::ScriptedExecutor::new()))
+    /// #     .build()?;
+    /// service.enable_event_log(10_000);
+    /// let alice = Principal::new("alice");
+    /// service.submit(&alice, SubmitRequest::query("sleep 0")).await?;
+    /// let page = service.events_after(&alice, None, 100)?;
+    /// let statuses: Vec<_> = page.events.iter().map(|e| e.event.to).collect();
+    /// assert_eq!(statuses, [QueryStatus::Processing, QueryStatus::Complete]);
+    /// // Next time, continue after what was seen.
+    /// let next = service.events_after(&alice, Some(page.last_id), 100)?;
+    /// assert!(next.events.is_empty());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`] if [`enable_event_log`](Self::enable_event_log)
+    /// was not called.
+    pub fn events_after(
+        &self,
+        principal: &Principal,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<EventPage> {
+        self.inner.events_after(principal, after, limit)
     }
 
     /// Status changes of the jobs `principal` may see, from now on.

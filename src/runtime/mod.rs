@@ -26,6 +26,7 @@ use crate::storage::ResultStorageEngine;
 use crate::{Error, Result};
 
 mod cleaner;
+mod events;
 mod job;
 
 /// Wall-clock time that advances with Tokio's clock, so a paused test clock
@@ -141,6 +142,10 @@ pub(crate) struct Inner {
     left: tokio::sync::Notify,
     /// Live [`Subscription`](crate::Subscription)s.
     pub(crate) subscribers: Arc<std::sync::atomic::AtomicUsize>,
+    /// Status changes kept for [`events_after`](Self::events_after), once
+    /// enabled.
+    event_log: Mutex<events::EventLog>,
+    logging: std::sync::atomic::AtomicBool,
     /// Set once start-up recovery is done; nothing is claimed before.
     recovered: std::sync::atomic::AtomicBool,
     /// Signalled whenever the DAO pushes a status change (any instance's).
@@ -182,6 +187,8 @@ impl Inner {
             remote_changed: tokio::sync::Notify::new(),
             recovered: std::sync::atomic::AtomicBool::new(false),
             subscribers: Arc::default(),
+            event_log: Mutex::default(),
+            logging: std::sync::atomic::AtomicBool::new(false),
             tasks: Mutex::new(Vec::new()),
             ready: Mutex::default(),
             settle_tx,
@@ -291,16 +298,55 @@ impl Inner {
     }
 
     fn emit(&self, job: &AsyncQuery, from: Option<QueryStatus>) {
-        // `receiver_count` takes the channel's lock; this is an atomic read.
-        if self.subscribers.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            let _ = self.events.send(JobEvent {
-                id: job.id,
-                owner: job.principal.name.clone(),
-                from,
-                to: job.status,
-                at: job.updated_on,
+        // `receiver_count` takes the channel's lock; these are atomic reads.
+        let subscribed = self.subscribers.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        let logged = self.logging.load(std::sync::atomic::Ordering::Relaxed);
+        if !subscribed && !logged {
+            return;
+        }
+        let event = JobEvent {
+            id: job.id,
+            kind: job.kind,
+            owner: job.principal.name.clone(),
+            from,
+            to: job.status,
+            at: job.updated_on,
+        };
+        if logged {
+            self.lock_event_log().push(event.clone());
+        }
+        if subscribed {
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn lock_event_log(&self) -> MutexGuard<'_, events::EventLog> {
+        // Pushes and reads cannot panic half-way.
+        self.event_log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn enable_event_log(&self, capacity: usize) {
+        if capacity > 0 {
+            self.lock_event_log().enable(capacity);
+            self.logging
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn events_after(
+        &self,
+        principal: &Principal,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<crate::service::EventPage> {
+        let log = self.lock_event_log();
+        if !log.enabled() {
+            return Err(Error::Config {
+                reason: "the event log is off; call AsyncQueryService::enable_event_log first"
+                    .into(),
             });
         }
+        Ok(log.page(principal, &self.config.admin_role, after, limit))
     }
 
     /// Mirrors a change the DAO applied into the local table and the event
