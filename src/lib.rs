@@ -59,6 +59,7 @@
 //! | `test-util` | conformance suites for your own back-ends, a scripted executor and fault-injecting wrappers (`async_query::testing`) |
 //! | `sqlite` | [`dao::SqliteDao`](crate::dao): durable job records in an embedded SQLite file |
 //! | `postgres` | [`dao::PostgresDao`](crate::dao): job records in PostgreSQL shared by many instances, with LISTEN/NOTIFY |
+//! | `axum` | `async_query::http`: an axum router with Elide-compatible JSON:API routes, downloads with ranges and event polling |
 //!
 //! Further reading in the repository: `docs/architecture.md`,
 //! `docs/lifecycle.md` (every transition and who makes it),
@@ -73,6 +74,8 @@ pub mod dao;
 pub mod error;
 pub mod executor;
 pub mod format;
+#[cfg(feature = "axum")]
+pub mod http;
 pub mod model;
 mod runtime;
 pub mod service;

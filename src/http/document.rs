@@ -1,0 +1,430 @@
+//! JSON:API documents: parsing submissions and changes, rendering records,
+//! events and errors.
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Map, Value, json};
+use uuid::Uuid;
+
+use super::JSON_API;
+use crate::Error;
+use crate::model::{AsyncQuery, ExportFormat, JobKind, QueryStatus, ResultBody};
+use crate::service::{EventPage, SubmitRequest};
+
+/// The two resource types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Collection {
+    Query,
+    TableExport,
+}
+
+impl Collection {
+    pub(super) fn type_name(self) -> &'static str {
+        match self {
+            Collection::Query => "asyncQuery",
+            Collection::TableExport => "tableExport",
+        }
+    }
+
+    pub(super) fn of(kind: JobKind) -> Self {
+        match kind {
+            JobKind::Query => Collection::Query,
+            JobKind::TableExport { .. } => Collection::TableExport,
+        }
+    }
+}
+
+/// An error answered as a JSON:API error document.
+#[derive(Debug)]
+pub(super) struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub(super) fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub(super) fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_document", detail)
+    }
+
+    pub(super) fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden_change", detail)
+    }
+
+    pub(super) fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", detail)
+    }
+
+    pub(super) fn with_header(mut self, name: header::HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let detail = e.to_string();
+        match e {
+            Error::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", detail),
+            Error::NoResult { .. } => Self::new(StatusCode::NOT_FOUND, "no_result", detail),
+            Error::DuplicateId { .. } => Self::new(StatusCode::CONFLICT, "duplicate_id", detail),
+            Error::InvalidTransition { .. } => {
+                Self::new(StatusCode::CONFLICT, "invalid_transition", detail)
+            }
+            Error::QueueFull { .. } => {
+                Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail)
+                    .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
+            }
+            Error::InvalidRequest { .. } => {
+                Self::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
+            }
+            Error::InvalidName { .. } => Self::new(StatusCode::BAD_REQUEST, "invalid_id", detail),
+            Error::RangeNotSatisfiable { len, .. } => Self::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "range_not_satisfiable",
+                detail,
+            )
+            .with_header(
+                header::CONTENT_RANGE,
+                HeaderValue::from_str(&format!("bytes */{len}"))
+                    .unwrap_or(HeaderValue::from_static("bytes */0")),
+            ),
+            Error::ShuttingDown => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "shutting_down", detail)
+            }
+            Error::Dao { .. } | Error::Storage { .. } | Error::EventsLagged { .. } => {
+                tracing::warn!(error = %detail, "async-query HTTP request failed");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+            }
+            Error::Config { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "misconfigured", detail)
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = json!({
+            "errors": [{
+                "status": self.status.as_str(),
+                "code": self.code,
+                "title": title,
+                "detail": self.detail,
+            }]
+        });
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_API));
+        for (name, value) in self.headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}
+
+/// A JSON:API document answer.
+pub(super) fn respond(status: StatusCode, document: &Value) -> Response {
+    let mut response = (status, document.to_string()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(JSON_API));
+    response
+}
+
+fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn format_name(format: ExportFormat) -> &'static str {
+    match format {
+        ExportFormat::Csv => "CSV",
+        ExportFormat::Json => "JSON",
+        ExportFormat::Ndjson => "NDJSON",
+    }
+}
+
+/// The `data` member of a job's document.
+pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str) -> Value {
+    let mut attributes = Map::new();
+    attributes.insert("query".into(), json!(job.query));
+    attributes.insert("queryType".into(), json!(job.query_type));
+    attributes.insert("status".into(), json!(job.status.as_str()));
+    attributes.insert("asyncAfterSeconds".into(), json!(job.async_after.as_secs()));
+    attributes.insert("principalName".into(), json!(job.principal.name));
+    attributes.insert("createdOn".into(), json!(time(job.created_on)));
+    attributes.insert("updatedOn".into(), json!(time(job.updated_on)));
+    let http_status = match job.status {
+        QueryStatus::Complete => 200,
+        QueryStatus::TimedOut => 408,
+        _ => 500,
+    };
+    let result = job.result.as_ref().map(|r| {
+        let mut result = Map::new();
+        result.insert("recordCount".into(), json!(r.record_count));
+        result.insert("httpStatus".into(), json!(http_status));
+        result.insert("completedOn".into(), json!(time(r.completed_on)));
+        result.insert("message".into(), json!(r.message));
+        match job.kind {
+            JobKind::Query => {
+                result.insert("contentLength".into(), json!(r.content_length));
+                result.insert("responseBody".into(), json!(r.inline_body()));
+            }
+            JobKind::TableExport { .. } => {
+                let url = match &r.body {
+                    ResultBody::Stored(name) => Some(format!(
+                        "{}/{name}",
+                        export_url_prefix.trim_end_matches('/')
+                    )),
+                    _ => None,
+                };
+                result.insert("url".into(), json!(url));
+                result.insert("contentLength".into(), json!(r.content_length));
+                result.insert("truncated".into(), json!(r.truncated));
+            }
+        }
+        Value::Object(result)
+    });
+    match job.kind {
+        JobKind::Query => {
+            attributes.insert("resultType".into(), json!("EMBEDDED"));
+        }
+        JobKind::TableExport { format } => {
+            attributes.insert("resultType".into(), json!(format_name(format)));
+        }
+    }
+    attributes.insert("result".into(), result.unwrap_or(Value::Null));
+    json!({
+        "type": Collection::of(job.kind).type_name(),
+        "id": job.id.to_string(),
+        "attributes": attributes,
+    })
+}
+
+/// The `/asyncEvents` answer.
+pub(super) fn events(page: &EventPage) -> Value {
+    let data: Vec<Value> = page
+        .events
+        .iter()
+        .map(|logged| {
+            let e = &logged.event;
+            json!({
+                "type": "asyncEvent",
+                "id": logged.seq.to_string(),
+                "attributes": {
+                    "jobId": e.id.to_string(),
+                    "jobType": Collection::of(e.kind).type_name(),
+                    "status": e.to.as_str(),
+                    "previousStatus": e.from.map(QueryStatus::as_str),
+                    "at": time(e.at),
+                }
+            })
+        })
+        .collect();
+    json!({
+        "data": data,
+        "meta": { "lastId": page.last_id.to_string(), "missed": page.missed },
+    })
+}
+
+/// The `data` member of a request document.
+struct Data {
+    type_name: String,
+    id: Option<String>,
+    attributes: Map<String, Value>,
+}
+
+/// Parses a body as a JSON:API document with one resource object.
+fn parse(body: &[u8]) -> Result<Data, ApiError> {
+    let document: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(mut document) = document else {
+        return Err(ApiError::bad_request(
+            "the body must be a JSON:API document (an object)",
+        ));
+    };
+    let Some(Value::Object(mut data)) = document.remove("data") else {
+        return Err(ApiError::bad_request(
+            "the document needs a \"data\" member holding one resource object",
+        ));
+    };
+    let type_name = match data.remove("type") {
+        Some(Value::String(t)) => t,
+        _ => return Err(ApiError::bad_request("data.type must be a string")),
+    };
+    let id = match data.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) => Some(id),
+        Some(_) => return Err(ApiError::bad_request("data.id must be a string")),
+    };
+    let attributes = match data.remove("attributes") {
+        None | Some(Value::Null) => Map::new(),
+        Some(Value::Object(a)) => a,
+        Some(_) => return Err(ApiError::bad_request("data.attributes must be an object")),
+    };
+    if let Some(other) = data
+        .keys()
+        .find(|k| !matches!(k.as_str(), "links" | "meta"))
+    {
+        return Err(ApiError::bad_request(format!(
+            "data.{other} is not supported by this API"
+        )));
+    }
+    Ok(Data {
+        type_name,
+        id,
+        attributes,
+    })
+}
+
+/// [`parse`], and the resource type must be `collection`'s (409 if not).
+fn parse_for(body: &[u8], collection: Collection) -> Result<Data, ApiError> {
+    let data = parse(body)?;
+    if data.type_name != collection.type_name() {
+        return Err(ApiError::conflict(format!(
+            "data.type is {:?}, but this is the {} collection",
+            data.type_name,
+            collection.type_name()
+        )));
+    }
+    Ok(data)
+}
+
+pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::try_parse(id).map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_id",
+            format!("{id:?} is not a UUID"),
+        )
+    })
+}
+
+const READ_ONLY: [&str; 4] = ["principalName", "createdOn", "updatedOn", "result"];
+
+fn string(attributes: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+    match attributes.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(format!(
+            "attribute {name} must be a string"
+        ))),
+    }
+}
+
+/// A submission document into a [`SubmitRequest`].
+pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRequest, ApiError> {
+    let data = parse_for(body, collection)?;
+    let attributes = &data.attributes;
+    for name in attributes.keys() {
+        if READ_ONLY.contains(&name.as_str()) {
+            return Err(ApiError::forbidden(format!(
+                "attribute {name} is set by the server"
+            )));
+        }
+        if !matches!(
+            name.as_str(),
+            "query" | "queryType" | "status" | "asyncAfterSeconds" | "resultType"
+        ) {
+            return Err(ApiError::bad_request(format!(
+                "unknown attribute {name:?}; known: query, queryType, status, asyncAfterSeconds, resultType"
+            )));
+        }
+    }
+    let query = string(attributes, "query")?
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("attribute query is required"))?;
+    if let Some(status) = string(attributes, "status")?
+        && status != "QUEUED"
+    {
+        return Err(ApiError::bad_request(format!(
+            "a new job's status must be \"QUEUED\", not {status:?}"
+        )));
+    }
+    let result_type = string(attributes, "resultType")?;
+    let kind = match collection {
+        Collection::Query => match result_type.as_deref() {
+            None | Some("EMBEDDED") => JobKind::Query,
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "resultType {other:?} is not available for an asyncQuery; use \"EMBEDDED\" or a tableExport"
+                )));
+            }
+        },
+        Collection::TableExport => {
+            let format = match result_type
+                .as_deref()
+                .map(str::to_ascii_uppercase)
+                .as_deref()
+            {
+                None | Some("CSV") => ExportFormat::Csv,
+                Some("JSON") => ExportFormat::Json,
+                Some("NDJSON") => ExportFormat::Ndjson,
+                Some(_) => {
+                    return Err(ApiError::bad_request(
+                        "resultType must be \"CSV\", \"JSON\" or \"NDJSON\"",
+                    ));
+                }
+            };
+            JobKind::TableExport { format }
+        }
+    };
+    let mut request = match kind {
+        JobKind::Query => SubmitRequest::query(query),
+        JobKind::TableExport { format } => SubmitRequest::export(query, format),
+    };
+    if let Some(query_type) = string(attributes, "queryType")? {
+        request = request.with_query_type(query_type);
+    }
+    match attributes.get("asyncAfterSeconds") {
+        None | Some(Value::Null) => {}
+        Some(value) => {
+            let seconds = value
+                .as_f64()
+                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
+                .ok_or_else(|| {
+                    ApiError::bad_request("asyncAfterSeconds must be a number from 0 to 86400")
+                })?;
+            request = request.with_async_after(Duration::from_secs_f64(seconds));
+        }
+    }
+    if let Some(id) = data.id {
+        request = request.with_id(parse_id(&id)?);
+    }
+    Ok(request)
+}
+
+/// A change document: the only allowed change is `status: "CANCELLED"`.
+pub(super) fn cancellation(body: &[u8], collection: Collection, id: Uuid) -> Result<(), ApiError> {
+    let data = parse_for(body, collection)?;
+    let Some(given) = data.id else {
+        return Err(ApiError::bad_request("data.id is required in a change"));
+    };
+    if Uuid::try_parse(&given).ok() != Some(id) {
+        return Err(ApiError::conflict(format!(
+            "data.id {given:?} does not match the URL's id {id}"
+        )));
+    }
+    let only_cancel = data.attributes.len() == 1
+        && data.attributes.get("status") == Some(&Value::String("CANCELLED".into()));
+    if !only_cancel {
+        return Err(ApiError::forbidden(
+            "the only change allowed is {\"status\": \"CANCELLED\"}",
+        ));
+    }
+    Ok(())
+}

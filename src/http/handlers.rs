@@ -1,0 +1,284 @@
+//! The route handlers. Each takes the whole request and answers every
+//! failure itself, so no extractor rejection (plain text) ever reaches a
+//! client.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use super::document::{self, ApiError, Collection, respond};
+use super::range::{self, Requested};
+use super::{App, PrincipalResolver};
+use crate::format::extension;
+use crate::model::{AsyncQuery, Principal};
+use crate::service::CancelOutcome;
+
+type Answer = Result<Response, ApiError>;
+
+async fn principal<R: PrincipalResolver>(
+    app: &App<R>,
+    parts: &Parts,
+) -> Result<Principal, ApiError> {
+    app.resolver.resolve(parts).await.map_err(|e| {
+        ApiError::new(
+            e.status,
+            if e.status == StatusCode::FORBIDDEN {
+                "forbidden"
+            } else {
+                "unauthorized"
+            },
+            e.detail,
+        )
+    })
+}
+
+/// The body of a request that must carry a JSON:API document.
+async fn document_body<R>(app: &App<R>, parts: &Parts, body: Body) -> Result<Bytes, ApiError> {
+    let media_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_ascii_lowercase());
+    let accepted = matches!(
+        media_type.as_deref(),
+        Some(super::JSON_API | "application/json")
+    ) || media_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("application/json;"));
+    if !accepted {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!(
+                "send the document as {} (without media type parameters)",
+                super::JSON_API
+            ),
+        ));
+    }
+    axum::body::to_bytes(body, app.options.max_body_bytes)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!(
+                    "the body could not be read or is above {} bytes",
+                    app.options.max_body_bytes
+                ),
+            )
+        })
+}
+
+/// The last path segment: the `{id}` of every item route.
+fn last_segment(parts: &Parts) -> &str {
+    parts.uri.path().rsplit('/').next().unwrap_or_default()
+}
+
+pub(super) async fn create<R: PrincipalResolver>(
+    State(app): State<Arc<App<R>>>,
+    collection: Collection,
+    request: Request,
+) -> Answer {
+    let (parts, body) = request.into_parts();
+    let principal = principal(&app, &parts).await?;
+    let body = document_body(&app, &parts, body).await?;
+    let submission = document::submission(&body, collection)?;
+    let job = app.service.submit(&principal, submission).await?;
+    Ok(respond(
+        StatusCode::CREATED,
+        &job_document(&app, &job, None),
+    ))
+}
+
+/// `{"data": <job>}`, with `meta` if given.
+fn job_document<R>(app: &App<R>, job: &AsyncQuery, meta: Option<Value>) -> Value {
+    let mut document = json!({ "data": document::resource(job, &app.options.export_url_prefix) });
+    if let Some(meta) = meta {
+        document["meta"] = meta;
+    }
+    document
+}
+
+/// The job an item route names, if the caller may see it and it belongs
+/// to this collection (another collection's job is not found here).
+async fn job_of<R: PrincipalResolver>(
+    app: &App<R>,
+    principal: &Principal,
+    id: Uuid,
+    collection: Collection,
+) -> Result<AsyncQuery, ApiError> {
+    let job = app.service.get(principal, id).await?;
+    if Collection::of(job.kind) != collection {
+        return Err(crate::Error::NotFound { id }.into());
+    }
+    Ok(job)
+}
+
+pub(super) async fn read<R: PrincipalResolver>(
+    State(app): State<Arc<App<R>>>,
+    collection: Collection,
+    request: Request,
+) -> Answer {
+    let (parts, _) = request.into_parts();
+    let principal = principal(&app, &parts).await?;
+    let id = document::parse_id(last_segment(&parts))?;
+    let job = job_of(&app, &principal, id, collection).await?;
+    Ok(respond(StatusCode::OK, &job_document(&app, &job, None)))
+}
+
+pub(super) async fn update<R: PrincipalResolver>(
+    State(app): State<Arc<App<R>>>,
+    collection: Collection,
+    request: Request,
+) -> Answer {
+    let (parts, body) = request.into_parts();
+    let principal = principal(&app, &parts).await?;
+    let id = document::parse_id(last_segment(&parts))?;
+    let body = document_body(&app, &parts, body).await?;
+    document::cancellation(&body, collection, id)?;
+    // `cancel` reads the record again; this read checks the collection.
+    job_of(&app, &principal, id, collection).await?;
+    let (job, meta) = match app.service.cancel(&principal, id).await? {
+        CancelOutcome::Cancelled(job) => (job, json!({ "cancelled": true })),
+        CancelOutcome::AlreadyFinished(job) => {
+            let detail = format!("the job had already finished ({})", job.status);
+            (job, json!({ "cancelled": false, "detail": detail }))
+        }
+    };
+    Ok(respond(
+        StatusCode::OK,
+        &job_document(&app, &job, Some(meta)),
+    ))
+}
+
+pub(super) async fn download<R: PrincipalResolver>(
+    State(app): State<Arc<App<R>>>,
+    request: Request,
+) -> Answer {
+    let (parts, _) = request.into_parts();
+    let principal = principal(&app, &parts).await?;
+    // `/export/<id>` or `/export/<id>.<ext>`.
+    let name = last_segment(&parts);
+    let id = document::parse_id(name.split('.').next().unwrap_or_default())?;
+    let requested = range::parse(
+        parts
+            .headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok()),
+    );
+    let range = match requested {
+        Requested::Whole => None,
+        Requested::From(range) => Some(range),
+        Requested::Suffix(n) => {
+            // The length is needed first; opening is cheap.
+            let whole = app.service.download(&principal, id, None).await?;
+            let len = whole.stream.total_len;
+            if n == 0 {
+                return Err(crate::Error::RangeNotSatisfiable {
+                    start: len,
+                    end: len,
+                    len,
+                }
+                .into());
+            }
+            Some(len.saturating_sub(n)..len)
+        }
+    };
+    let partial = range.is_some();
+    let download = app.service.download(&principal, id, range).await?;
+    let stream = download.stream;
+    let served = stream.range.clone();
+    let status = if partial {
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    let mut response = Response::new(Body::from_stream(stream.body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(download.content_type),
+    );
+    headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(served.end - served.start),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    // The name is a UUID and an extension: safe to quote as is.
+    let disposition = format!(
+        "attachment; filename=\"{id}.{}\"",
+        extension(download.format)
+    );
+    if let Ok(value) = HeaderValue::from_str(&disposition) {
+        headers.insert(header::CONTENT_DISPOSITION, value);
+    }
+    if partial {
+        let content_range = format!(
+            "bytes {}-{}/{}",
+            served.start,
+            served.end.saturating_sub(1),
+            stream.total_len
+        );
+        if let Ok(value) = HeaderValue::from_str(&content_range) {
+            headers.insert(header::CONTENT_RANGE, value);
+        }
+    }
+    Ok(response)
+}
+
+pub(super) async fn events<R: PrincipalResolver>(
+    State(app): State<Arc<App<R>>>,
+    request: Request,
+) -> Answer {
+    let (parts, _) = request.into_parts();
+    let principal = principal(&app, &parts).await?;
+    let max = app.options.events_page_limit.max(1);
+    let (mut after, mut limit) = (None, max);
+    for pair in parts.uri.query().unwrap_or_default().split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let number = |what: &str| {
+            value.parse::<u64>().map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    format!("{what} must be a non-negative integer, not {value:?}"),
+                )
+            })
+        };
+        match key {
+            "last_id" if !value.is_empty() => after = Some(number("last_id")?),
+            "limit" => {
+                let n = number("limit")?;
+                limit = usize::try_from(n).unwrap_or(max).clamp(1, max);
+            }
+            _ => {}
+        }
+    }
+    let page = app.service.events_after(&principal, after, limit)?;
+    Ok(respond(StatusCode::OK, &document::events(&page)))
+}
+
+pub(super) async fn method_not_allowed() -> Response {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not support that method; see the Allow header",
+    )
+    .into_response()
+}
+
+pub(super) async fn no_route(request: Request) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
+    .into_response()
+}

@@ -1,0 +1,194 @@
+//! An axum router with Elide-compatible JSON:API routes (feature `axum`).
+//!
+//! The crate itself stays HTTP-agnostic; this module is the ready adapter
+//! most hosts want. Nest [`router`] into your own app and tell it how a
+//! request becomes a [`Principal`](crate::Principal) by implementing [`PrincipalResolver`]
+//! (or passing a closure):
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use async_query::http::{self, AuthError};
+//! use async_query::{AsyncQueryService, Principal};
+//! # struct Exec;
+//! # #[async_trait::async_trait]
+//! # impl async_query::QueryExecutor for Exec {
+//! #     async fn execute(&self, _: &async_query::AsyncQuery, _: async_query::ExecutionContext)
+//! #         -> Result<async_query::QueryOutput, async_query::BoxError> {
+//! #         Ok(async_query::QueryOutput::body("[]", 0))
+//! #     }
+//! # }
+//!
+//! # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let service = AsyncQueryService::builder().executor(Arc::new(Exec)).build()?;
+//! // However your app authenticates: here, a user your auth middleware put
+//! // into the request's extensions.
+//! #[derive(Clone)]
+//! struct User(String);
+//! let resolve = |request: &axum::http::request::Parts| {
+//!     request
+//!         .extensions
+//!         .get::<User>()
+//!         .map(|user| Principal::new(user.0.clone()))
+//!         .ok_or_else(|| AuthError::unauthorized("log in first"))
+//! };
+//! let app = axum::Router::new().nest("/api/v1", http::router(service, resolve));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Routes
+//!
+//! | method and path | what it does | success |
+//! |---|---|---|
+//! | `POST /asyncQuery`, `POST /tableExport` | submit; answers after the async-after wait | 201 |
+//! | `GET /asyncQuery/{id}`, `GET /tableExport/{id}` | the record | 200 |
+//! | `PATCH /asyncQuery/{id}`, `PATCH /tableExport/{id}` | `status: "CANCELLED"` cancels | 200 |
+//! | `GET /export/{id}[.ext]` | the stored export; `Range` gives 206 | 200, 206 |
+//! | `GET /asyncEvents?last_id=N&limit=M` | the caller's status changes after cursor `N` | 200 |
+//!
+//! Documents use the media type `application/vnd.api+json` (requests may
+//! also say `application/json`). Attribute names follow Elide's
+//! `AsyncQuery` and `TableExport` models; `docs/openapi.json` in the
+//! repository describes every route and is checked against this router by
+//! a test.
+//!
+//! # Errors
+//!
+//! Every error is a JSON:API error document
+//! (`{"errors":[{"status","code","title","detail"}]}`):
+//!
+//! | status | when |
+//! |---|---|
+//! | 400 | malformed JSON or document, bad UUID, unknown attribute, bad query parameter, a query the executor rejects |
+//! | 401 | the [`PrincipalResolver`] found no principal ([`HeaderPrincipal`]: no `X-User`) |
+//! | 403 | a change that is not allowed: setting a read-only attribute, or any `PATCH` other than `status: "CANCELLED"` |
+//! | 404 | unknown route, unknown id, or a job of another principal (the same answer, so ids cannot be probed); an export without a stored result |
+//! | 405 | a method the route does not have (with `Allow`) |
+//! | 409 | duplicate client id; `type` or `id` in the document does not match the URL |
+//! | 413 | request body above [`HttpOptions::max_body_bytes`] |
+//! | 415 | a body that is not `application/vnd.api+json` / `application/json` |
+//! | 416 | a `Range` outside the file (with `Content-Range: bytes */len`) |
+//! | 429 | the queue is full (with `Retry-After`) |
+//! | 503 | the service is shutting down, or its database or storage failed |
+
+mod document;
+mod handlers;
+mod principal;
+mod range;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::AsyncQueryService;
+
+pub use principal::{AuthError, HeaderPrincipal, PrincipalResolver};
+
+/// The JSON:API media type.
+pub const JSON_API: &str = "application/vnd.api+json";
+
+/// Every route of [`router`] with its methods (`HEAD` is implied by `GET`),
+/// for documentation and tests.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/asyncQuery", &["POST"]),
+    ("/asyncQuery/{id}", &["GET", "PATCH"]),
+    ("/tableExport", &["POST"]),
+    ("/tableExport/{id}", &["GET", "PATCH"]),
+    ("/export/{id}", &["GET"]),
+    ("/asyncEvents", &["GET"]),
+];
+
+/// Settings of the HTTP adapter.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HttpOptions {
+    /// Prefix of the `url` attribute of a finished table export: the path
+    /// at which the host serves this router's `/export` route. Default
+    /// `"/export"` (right for a router served at the root); set it to
+    /// `"/api/v1/export"` when nesting under `/api/v1`, or to an absolute
+    /// URL.
+    pub export_url_prefix: String,
+    /// How many status changes the service keeps for `/asyncEvents`
+    /// (see [`AsyncQueryService::enable_event_log`]). Default 10,000.
+    pub event_log_capacity: usize,
+    /// The most events one `/asyncEvents` answer holds (and the default
+    /// `limit`). Default 100.
+    pub events_page_limit: usize,
+    /// The largest request body accepted. Default 1 MiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            export_url_prefix: "/export".into(),
+            event_log_capacity: 10_000,
+            events_page_limit: 100,
+            max_body_bytes: 1 << 20,
+        }
+    }
+}
+
+impl HttpOptions {
+    /// Sets [`export_url_prefix`](Self::export_url_prefix).
+    pub fn with_export_url_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.export_url_prefix = prefix.into();
+        self
+    }
+}
+
+struct App<R> {
+    service: AsyncQueryService,
+    resolver: R,
+    options: HttpOptions,
+}
+
+/// The routes, with [`HttpOptions::default`]. See the [module docs](self).
+pub fn router<R: PrincipalResolver>(service: AsyncQueryService, resolver: R) -> Router {
+    router_with_options(service, resolver, HttpOptions::default())
+}
+
+/// The routes with explicit [`HttpOptions`]. Turns on the service's event
+/// log for `/asyncEvents`.
+pub fn router_with_options<R: PrincipalResolver>(
+    service: AsyncQueryService,
+    resolver: R,
+    options: HttpOptions,
+) -> Router {
+    use document::Collection::{Query, TableExport};
+    use handlers::{create, download, events, method_not_allowed, no_route, read, update};
+
+    service.enable_event_log(options.event_log_capacity);
+    let app = Arc::new(App {
+        service,
+        resolver,
+        options,
+    });
+    let on = |collection| {
+        (
+            post(move |state, req| create(state, collection, req)).fallback(method_not_allowed),
+            get(move |state, req| read(state, collection, req))
+                .patch(move |state, req| update(state, collection, req))
+                .fallback(method_not_allowed),
+        )
+    };
+    let (query_collection, query_item) = on(Query);
+    let (export_collection, export_item) = on(TableExport);
+    Router::new()
+        .route("/asyncQuery", query_collection)
+        .route("/asyncQuery/{id}", query_item)
+        .route("/tableExport", export_collection)
+        .route("/tableExport/{id}", export_item)
+        .route(
+            "/export/{id}",
+            get(download::<R>).fallback(method_not_allowed),
+        )
+        .route(
+            "/asyncEvents",
+            get(events::<R>).fallback(method_not_allowed),
+        )
+        .fallback(no_route)
+        .with_state(app)
+}

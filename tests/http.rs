@@ -1,0 +1,1146 @@
+//! The axum adapter over real HTTP: every route and error code, downloads
+//! byte for byte, ranges, cancelling a long SQL query, visibility between
+//! principals, a fuzz-style test, and the OpenAPI description checked
+//! against the router.
+#![cfg(feature = "axum")]
+
+#[path = "../examples/support/sql_lab.rs"]
+mod lab;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_query::http::{self, AuthError, HeaderPrincipal, JSON_API, PrincipalResolver};
+use async_query::testing::{FaultyDao, ScriptedExecutor};
+use async_query::{
+    AsyncApiDao, AsyncQueryService, Config, ExportFormat, FileSystemStorage, MemoryDao, Principal,
+    QueryExecutor, QueryStatus, SubmitRequest,
+};
+use futures::TryStreamExt;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+/// A router on 127.0.0.1:0 over a service, as a client sees it.
+struct Server {
+    base: String,
+    client: reqwest::Client,
+    service: AsyncQueryService,
+    _dir: tempfile::TempDir,
+}
+
+/// Rows in the test's `orders` table: enough for a cross join that runs
+/// for minutes, small enough to build in well under a second.
+const ORDERS: u64 = 20_000;
+
+async fn serve(
+    config: Config,
+    executor: impl FnOnce(&std::path::Path) -> Arc<dyn QueryExecutor>,
+) -> Server {
+    let dao: Arc<dyn AsyncApiDao> = Arc::new(MemoryDao::new());
+    serve_with(config, executor, dao, HeaderPrincipal).await
+}
+
+/// [`serve`] with a given DAO and principal resolver.
+async fn serve_with<R: PrincipalResolver>(
+    config: Config,
+    executor: impl FnOnce(&std::path::Path) -> Arc<dyn QueryExecutor>,
+    dao: Arc<dyn AsyncApiDao>,
+    resolver: R,
+) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let executor = executor(dir.path());
+    let storage = FileSystemStorage::new(dir.path().join("exports"))
+        .await
+        .expect("storage");
+    let service = AsyncQueryService::builder()
+        .config(config)
+        .dao(dao)
+        .storage(Arc::new(storage))
+        .executor(executor)
+        .build()
+        .expect("service");
+    let app = http::router(service.clone(), resolver);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Server {
+        base: format!("http://{addr}"),
+        client: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("client"),
+        service,
+        _dir: dir,
+    }
+}
+
+/// A server over a demo SQLite database and the SQL Lab's executor.
+async fn sql_server() -> (Server, Arc<lab::SqlExecutor>) {
+    let mut executor = None;
+    let server = serve(
+        Config {
+            max_async_after: Duration::from_secs(30),
+            append_file_extension: true,
+            ..Config::default()
+        },
+        |dir| {
+            let db = dir.join("demo.db");
+            lab::create_demo_database(&db, ORDERS).expect("demo database");
+            let e = Arc::new(lab::SqlExecutor::new(db, 1 << 20));
+            executor = Some(Arc::clone(&e));
+            e
+        },
+    )
+    .await;
+    (server, executor.expect("executor"))
+}
+
+impl Server {
+    fn request(&self, method: Method, path: &str, user: Option<&str>) -> reqwest::RequestBuilder {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(user) = user {
+            request = request.header("X-User", user);
+        }
+        request
+    }
+
+    /// Submits a `kind` job (`asyncQuery` or `tableExport`) for `user`.
+    async fn post(
+        &self,
+        kind: &str,
+        user: &str,
+        query: &str,
+        attributes: Value,
+    ) -> (StatusCode, Value) {
+        let document = submission(kind, query, attributes);
+        self.send(Method::POST, &format!("/{kind}"), user, Some(document))
+            .await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        user: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self.request(method, path, Some(user));
+        if user == "root" {
+            request = request.header("X-Roles", "admin");
+        }
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", JSON_API)
+                .body(body.to_string());
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap_or_default().to_owned());
+        assert_eq!(
+            content_type.as_deref(),
+            Some(JSON_API),
+            "{status} for {path}"
+        );
+        let text = response.text().await.expect("body");
+        let document = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, document)
+    }
+}
+
+fn submission(kind: &str, query: &str, attributes: Value) -> Value {
+    let mut attrs = json!({ "query": query, "queryType": "SQL", "status": "QUEUED" });
+    if let (Some(a), Some(extra)) = (attrs.as_object_mut(), attributes.as_object()) {
+        a.extend(extra.clone());
+    }
+    json!({ "data": { "type": kind, "attributes": attrs } })
+}
+
+fn attr<'a>(document: &'a Value, name: &str) -> &'a Value {
+    &document["data"]["attributes"][name]
+}
+
+fn error_code(document: &Value) -> &str {
+    document["errors"][0]["code"].as_str().unwrap_or_default()
+}
+
+/// SQLite statements running once `want` are, or after 5 s of real time
+/// (real SQLite work on real threads: the paused clock cannot drive it).
+async fn running_after_a_while(executor: &lab::SqlExecutor, want: usize) -> usize {
+    for _ in 0..500 {
+        if executor.running() == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    executor.running()
+}
+
+const SLOW: &str = "SELECT count(*) FROM orders a JOIN orders b ON a.amount < b.amount";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_is_answered_inline_and_read_back() {
+    let (server, _) = sql_server().await;
+    let (status, created) = server
+        .post(
+            "asyncQuery",
+            "alice",
+            "SELECT count(*) AS n, max(id) AS top FROM orders",
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(attr(&created, "status"), "COMPLETE");
+    assert_eq!(attr(&created, "principalName"), "alice");
+    assert_eq!(attr(&created, "queryType"), "SQL");
+    let result = attr(&created, "result");
+    assert_eq!(result["recordCount"], 1);
+    assert_eq!(result["httpStatus"], 200);
+    let body: Value =
+        serde_json::from_str(result["responseBody"].as_str().expect("body")).expect("json");
+    assert_eq!(body, json!([{ "n": ORDERS, "top": ORDERS }]));
+    assert_eq!(
+        result["contentLength"],
+        result["responseBody"]
+            .as_str()
+            .map(str::len)
+            .unwrap_or_default()
+    );
+
+    let id = created["data"]["id"].as_str().expect("id");
+    let (status, read) = server
+        .send(Method::GET, &format!("/asyncQuery/{id}"), "alice", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(read["data"], created["data"]);
+    // It is not a table export.
+    let (status, read) = server
+        .send(Method::GET, &format!("/tableExport/{id}"), "alice", None)
+        .await;
+    assert_eq!(
+        (status, error_code(&read)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_are_kept_and_duplicates_conflict() {
+    let (server, _) = sql_server().await;
+    let id = uuid::Uuid::new_v4().to_string();
+    let mut doc = submission("asyncQuery", "SELECT 1 AS one", json!({}));
+    doc["data"]["id"] = json!(id);
+    let (status, created) = server
+        .send(Method::POST, "/asyncQuery", "alice", Some(doc.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created["data"]["id"], json!(id));
+    let (status, again) = server
+        .send(Method::POST, "/asyncQuery", "alice", Some(doc))
+        .await;
+    assert_eq!(
+        (status, error_code(&again)),
+        (StatusCode::CONFLICT, "duplicate_id")
+    );
+    let mut bad = submission("asyncQuery", "SELECT 1", json!({}));
+    bad["data"]["id"] = json!("not-a-uuid");
+    let (status, answer) = server
+        .send(Method::POST, "/asyncQuery", "alice", Some(bad))
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::BAD_REQUEST, "invalid_id")
+    );
+}
+
+async fn direct_export(server: &Server, query: &str, format: ExportFormat) -> Vec<u8> {
+    let alice = async_query::Principal::new("alice");
+    let job = server
+        .service
+        .submit(
+            &alice,
+            SubmitRequest::export(query, format).with_async_after(Duration::from_secs(30)),
+        )
+        .await
+        .expect("direct export");
+    assert_eq!(job.status, QueryStatus::Complete, "{job:?}");
+    let download = server
+        .service
+        .download(&alice, job.id, None)
+        .await
+        .expect("download");
+    let chunks: Vec<bytes::Bytes> = download.stream.body.try_collect().await.expect("read");
+    chunks.concat()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_download_byte_for_byte_in_every_format() {
+    let (server, _) = sql_server().await;
+    let query = "SELECT o.*, c.name AS customer FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id";
+    for (name, format, content_type) in [
+        ("CSV", ExportFormat::Csv, "text/csv"),
+        ("JSON", ExportFormat::Json, "application/json"),
+        ("NDJSON", ExportFormat::Ndjson, "application/x-ndjson"),
+    ] {
+        let (status, created) = server
+            .post(
+                "tableExport",
+                "alice",
+                query,
+                json!({ "resultType": name, "asyncAfterSeconds": 30 }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(attr(&created, "status"), "COMPLETE", "{created}");
+        assert_eq!(attr(&created, "resultType"), name);
+        let result = attr(&created, "result");
+        assert_eq!(result["recordCount"], ORDERS);
+        let id = created["data"]["id"].as_str().expect("id");
+        let url = result["url"].as_str().expect("url");
+        assert!(url.starts_with(&format!("/export/{id}.")), "{url}");
+
+        let response = server
+            .request(Method::GET, url, Some("alice"))
+            .send()
+            .await
+            .expect("download");
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers().clone();
+        assert!(
+            headers["content-type"]
+                .to_str()
+                .unwrap_or_default()
+                .starts_with(content_type)
+        );
+        assert_eq!(headers["accept-ranges"], "bytes");
+        let disposition = headers["content-disposition"]
+            .to_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            disposition.starts_with("attachment; filename=\""),
+            "{disposition}"
+        );
+        let bytes = response.bytes().await.expect("bytes");
+        assert_eq!(headers["content-length"], bytes.len().to_string().as_str());
+        assert_eq!(result["contentLength"], bytes.len());
+        let direct = direct_export(&server, query, format).await;
+        assert!(
+            bytes.as_ref() == direct.as_slice(),
+            "{name}: HTTP download differs from the direct export"
+        );
+        // And the data is really there.
+        match format {
+            ExportFormat::Csv => {
+                let rows = csv::Reader::from_reader(bytes.as_ref()).records().count();
+                assert_eq!(rows as u64, ORDERS);
+            }
+            ExportFormat::Json => {
+                let rows: Vec<Value> = serde_json::from_slice(&bytes).expect("json array");
+                assert_eq!(rows.len() as u64, ORDERS);
+                assert_eq!(rows[0]["customer"], "customer-07920");
+            }
+            _ => assert_eq!(bytes.iter().filter(|b| **b == b'\n').count() as u64, ORDERS),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ranges_answer_206_and_416() {
+    let (server, _) = sql_server().await;
+    let (_, created) = server
+        .post(
+            "tableExport",
+            "alice",
+            "SELECT * FROM customers",
+            json!({ "asyncAfterSeconds": 30 }),
+        )
+        .await;
+    let url = attr(&created, "result")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let whole = server
+        .request(Method::GET, &url, Some("alice"))
+        .send()
+        .await
+        .expect("get")
+        .bytes()
+        .await
+        .expect("bytes");
+    let len = whole.len();
+    assert!(len > 1000);
+    let get = |range: String| {
+        let request = server
+            .request(Method::GET, &url, Some("alice"))
+            .header("Range", range);
+        async move {
+            let response = request.send().await.expect("get");
+            let status = response.status();
+            let content_range = response
+                .headers()
+                .get("content-range")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            (
+                status,
+                content_range,
+                response.bytes().await.expect("bytes"),
+            )
+        }
+    };
+    let (status, range, body) = get("bytes=0-9".into()).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range.as_deref(), Some(format!("bytes 0-9/{len}").as_str()));
+    assert_eq!(body, whole.slice(0..10));
+    let (status, range, body) = get("bytes=-7".into()).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(range, Some(format!("bytes {}-{}/{len}", len - 7, len - 1)));
+    assert_eq!(body, whole.slice(len - 7..));
+    let (status, _, body) = get(format!("bytes=100-{}", len + 500)).await;
+    assert_eq!(status, StatusCode::PARTIAL_CONTENT);
+    assert_eq!(body, whole.slice(100..));
+    let (status, _, body) = get(format!("bytes={}-", len - 1)).await;
+    assert_eq!(
+        (status, body),
+        (StatusCode::PARTIAL_CONTENT, whole.slice(len - 1..))
+    );
+    for unsatisfiable in [
+        format!("bytes={len}-"),
+        format!("bytes={}-{}", len + 5, len + 9),
+        "bytes=-0".into(),
+    ] {
+        let (status, range, body) = get(unsatisfiable.clone()).await;
+        assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE, "{unsatisfiable}");
+        assert_eq!(range, Some(format!("bytes */{len}")));
+        let error: Value = serde_json::from_slice(&body).expect("error document");
+        assert_eq!(error_code(&error), "range_not_satisfiable");
+    }
+    // Ranges a server may ignore: the whole file.
+    for ignored in ["bytes=9-2", "bytes=0-1,5-6", "lines=1-2", "bytes=x-y"] {
+        let (status, range, body) = get(ignored.into()).await;
+        assert_eq!(
+            (status, range, body.len()),
+            (StatusCode::OK, None, len),
+            "{ignored}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_long_sql_query_interrupts_sqlite() {
+    let (server, executor) = sql_server().await;
+    let (status, created) = server
+        .post(
+            "asyncQuery",
+            "alice",
+            SLOW,
+            json!({ "asyncAfterSeconds": 0 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(attr(&created, "status"), "PROCESSING");
+    let id = created["data"]["id"].as_str().expect("id").to_owned();
+    // Real SQLite work on a real thread: wait (bounded) for it to start.
+    assert_eq!(
+        running_after_a_while(&executor, 1).await,
+        1,
+        "the statement never started"
+    );
+    let cancel = json!({ "data": { "type": "asyncQuery", "id": id, "attributes": { "status": "CANCELLED" } } });
+    let (status, cancelled) = server
+        .send(
+            Method::PATCH,
+            &format!("/asyncQuery/{id}"),
+            "alice",
+            Some(cancel.clone()),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cancelled}");
+    assert_eq!(attr(&cancelled, "status"), "CANCEL_COMPLETE");
+    assert_eq!(cancelled["meta"]["cancelled"], true);
+    // The statement itself stops: SQLite was interrupted (the cross join
+    // would otherwise run for minutes).
+    assert_eq!(
+        running_after_a_while(&executor, 0).await,
+        0,
+        "the SQLite statement kept running"
+    );
+    // Cancelling again is a no-op that says so.
+    let (status, again) = server
+        .send(
+            Method::PATCH,
+            &format!("/asyncQuery/{id}"),
+            "alice",
+            Some(cancel),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["meta"]["cancelled"], false);
+    assert_eq!(attr(&again, "status"), "CANCEL_COMPLETE");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn principals_see_only_their_own_jobs_and_admins_see_all() {
+    let (server, _) = sql_server().await;
+    let (_, created) = server
+        .post("tableExport", "alice", "SELECT * FROM regions", json!({}))
+        .await;
+    let id = created["data"]["id"].as_str().expect("id").to_owned();
+    let url = attr(&created, "result")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let (_, bobs) = server
+        .post("asyncQuery", "bob", "SELECT 2 AS two", json!({}))
+        .await;
+    let bob_id = bobs["data"]["id"].as_str().expect("id").to_owned();
+
+    let (status, answer) = server
+        .send(Method::GET, &format!("/tableExport/{id}"), "bob", None)
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+    let cancel = json!({ "data": { "type": "tableExport", "id": id, "attributes": { "status": "CANCELLED" } } });
+    let (status, _) = server
+        .send(
+            Method::PATCH,
+            &format!("/tableExport/{id}"),
+            "bob",
+            Some(cancel),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = server.send(Method::GET, &url, "bob", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // An unknown id gets exactly the same answer.
+    let unknown = uuid::Uuid::new_v4();
+    let (status, answer) = server
+        .send(Method::GET, &format!("/tableExport/{unknown}"), "bob", None)
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::NOT_FOUND, "not_found")
+    );
+
+    let (status, _) = server
+        .send(Method::GET, &format!("/tableExport/{id}"), "root", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let response = server
+        .request(Method::GET, &url, Some("root"))
+        .header("X-Roles", "admin")
+        .send()
+        .await
+        .expect("admin download");
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // Events: each sees their own, the admin everything.
+    let jobs_in = |events: &Value| -> Vec<String> {
+        let mut ids: Vec<String> = events["data"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        e["attributes"]["jobId"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_owned()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        ids.dedup();
+        ids
+    };
+    let (_, alices) = server
+        .send(Method::GET, "/asyncEvents", "alice", None)
+        .await;
+    let (_, bobs) = server.send(Method::GET, "/asyncEvents", "bob", None).await;
+    let (_, roots) = server.send(Method::GET, "/asyncEvents", "root", None).await;
+    assert_eq!(jobs_in(&alices), std::slice::from_ref(&id));
+    assert_eq!(jobs_in(&bobs), std::slice::from_ref(&bob_id));
+    assert_eq!(jobs_in(&roots), [id, bob_id]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_polled_by_cursor() {
+    let (server, _) = sql_server().await;
+    let (_, first) = server
+        .send(Method::GET, "/asyncEvents", "alice", None)
+        .await;
+    assert_eq!(first["data"], json!([]));
+    let cursor = first["meta"]["lastId"].as_str().expect("cursor").to_owned();
+    let (_, created) = server
+        .post("asyncQuery", "alice", "SELECT 1 AS one", json!({}))
+        .await;
+    let id = created["data"]["id"].as_str().expect("id");
+    let (_, page) = server
+        .send(
+            Method::GET,
+            &format!("/asyncEvents?last_id={cursor}&limit=1"),
+            "alice",
+            None,
+        )
+        .await;
+    let events = page["data"].as_array().expect("events");
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0]["attributes"]["jobId"], id);
+    assert_eq!(events[0]["attributes"]["status"], "PROCESSING");
+    let next = page["meta"]["lastId"].as_str().expect("cursor");
+    let (_, page) = server
+        .send(
+            Method::GET,
+            &format!("/asyncEvents?last_id={next}"),
+            "alice",
+            None,
+        )
+        .await;
+    let statuses: Vec<&Value> = page["data"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| &e["attributes"]["status"])
+        .collect();
+    assert_eq!(statuses, [&json!("COMPLETE")]);
+    assert_eq!(page["meta"]["missed"], false);
+    for bad in ["last_id=abc", "last_id=-1", "limit=x"] {
+        let (status, answer) = server
+            .send(Method::GET, &format!("/asyncEvents?{bad}"), "alice", None)
+            .await;
+        assert_eq!(
+            (status, error_code(&answer)),
+            (StatusCode::BAD_REQUEST, "invalid_parameter"),
+            "{bad}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_a_json_api_error_with_the_right_status() {
+    let (server, _) = sql_server().await;
+    let id = uuid::Uuid::new_v4();
+    let good = submission("asyncQuery", "SELECT 1", json!({}));
+    let raw = |method: Method, path: &str, content_type: Option<&str>, body: &str| {
+        let mut request = server.request(method, path, Some("alice"));
+        if let Some(ct) = content_type {
+            request = request.header("Content-Type", ct);
+        }
+        let request = request.body(body.to_owned());
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status();
+            let allow = response
+                .headers()
+                .get("allow")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let ct = response
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or_default().to_owned());
+            let body: Value =
+                serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON body");
+            assert_eq!(ct.as_deref(), Some(JSON_API));
+            assert_eq!(body["errors"][0]["status"], status.as_str(), "{body}");
+            (status, error_code(&body).to_owned(), allow)
+        }
+    };
+    /// Method, path, content type, body, expected status and error code.
+    type Case<'a> = (Method, String, Option<&'a str>, String, StatusCode, &'a str);
+    let cases: Vec<Case> = vec![
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), "{not json".into(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), "[]".into(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), r#"{"data":{"type":"asyncQuery"}}"#.into(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1", json!({"colour": 1})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1", json!({"asyncAfterSeconds": -1})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1", json!({"status": "COMPLETE"})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/tableExport".into(), Some(JSON_API), submission("tableExport", "SELECT 1", json!({"resultType": "XLSX"})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "DROP TABLE orders", json!({})).to_string(), StatusCode::BAD_REQUEST, "invalid_query"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1; SELECT 2", json!({})).to_string(), StatusCode::BAD_REQUEST, "invalid_query"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELEKT", json!({})).to_string(), StatusCode::BAD_REQUEST, "invalid_query"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1", json!({"principalName": "bob"})).to_string(), StatusCode::FORBIDDEN, "forbidden_change"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("tableExport", "SELECT 1", json!({})).to_string(), StatusCode::CONFLICT, "conflict"),
+        (Method::PATCH, format!("/asyncQuery/{id}"), Some(JSON_API), json!({"data":{"type":"asyncQuery","id":id,"attributes":{"query":"SELECT 2"}}}).to_string(), StatusCode::FORBIDDEN, "forbidden_change"),
+        (Method::PATCH, format!("/asyncQuery/{id}"), Some(JSON_API), json!({"data":{"type":"asyncQuery","id":id,"attributes":{"status":"COMPLETE"}}}).to_string(), StatusCode::FORBIDDEN, "forbidden_change"),
+        (Method::PATCH, format!("/asyncQuery/{id}"), Some(JSON_API), json!({"data":{"type":"asyncQuery","id":uuid::Uuid::new_v4(),"attributes":{"status":"CANCELLED"}}}).to_string(), StatusCode::CONFLICT, "conflict"),
+        (Method::PATCH, format!("/asyncQuery/{id}"), Some(JSON_API), json!({"data":{"type":"asyncQuery","id":id,"attributes":{"status":"CANCELLED"}}}).to_string(), StatusCode::NOT_FOUND, "not_found"),
+        (Method::GET, "/asyncQuery/123".into(), None, String::new(), StatusCode::BAD_REQUEST, "invalid_id"),
+        (Method::GET, format!("/asyncQuery/{id}"), None, String::new(), StatusCode::NOT_FOUND, "not_found"),
+        (Method::GET, format!("/export/{id}.csv"), None, String::new(), StatusCode::NOT_FOUND, "not_found"),
+        (Method::GET, "/export/..%2F..%2Fetc%2Fpasswd".into(), None, String::new(), StatusCode::BAD_REQUEST, "invalid_id"),
+        (Method::GET, "/nowhere".into(), None, String::new(), StatusCode::NOT_FOUND, "no_route"),
+        (Method::DELETE, format!("/asyncQuery/{id}"), None, String::new(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::GET, "/asyncQuery".into(), None, String::new(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::POST, "/asyncQuery".into(), Some("text/plain"), good.to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        (Method::POST, "/asyncQuery".into(), None, good.to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+        (Method::POST, "/asyncQuery".into(), Some(JSON_API), "x".repeat(2 << 20), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+    ];
+    for (method, path, ct, body, want, code) in cases {
+        let (status, got, allow) = raw(method.clone(), &path, ct, &body).await;
+        assert_eq!(
+            (status, got.as_str()),
+            (want, code),
+            "{method} {path} {}",
+            &body[..body.len().min(200)]
+        );
+        if status == StatusCode::METHOD_NOT_ALLOWED {
+            assert!(allow.is_some(), "405 without Allow");
+        }
+    }
+    // `application/json` is accepted too.
+    let (status, _, _) = raw(
+        Method::POST,
+        "/asyncQuery",
+        Some("application/json"),
+        &json!({"data":{"type":"asyncQuery","attributes":{"query":"SELEKT"}}}).to_string(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // No principal.
+    let response = server
+        .request(Method::GET, "/asyncEvents", None)
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    // Exports not finished yet, and queries, have nothing to download.
+    let (_, running) = server
+        .post(
+            "tableExport",
+            "alice",
+            SLOW,
+            json!({"asyncAfterSeconds": 0}),
+        )
+        .await;
+    let running = running["data"]["id"].as_str().expect("id").to_owned();
+    let (status, answer) = server
+        .send(Method::GET, &format!("/export/{running}"), "alice", None)
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::NOT_FOUND, "no_result")
+    );
+    server
+        .service
+        .cancel(
+            &async_query::Principal::new("alice"),
+            running.parse().expect("uuid"),
+        )
+        .await
+        .expect("cancel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_429_and_a_stopping_service_503() {
+    let server = serve(
+        Config {
+            pool_size: 1,
+            max_queued: 1,
+            ..Config::default()
+        },
+        |_| Arc::new(ScriptedExecutor::new()),
+    )
+    .await;
+    let block = || submission("asyncQuery", "block", json!({"asyncAfterSeconds": 0}));
+    for _ in 0..2 {
+        let (status, _) = server
+            .send(Method::POST, "/asyncQuery", "alice", Some(block()))
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let response = server
+        .request(Method::POST, "/asyncQuery", Some("alice"))
+        .header("Content-Type", JSON_API)
+        .body(block().to_string())
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    server
+        .service
+        .shutdown(Duration::ZERO)
+        .await
+        .expect("shutdown");
+    let (status, answer) = server
+        .send(Method::POST, "/asyncQuery", "alice", Some(block()))
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
+    );
+}
+
+/// A host's own resolver (a closure over the request): its 401 and 403 are
+/// JSON:API errors, and the principal it returns is the one jobs belong to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_resolver_decides_who_the_caller_is() {
+    let bearer = |request: &axum::http::request::Parts| {
+        let token = request
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| AuthError::unauthorized("send a bearer token"))?;
+        match token {
+            "mallory" => Err(AuthError::forbidden("mallory is banned")),
+            name => Ok(Principal::new(name)),
+        }
+    };
+    let dao: Arc<dyn AsyncApiDao> = Arc::new(MemoryDao::new());
+    let server = serve_with(
+        Config::default(),
+        |_| Arc::new(ScriptedExecutor::new()),
+        dao,
+        bearer,
+    )
+    .await;
+    let post = |token: Option<&str>| {
+        let mut request = server
+            .request(Method::POST, "/asyncQuery", None)
+            .header("Content-Type", JSON_API)
+            .body(submission("asyncQuery", "sleep 1", json!({})).to_string());
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        async move {
+            let response = request.send().await.expect("send");
+            let status = response.status();
+            let body: Value = response.json_or_null().await;
+            (status, body)
+        }
+    };
+    let (status, created) = post(Some("carol")).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(attr(&created, "principalName"), "carol");
+    let (status, body) = post(Some("mallory")).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    let (status, body) = post(None).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::UNAUTHORIZED, "unauthorized")
+    );
+}
+
+/// A database that fails answers 503 with a JSON:API error, and the
+/// service answers again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_answers_503() {
+    let (dao, faults) = FaultyDao::new(Arc::new(MemoryDao::new()));
+    let dao: Arc<dyn AsyncApiDao> = Arc::new(dao);
+    let server = serve_with(
+        Config::default(),
+        |_| Arc::new(ScriptedExecutor::new()),
+        dao,
+        HeaderPrincipal,
+    )
+    .await;
+    let (status, created) = server
+        .post("asyncQuery", "alice", "sleep 1", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["data"]["id"].as_str().expect("id").to_owned();
+    faults.fail_always(true);
+    let (status, answer) = server
+        .send(Method::GET, &format!("/asyncQuery/{id}"), "alice", None)
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    let (status, answer) = server
+        .post("asyncQuery", "alice", "sleep 1", json!({}))
+        .await;
+    assert_eq!(
+        (status, error_code(&answer)),
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    );
+    faults.fail_always(false);
+    let (status, read) = server
+        .send(Method::GET, &format!("/asyncQuery/{id}"), "alice", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(attr(&read, "status"), "COMPLETE");
+}
+
+/// `docs/openapi.json` describes exactly the router's routes and methods,
+/// and each of them answers (not "no route", not 405).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_description_matches_the_router() {
+    let spec: Value =
+        serde_json::from_str(include_str!("../docs/openapi.json")).expect("openapi.json is JSON");
+    assert!(
+        spec["openapi"]
+            .as_str()
+            .is_some_and(|v| v.starts_with("3."))
+    );
+    let mut described: Vec<(String, Vec<String>)> = spec["paths"]
+        .as_object()
+        .expect("paths")
+        .iter()
+        .map(|(path, item)| {
+            let mut methods: Vec<String> = item
+                .as_object()
+                .expect("path item")
+                .keys()
+                .filter(|k| ["get", "post", "patch", "put", "delete"].contains(&k.as_str()))
+                .map(|k| k.to_uppercase())
+                .collect();
+            methods.sort();
+            (path.clone(), methods)
+        })
+        .collect();
+    described.sort();
+    let mut routed: Vec<(String, Vec<String>)> = http::ROUTES
+        .iter()
+        .map(|(path, methods)| {
+            let mut methods: Vec<String> = methods.iter().map(|m| m.to_string()).collect();
+            methods.sort();
+            (path.to_string(), methods)
+        })
+        .collect();
+    routed.sort();
+    assert_eq!(
+        described, routed,
+        "docs/openapi.json and http::ROUTES differ"
+    );
+
+    // ROUTES is what the router really serves.
+    let server = serve(Config::default(), |_| Arc::new(ScriptedExecutor::new())).await;
+    for (path, methods) in routed {
+        let path = path.replace("{id}", &uuid::Uuid::new_v4().to_string());
+        for method in methods {
+            let method: Method = method.parse().expect("method");
+            let response = server
+                .request(method.clone(), &path, Some("alice"))
+                .header("Content-Type", JSON_API)
+                .body("{}")
+                .send()
+                .await
+                .expect("send");
+            let status = response.status();
+            let body: Value = response.json_or_null().await;
+            assert!(
+                status != StatusCode::METHOD_NOT_ALLOWED && error_code(&body) != "no_route",
+                "{method} {path} is described but not routed ({status})"
+            );
+        }
+    }
+}
+
+trait JsonOrNull {
+    async fn json_or_null(self) -> Value;
+}
+
+impl JsonOrNull for reqwest::Response {
+    async fn json_or_null(self) -> Value {
+        let bytes = self.bytes().await.unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+    }
+}
+
+mod fuzz {
+    //! Random requests: every answer is a well-formed JSON:API document
+    //! (or a download), never a 5xx, never a hang.
+
+    use super::*;
+    use proptest::prelude::*;
+
+    fn method() -> impl Strategy<Value = Method> {
+        prop_oneof![
+            Just(Method::GET),
+            Just(Method::POST),
+            Just(Method::PATCH),
+            Just(Method::DELETE),
+            Just(Method::PUT),
+            Just(Method::HEAD),
+            Just(Method::OPTIONS),
+        ]
+    }
+
+    fn segment() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(uuid::Uuid::nil().to_string()),
+            Just("00000000-0000-0000-0000-000000000001.csv".to_string()),
+            "[a-zA-Z0-9%._~-]{0,40}",
+            "\\PC{0,8}".prop_map(|s| s.bytes().map(|b| format!("%{b:02X}")).collect()),
+        ]
+    }
+
+    fn path() -> impl Strategy<Value = String> {
+        (
+            prop_oneof![
+                Just("/asyncQuery"),
+                Just("/tableExport"),
+                Just("/export"),
+                Just("/asyncEvents"),
+                Just(""),
+                Just("/asyncQuery/x/y"),
+            ],
+            proptest::option::of(segment()),
+            proptest::option::of("[a-z_]{1,8}=[-0-9a-z%]{0,25}"),
+        )
+            .prop_map(|(base, segment, query)| {
+                let mut path = base.to_string();
+                if let Some(s) = segment {
+                    path.push('/');
+                    path.push_str(&s);
+                }
+                if path.is_empty() {
+                    path.push('/');
+                }
+                if let Some(q) = query {
+                    path.push('?');
+                    path.push_str(&q);
+                }
+                path
+            })
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "\\PC{0,20}".prop_map(Value::from),
+            prop_oneof![
+                Just("QUEUED"),
+                Just("CANCELLED"),
+                Just("asyncQuery"),
+                Just("tableExport"),
+                Just("sleep 1"),
+                Just("rows 3"),
+                Just("CSV"),
+                Just("00000000-0000-0000-0000-000000000000"),
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("data".to_string()),
+                        Just("type".to_string()),
+                        Just("id".to_string()),
+                        Just("attributes".to_string()),
+                        Just("query".to_string()),
+                        Just("status".to_string()),
+                        Just("asyncAfterSeconds".to_string()),
+                        Just("resultType".to_string()),
+                        "[a-zA-Z]{1,8}",
+                    ],
+                    inner,
+                    0..5
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            json_value().prop_map(|v| v.to_string().into_bytes()),
+            json_value().prop_map(|v| json!({ "data": v }).to_string().into_bytes()),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
+    fn header_value() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            Just(JSON_API.to_string()),
+            Just("application/json".to_string()),
+            Just("bytes=0-3".to_string()),
+            Just("bytes=-2".to_string()),
+            "[ -~]{0,30}",
+        ]
+    }
+
+    #[test]
+    fn random_requests_get_well_formed_answers() {
+        let cases = std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(300);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let server = runtime.block_on(serve(
+            Config {
+                max_async_after: Duration::from_secs(1),
+                ..Config::default()
+            },
+            |_| Arc::new(ScriptedExecutor::new()),
+        ));
+        // Something to download, so export paths reach the storage too.
+        runtime.block_on(async {
+            let alice = async_query::Principal::new("alice");
+            server
+                .service
+                .submit(
+                    &alice,
+                    SubmitRequest::export("rows 5", ExportFormat::Csv)
+                        .with_id(uuid::Uuid::from_u128(1)),
+                )
+                .await
+                .expect("export");
+        });
+        let config = ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        };
+        proptest!(config, |(
+            method in method(),
+            path in path(),
+            body in body(),
+            user in proptest::option::of(prop_oneof![Just("alice".to_string()), "[ -~]{0,12}"]),
+            content_type in proptest::option::of(header_value()),
+            range in proptest::option::of(header_value()),
+        )| {
+            runtime.block_on(async {
+                let mut request = server.request(method.clone(), &path, None).body(body);
+                if let Some(user) = &user {
+                    request = request.header("X-User", user.as_str());
+                }
+                if let Some(ct) = &content_type {
+                    request = request.header("Content-Type", ct.as_str());
+                }
+                if let Some(range) = &range {
+                    request = request.header("Range", range.as_str());
+                }
+                let response = tokio::time::timeout(Duration::from_secs(10), request.send())
+                    .await
+                    .expect("the router hung")
+                    .expect("transport");
+                let status = response.status();
+                prop_assert!(!status.is_server_error(), "{method} {path}: {status}");
+                let is_download = status.is_success()
+                    && response.headers().get("content-disposition").is_some();
+                let bytes = response.bytes().await.expect("body");
+                if method != Method::HEAD && !is_download {
+                    let document: Value = serde_json::from_slice(&bytes)
+                        .map_err(|e| TestCaseError::fail(format!("{method} {path}: {status}, not JSON: {e}")))?;
+                    let well_formed = if status.is_success() {
+                        document.get("data").is_some()
+                    } else {
+                        document["errors"][0]["status"] == status.as_str()
+                    };
+                    prop_assert!(well_formed, "{method} {path}: {status} {document}");
+                }
+                Ok(())
+            })?;
+        });
+    }
+}
