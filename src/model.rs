@@ -82,6 +82,23 @@ impl QueryStatus {
         TRANSITIONS.iter().any(|&(f, t)| f == self && t == to)
     }
 
+    /// Whether `later` can follow this status through one or more
+    /// transitions: the lifecycle only moves forward, so of two changes of
+    /// one job, the one to the status that `leads_to` the other came first.
+    ///
+    /// ```
+    /// use async_query::QueryStatus::*;
+    /// assert!(Queued.leads_to(CancelComplete));
+    /// assert!(Processing.leads_to(Cancelled));
+    /// assert!(!Cancelled.leads_to(Processing));
+    /// assert!(!Complete.leads_to(Complete));
+    /// ```
+    pub fn leads_to(self, later: QueryStatus) -> bool {
+        TRANSITIONS
+            .iter()
+            .any(|&(f, t)| f == self && (t == later || t.leads_to(later)))
+    }
+
     /// Whether no further change can happen: `Complete`, `Failure`,
     /// `TimedOut` and `CancelComplete`.
     pub fn is_terminal(self) -> bool {

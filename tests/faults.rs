@@ -18,17 +18,19 @@ struct Faulty {
     dao_faults: Arc<Faults>,
     storage_faults: Arc<Faults>,
     storage: MemoryStorage,
+    executor: Arc<ScriptedExecutor>,
 }
 
 fn faulty(config: Config) -> Faulty {
     let (dao, dao_faults) = FaultyDao::new(Arc::new(MemoryDao::new()));
     let storage = MemoryStorage::new();
     let (faulty_storage, storage_faults) = FaultyStorage::new(Arc::new(storage.clone()));
+    let executor = Arc::new(ScriptedExecutor::new());
     let service = AsyncQueryService::builder()
         .config(config)
         .dao(Arc::new(dao))
         .storage(Arc::new(faulty_storage))
-        .executor(Arc::new(ScriptedExecutor::new()))
+        .executor(executor.clone())
         .build()
         .unwrap();
     Faulty {
@@ -36,6 +38,7 @@ fn faulty(config: Config) -> Faulty {
         dao_faults,
         storage_faults,
         storage,
+        executor,
     }
 }
 
@@ -312,5 +315,52 @@ async fn a_job_cancelled_while_its_record_waits_to_be_written_ends_cancel_comple
         f.storage.names().is_empty(),
         "the discarded export was deleted: {:?}",
         f.storage.names()
+    );
+}
+
+/// A worker's claim is committed, but its reply is slow; a cancel commits
+/// PROCESSING -> CANCELLED and is mirrored first. The job must still be
+/// stopped (never started), and subscribers must see its changes in order.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_that_overtakes_a_claims_reply_stops_the_job_and_events_stay_in_order() {
+    let f = faulty(Config {
+        pool_size: 1,
+        ..config()
+    });
+    f.dao_faults.only(&["claim"]);
+    f.dao_faults.delay_replies(SECOND);
+    let mut events = f.service.subscribe(&admin());
+    let jobs = f
+        .service
+        .submit_many(&alice(), vec![SubmitRequest::query("sleep 60000")])
+        .await
+        .unwrap();
+    let id = jobs[0].id;
+    // The dispatcher has claimed the job; the reply is on its way.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = tokio::time::Instant::now();
+    let record = f.service.cancel(&alice(), id).await.unwrap().into_record();
+    assert_eq!(record.status, QueryStatus::CancelComplete);
+    assert!(
+        started.elapsed() < 2 * SECOND,
+        "the cancel waited for the job to run: {:?}",
+        started.elapsed()
+    );
+    assert!(f.executor.started().is_empty(), "a cancelled job started");
+
+    let mut seen = Vec::new();
+    while let Ok(Ok(event)) = tokio::time::timeout(Duration::from_millis(10), events.recv()).await {
+        assert_eq!(event.id, id);
+        seen.push((event.from, event.to));
+    }
+    use QueryStatus::*;
+    assert_eq!(
+        seen,
+        [
+            (None, Queued),
+            (Some(Queued), Processing),
+            (Some(Processing), Cancelled),
+            (Some(Cancelled), CancelComplete),
+        ]
     );
 }

@@ -89,15 +89,19 @@ struct LocalJob {
     cancel: CancellationToken,
     /// Still waiting for a slot (counts against `max_queued`).
     queued: bool,
+    /// Its creation event was emitted (or it was created elsewhere).
+    announced: bool,
 }
 
 impl LocalJob {
+    /// A job this instance is creating: not announced until it is stored.
     fn new(job: Arc<AsyncQuery>, cancel: CancellationToken, queued: bool) -> Self {
         LocalJob {
             latest: job,
             watchers: None,
             cancel,
             queued,
+            announced: false,
         }
     }
 
@@ -298,6 +302,12 @@ impl Inner {
     }
 
     fn emit(&self, job: &AsyncQuery, from: Option<QueryStatus>) {
+        self.emit_as(job, from, job.status);
+    }
+
+    /// Emits the change of `job` from `from` to `to` (which may be a step
+    /// before `job.status`).
+    fn emit_as(&self, job: &AsyncQuery, from: Option<QueryStatus>, to: QueryStatus) {
         // `receiver_count` takes the channel's lock; these are atomic reads.
         let subscribed = self.subscribers.load(std::sync::atomic::Ordering::Relaxed) > 0;
         let logged = self.logging.load(std::sync::atomic::Ordering::Relaxed);
@@ -309,7 +319,7 @@ impl Inner {
             kind: job.kind,
             owner: job.principal.name.clone(),
             from,
-            to: job.status,
+            to,
             at: job.updated_on,
         };
         if logged {
@@ -352,32 +362,59 @@ impl Inner {
     /// Mirrors a change the DAO applied into the local table and the event
     /// stream. With `adopt`, a job not yet known locally (claimed from the
     /// queue) gets an entry; returns its cancellation token.
+    ///
+    /// Two tasks can commit changes of one job in one order and get here in
+    /// the other (a worker's claim and a cancel, say). The lifecycle only
+    /// moves forward, so a change to a status at or before the one mirrored
+    /// is stale and skipped, and a change whose `from` was not mirrored yet
+    /// first emits that step: subscribers see every job's changes in order.
     fn observe(
         &self,
         from: Option<QueryStatus>,
         job: Arc<AsyncQuery>,
         adopt: bool,
     ) -> Option<CancellationToken> {
-        self.emit(&job, from);
         let mut local = self.lock_local();
         let local = &mut *local;
-        let entry = match local.jobs.get_mut(&job.id) {
-            Some(entry) => entry,
-            None if adopt => local.jobs.entry(job.id).or_insert(LocalJob::new(
-                Arc::clone(&job),
-                self.shutdown.child_token(),
-                false,
-            )),
-            None => return None,
+        let entry = match local.jobs.entry(job.id) {
+            std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            std::collections::hash_map::Entry::Vacant(vacant) if adopt => {
+                // Claimed here: created elsewhere or before a restart.
+                self.emit(&job, from);
+                let mut entry = LocalJob::new(Arc::clone(&job), self.shutdown.child_token(), false);
+                entry.announced = true;
+                return Some(vacant.insert(entry).cancel.clone());
+            }
+            std::collections::hash_map::Entry::Vacant(_) => {
+                self.emit(&job, from);
+                return None;
+            }
         };
+        let current = entry.latest.status;
+        if job.status == current || job.status.leads_to(current) {
+            return Some(entry.cancel.clone());
+        }
+        if !entry.announced {
+            self.emit(&entry.latest, None);
+            entry.announced = true;
+        }
+        if let Some(from) = from.filter(|&from| current.leads_to(from)) {
+            self.emit_as(&job, Some(current), from);
+        }
+        self.emit(&job, from);
         // A job that leaves the queue runs here only if this instance claimed
-        // it; otherwise (cancelled while queued, or claimed elsewhere) this
-        // instance stops tracking it and waiters follow the DAO.
+        // it (the claim may be mirrored after a later change, such as a
+        // cancel); otherwise (cancelled while queued, or claimed elsewhere)
+        // this instance stops tracking it and waiters follow the DAO.
         let mut leave = job.status.is_terminal();
         if entry.queued && job.status != QueryStatus::Queued {
             local.queued -= 1;
             entry.queued = false;
-            leave |= !adopt;
+            let claimed_here = job
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.owner == self.config.instance_id);
+            leave |= !adopt && !claimed_here;
         }
         let token = entry.cancel.clone();
         let id = job.id;
@@ -387,6 +424,18 @@ impl Inner {
             self.job_left();
         }
         Some(token)
+    }
+
+    /// Emits the creation of jobs this instance just stored, unless a
+    /// change of theirs was mirrored first (which emitted it).
+    fn announce<'a>(&self, jobs: impl IntoIterator<Item = &'a AsyncQuery>) {
+        let mut local = self.lock_local();
+        for job in jobs {
+            if let Some(entry) = local.jobs.get_mut(&job.id).filter(|e| !e.announced) {
+                entry.announced = true;
+                self.emit(job, None);
+            }
+        }
     }
 
     /// Tells a waiting `shutdown` that a job left the local table. Only
@@ -516,9 +565,7 @@ impl Inner {
             }
             return Err(e);
         }
-        for job in &jobs {
-            self.emit(job, None);
-        }
+        self.announce(&jobs);
         if self.slots.available_permits() > 0 {
             self.wake_dispatcher.notify_one();
         }
@@ -574,7 +621,7 @@ impl Inner {
             self.forget(id);
             return Err(e);
         }
-        self.emit(&job, None);
+        self.announce([&*job]);
         match permit {
             Some(permit) => self.spawn_worker(Arc::clone(&job), cancel, permit),
             // With every slot busy, the next worker to finish claims the job

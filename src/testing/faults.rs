@@ -36,7 +36,17 @@ struct Plan {
     fail_always: bool,
     only: Option<HashSet<&'static str>>,
     delay: Duration,
+    reply_delay: Duration,
     lose_replies: bool,
+}
+
+impl Plan {
+    /// Whether `operation` is faulted at all (see [`Faults::only`]).
+    fn targets(&self, operation: &'static str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.contains(operation))
+    }
 }
 
 /// Controls the faults of a [`FaultyDao`] or [`FaultyStorage`]. Shared by
@@ -86,6 +96,14 @@ impl Faults {
         self.plan().delay = delay;
     }
 
+    /// Holds back the reply of every DAO call by `delay` (Tokio time) after
+    /// the call was made: the change is stored at once and the caller learns
+    /// of it later, so other tasks' changes can overtake it (a slow network
+    /// on the way back). Storage calls are not affected.
+    pub fn delay_replies(&self, delay: Duration) {
+        self.plan().reply_delay = delay;
+    }
+
     /// With `true`, a DAO call that fails is made first and only its reply
     /// is lost: the change is stored, the caller sees the injected error
     /// (as when a connection drops after the commit). With `false` (the
@@ -104,11 +122,7 @@ impl Faults {
     async fn check(&self, operation: &'static str) -> std::result::Result<(), InjectedFault> {
         let (delay, fail, call) = {
             let plan = self.plan();
-            if plan
-                .only
-                .as_ref()
-                .is_some_and(|only| !only.contains(operation))
-            {
+            if !plan.targets(operation) {
                 return Ok(());
             }
             let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
@@ -135,7 +149,21 @@ impl Faults {
         call: impl std::future::Future<Output = Result<T>>,
     ) -> Result<T> {
         match self.check(operation).await {
-            Ok(()) => call.await,
+            Ok(()) => {
+                let reply = call.await;
+                let hold = {
+                    let plan = self.plan();
+                    if plan.targets(operation) {
+                        plan.reply_delay
+                    } else {
+                        Duration::ZERO
+                    }
+                };
+                if !hold.is_zero() {
+                    tokio::time::sleep(hold).await;
+                }
+                reply
+            }
             Err(fault) => {
                 if self.plan().lose_replies {
                     let _ = call.await;
