@@ -58,6 +58,29 @@ pub const TRANSITIONS: &[(QueryStatus, QueryStatus)] = {
     ]
 };
 
+/// For each status (by discriminant), a bit set of the statuses that can
+/// follow it: the transitive closure of [`TRANSITIONS`], computed at compile
+/// time so that [`QueryStatus::leads_to`] costs one load on the hot path.
+const REACHABLE: [u8; 7] = {
+    let mut reach = [0u8; 7];
+    // The longest path has three steps; iterate until nothing changes.
+    let mut changed = true;
+    while changed {
+        changed = false;
+        let mut i = 0;
+        while i < TRANSITIONS.len() {
+            let (from, to) = (TRANSITIONS[i].0 as usize, TRANSITIONS[i].1 as usize);
+            let next = reach[from] | (1 << to) | reach[to];
+            if next != reach[from] {
+                reach[from] = next;
+                changed = true;
+            }
+            i += 1;
+        }
+    }
+    reach
+};
+
 impl QueryStatus {
     /// All seven states, in lifecycle order.
     pub const ALL: [QueryStatus; 7] = [
@@ -94,9 +117,7 @@ impl QueryStatus {
     /// assert!(!Complete.leads_to(Complete));
     /// ```
     pub fn leads_to(self, later: QueryStatus) -> bool {
-        TRANSITIONS
-            .iter()
-            .any(|&(f, t)| f == self && (t == later || t.leads_to(later)))
+        REACHABLE[self as usize] & (1 << later as u8) != 0
     }
 
     /// Whether no further change can happen: `Complete`, `Failure`,
@@ -320,6 +341,7 @@ impl AsyncQuery {
 #[cfg(test)]
 mod tests {
     use super::QueryStatus::{self, *};
+    use super::TRANSITIONS;
 
     #[test]
     fn terminal_states_are_exactly_the_four_elide_end_states() {
@@ -366,5 +388,25 @@ mod tests {
             assert_eq!(status.as_str().parse::<QueryStatus>().unwrap(), status);
         }
         assert!("DONE".parse::<QueryStatus>().is_err());
+    }
+
+    /// `leads_to` (a compile-time table) is the transitive closure of
+    /// `TRANSITIONS`, computed here the slow way.
+    #[test]
+    fn leads_to_is_the_closure_of_the_transition_table() {
+        fn reaches(from: QueryStatus, to: QueryStatus) -> bool {
+            TRANSITIONS
+                .iter()
+                .any(|&(f, t)| f == from && (t == to || reaches(t, to)))
+        }
+        let mut pairs = 0;
+        for from in QueryStatus::ALL {
+            for to in QueryStatus::ALL {
+                assert_eq!(from.leads_to(to), reaches(from, to), "{from} -> {to}");
+                pairs += usize::from(from.leads_to(to));
+            }
+        }
+        // Queued: 6, Processing: 5, Cancelled: 1.
+        assert_eq!(pairs, 12);
     }
 }

@@ -308,9 +308,7 @@ impl Inner {
     /// Emits the change of `job` from `from` to `to` (which may be a step
     /// before `job.status`).
     fn emit_as(&self, job: &AsyncQuery, from: Option<QueryStatus>, to: QueryStatus) {
-        // `receiver_count` takes the channel's lock; these are atomic reads.
-        let subscribed = self.subscribers.load(std::sync::atomic::Ordering::Relaxed) > 0;
-        let logged = self.logging.load(std::sync::atomic::Ordering::Relaxed);
+        let (subscribed, logged) = self.listeners();
         if !subscribed && !logged {
             return;
         }
@@ -328,6 +326,15 @@ impl Inner {
         if subscribed {
             let _ = self.events.send(event);
         }
+    }
+
+    /// Whether anyone follows events: (subscribers, event log). Atomic
+    /// reads (`receiver_count` would take the channel's lock).
+    fn listeners(&self) -> (bool, bool) {
+        (
+            self.subscribers.load(std::sync::atomic::Ordering::Relaxed) > 0,
+            self.logging.load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     fn lock_event_log(&self) -> MutexGuard<'_, events::EventLog> {
@@ -427,8 +434,13 @@ impl Inner {
     }
 
     /// Emits the creation of jobs this instance just stored, unless a
-    /// change of theirs was mirrored first (which emitted it).
+    /// change of theirs was mirrored first (which emitted it). Nobody
+    /// listening: nothing to do (a change mirrored later still emits the
+    /// creation first, for whoever subscribed meanwhile).
     fn announce<'a>(&self, jobs: impl IntoIterator<Item = &'a AsyncQuery>) {
+        if self.listeners() == (false, false) {
+            return;
+        }
         let mut local = self.lock_local();
         for job in jobs {
             if let Some(entry) = local.jobs.get_mut(&job.id).filter(|e| !e.announced) {
