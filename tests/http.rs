@@ -47,6 +47,18 @@ async fn serve_with<R: PrincipalResolver>(
     dao: Arc<dyn AsyncApiDao>,
     resolver: R,
 ) -> Server {
+    serve_nested("", config, executor, dao, resolver).await
+}
+
+/// [`serve_with`], the router nested under `prefix` in a host app (the
+/// server's base URL includes the prefix).
+async fn serve_nested<R: PrincipalResolver>(
+    prefix: &str,
+    config: Config,
+    executor: impl FnOnce(&std::path::Path) -> Arc<dyn QueryExecutor>,
+    dao: Arc<dyn AsyncApiDao>,
+    resolver: R,
+) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let executor = executor(dir.path());
     let storage = FileSystemStorage::new(dir.path().join("exports"))
@@ -59,14 +71,17 @@ async fn serve_with<R: PrincipalResolver>(
         .executor(executor)
         .build()
         .expect("service");
-    let app = http::router(service.clone(), resolver);
+    let mut app = http::router(service.clone(), resolver);
+    if !prefix.is_empty() {
+        app = axum::Router::new().nest(prefix, app);
+    }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move { axum::serve(listener, app).await });
     Server {
-        base: format!("http://{addr}"),
+        base: format!("http://{addr}{prefix}"),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()
@@ -1142,5 +1157,45 @@ mod fuzz {
                 Ok(())
             })?;
         });
+    }
+}
+
+/// A 201 says where the new job is (JSON:API: `Location`), as the client
+/// addressed the router: at the root, and nested under a prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn created_jobs_have_a_location_that_reads_them_back() {
+    for prefix in ["", "/api/v1"] {
+        let server = serve_nested(
+            prefix,
+            Config::default(),
+            |_| Arc::new(ScriptedExecutor::new()),
+            Arc::new(MemoryDao::new()),
+            HeaderPrincipal,
+        )
+        .await;
+        for kind in ["asyncQuery", "tableExport"] {
+            let response = server
+                .request(Method::POST, &format!("/{kind}"), Some("alice"))
+                .header("Content-Type", JSON_API)
+                .body(submission(kind, "sleep 1", json!({})).to_string())
+                .send()
+                .await
+                .expect("post");
+            assert_eq!(response.status(), StatusCode::CREATED);
+            let location = response
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .expect("a Location header");
+            let text = response.text().await.expect("body");
+            let created: Value = serde_json::from_str(&text).expect("document");
+            let id = created["data"]["id"].as_str().expect("id");
+            assert_eq!(location, format!("{prefix}/{kind}/{id}"));
+            let path = location.strip_prefix(prefix).expect("under the prefix");
+            let (status, read) = server.send(Method::GET, path, "alice", None).await;
+            assert_eq!(status, StatusCode::OK, "{location}");
+            assert_eq!(read["data"]["id"], created["data"]["id"]);
+        }
     }
 }

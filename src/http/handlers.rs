@@ -90,10 +90,22 @@ pub(super) async fn create<R: PrincipalResolver>(
     let body = document_body(&app, &parts, body).await?;
     let submission = document::submission(&body, collection)?;
     let job = app.service.submit(&principal, submission).await?;
-    Ok(respond(
-        StatusCode::CREATED,
-        &job_document(&app, &job, None),
-    ))
+    let mut response = respond(StatusCode::CREATED, &job_document(&app, &job, None));
+    if let Ok(location) = HeaderValue::try_from(location(&parts, job.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+/// Where the created job can be read: the path the client posted to, as
+/// the client sent it (a router nested under a prefix sees the path
+/// without it, so the original URI is preferred), plus `/{id}`.
+fn location(parts: &Parts, id: Uuid) -> String {
+    let path = parts
+        .extensions
+        .get::<axum::extract::OriginalUri>()
+        .map_or(parts.uri.path(), |original| original.0.path());
+    format!("{}/{id}", path.trim_end_matches('/'))
 }
 
 /// `{"data": <job>}`, with `meta` if given.

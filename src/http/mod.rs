@@ -41,7 +41,7 @@
 //!
 //! | method and path | what it does | success |
 //! |---|---|---|
-//! | `POST /asyncQuery`, `POST /tableExport` | submit; answers after the async-after wait | 201 |
+//! | `POST /asyncQuery`, `POST /tableExport` | submit; answers after the async-after wait | 201 with `Location: …/{type}/{id}` |
 //! | `GET /asyncQuery/{id}`, `GET /tableExport/{id}` | the record | 200 |
 //! | `PATCH /asyncQuery/{id}`, `PATCH /tableExport/{id}` | `status: "CANCELLED"` cancels | 200 |
 //! | `GET /export/{id}[.ext]` | the stored export; `Range` gives 206 | 200, 206 |
