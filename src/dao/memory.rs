@@ -58,7 +58,7 @@ impl AsyncApiDao for MemoryDao {
     }
 
     async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
-        if let Some(id) = super::first_repeated(jobs) {
+        if let Some(id) = super::first_repeated_job(jobs) {
             return Err(Error::DuplicateId { id });
         }
         let mut state = self.lock();

@@ -188,7 +188,7 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     /// appears twice (nothing is stored); [`Error::Dao`](crate::Error::Dao)
     /// if the back-end fails.
     async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
-        if let Some(id) = first_repeated(jobs) {
+        if let Some(id) = first_repeated_job(jobs) {
             return Err(crate::Error::DuplicateId { id });
         }
         for (i, job) in jobs.iter().enumerate() {
@@ -321,12 +321,17 @@ pub(crate) fn apply_change(job: &mut AsyncQuery, change: StatusChange) {
     }
 }
 
-/// The first id that appears twice in `jobs`.
-pub(crate) fn first_repeated(jobs: &[AsyncQuery]) -> Option<Uuid> {
+/// The first id that appears twice in `ids`.
+pub(crate) fn first_repeated(ids: impl ExactSizeIterator<Item = Uuid>) -> Option<Uuid> {
     // The common case, one record, needs no set.
-    if jobs.len() < 2 {
+    if ids.len() < 2 {
         return None;
     }
-    let mut seen = std::collections::HashSet::with_capacity(jobs.len());
-    jobs.iter().map(|j| j.id).find(|id| !seen.insert(*id))
+    let mut seen = std::collections::HashSet::with_capacity(ids.len());
+    ids.into_iter().find(|id| !seen.insert(*id))
+}
+
+/// The first id that appears twice in `jobs`.
+pub(crate) fn first_repeated_job(jobs: &[AsyncQuery]) -> Option<Uuid> {
+    first_repeated(jobs.iter().map(|j| j.id))
 }

@@ -92,6 +92,99 @@ impl PostgresDao {
 }
 
 impl PostgresDao {
+    /// Compare-and-sets a batch in one `UPDATE … FROM UNNEST(…)` statement
+    /// (eight array parameters, whatever the batch size), then reads the
+    /// records of the changes that did not apply. One round trip instead of
+    /// one per change: with `claim_batch` 64 a batch took 64.
+    async fn cas_batch(
+        conn: &mut sqlx::PgConnection,
+        changes: &[(uuid::Uuid, super::StatusChange)],
+    ) -> Result<Vec<super::CasOutcome>> {
+        use super::sql::{COLUMNS, RawJob, json, lease_mode, micros};
+        // One change needs no arrays; a repeated id would be matched once
+        // by UPDATE … FROM, so such a batch goes change by change.
+        let repeated = super::first_repeated(changes.iter().map(|(id, _)| *id));
+        if changes.len() < 2 || repeated.is_some() {
+            return Self::cas_each(conn, changes).await;
+        }
+        let n = changes.len();
+        let (mut ids, mut to, mut at, mut results) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut modes, mut owners, mut expires, mut from) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for (id, change) in changes {
+            ids.push(*id);
+            to.push(change.to.as_str());
+            at.push(micros(change.at));
+            results.push(change.result.as_ref().map(json).transpose()?);
+            modes.push(lease_mode(change.to));
+            owners.push(change.lease.as_ref().map(|l| l.owner));
+            expires.push(change.lease.as_ref().map(|l| micros(l.expires_at)));
+            from.push(change.from.as_str());
+        }
+        // `v`'s columns are prefixed so that RETURNING names only the table's.
+        let sql = format!(
+            "UPDATE async_query AS a SET status = v.v_to, updated_on = v.v_at, \
+             result = COALESCE(v.v_result, a.result), \
+             lease_owner = CASE v.v_mode WHEN 1 THEN v.v_owner WHEN 2 THEN NULL ELSE a.lease_owner END, \
+             lease_expires_at = CASE v.v_mode WHEN 1 THEN v.v_expires WHEN 2 THEN NULL ELSE a.lease_expires_at END \
+             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::uuid[], $7::bigint[], $8::text[]) \
+             AS v(v_id, v_to, v_at, v_result, v_mode, v_owner, v_expires, v_from) \
+             WHERE a.id = v.v_id AND a.status = v.v_from RETURNING {COLUMNS}"
+        );
+        let fail = |e| db_error("changing jobs' statuses", e);
+        let applied: Vec<RawJob> = sqlx::query_as(&sql)
+            .bind(&ids)
+            .bind(&to)
+            .bind(&at)
+            .bind(&results)
+            .bind(&modes)
+            .bind(&owners)
+            .bind(&expires)
+            .bind(&from)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(fail)?;
+        let mut applied = applied
+            .into_iter()
+            .map(|row| row.into_job().map(|job| (job.id, job)))
+            .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        // The rest conflicted (or do not exist): their current records.
+        let mut current = std::collections::HashMap::new();
+        if applied.len() < n {
+            let missing: Vec<uuid::Uuid> = ids
+                .iter()
+                .copied()
+                .filter(|id| !applied.contains_key(id))
+                .collect();
+            let sql = format!("SELECT {COLUMNS} FROM async_query WHERE id = ANY($1)");
+            let rows: Vec<RawJob> = sqlx::query_as(&sql)
+                .bind(&missing)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(|e| db_error("reading jobs", e))?;
+            for row in rows {
+                let job = row.into_job()?;
+                current.insert(job.id, job);
+            }
+        }
+        ids.iter()
+            .map(|id| match (applied.remove(id), current.remove(id)) {
+                (Some(job), _) => Ok(super::CasOutcome::Applied(job)),
+                (None, Some(job)) => Ok(super::CasOutcome::Conflict(job)),
+                (None, None) => Err(crate::Error::NotFound { id: *id }),
+            })
+            .collect()
+    }
+
     /// LISTENs on [`CHANNEL`] on a dedicated connection. sqlx's listener
     /// reconnects by itself after a lost connection (signals sent meanwhile
     /// are lost; polling covers them).

@@ -77,6 +77,15 @@ impl SqliteDao {
 }
 
 impl SqliteDao {
+    /// Compare-and-sets a batch on one connection, one statement per
+    /// change: SQLite runs in-process, so round trips cost little.
+    async fn cas_batch(
+        conn: &mut sqlx::SqliteConnection,
+        changes: &[(uuid::Uuid, super::StatusChange)],
+    ) -> Result<Vec<super::CasOutcome>> {
+        Self::cas_each(conn, changes).await
+    }
+
     /// SQLite cannot push changes to other processes; the service polls.
     async fn signals(&self) -> Result<Option<super::SignalStream>> {
         Ok(None)

@@ -552,7 +552,7 @@ impl Inner {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
-        if let Some(id) = crate::dao::first_repeated(&jobs) {
+        if let Some(id) = crate::dao::first_repeated_job(&jobs) {
             return Err(Error::DuplicateId { id });
         }
         {

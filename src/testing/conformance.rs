@@ -197,6 +197,95 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
         Some(QueryStatus::Complete)
     );
 
+    // A batch the size the service writes (mixed outcomes, results and
+    // leases): every outcome is what update_status would give, in order,
+    // and is what `get` reads afterwards.
+    let lease = Lease {
+        owner: Uuid::new_v4(),
+        expires_at: now + TimeDelta::seconds(30),
+    };
+    let mut batch = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..70 {
+        let (path, change, outcome) = match i % 3 {
+            0 => (
+                vec![QueryStatus::Queued, QueryStatus::Processing],
+                StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, later)
+                    .with_result(QueryResult::message(later, format!("done {i}"))),
+                QueryStatus::Complete,
+            ),
+            1 => (
+                vec![QueryStatus::Queued],
+                StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, later)
+                    .with_lease(lease.clone()),
+                QueryStatus::Processing,
+            ),
+            _ => (
+                vec![QueryStatus::Queued, QueryStatus::Cancelled],
+                StatusChange::new(QueryStatus::Processing, QueryStatus::Failure, later),
+                QueryStatus::Cancelled,
+            ),
+        };
+        let job = walk(dao, now, &path).await;
+        created.push(job.id);
+        batch.push((job.id, change));
+        expected.push((job.id, outcome, i % 3 != 2));
+    }
+    let outcomes = dao
+        .update_status_many(&batch)
+        .await
+        .expect("update_status_many of 70 failed");
+    assert_eq!(outcomes.len(), batch.len(), "one outcome per change");
+    for (outcome, (id, status, applies)) in outcomes.iter().zip(&expected) {
+        let (record, applied) = match outcome {
+            CasOutcome::Applied(record) => (record, true),
+            CasOutcome::Conflict(record) => (record, false),
+        };
+        assert_eq!(
+            (record.id, record.status, applied),
+            (*id, *status, *applies),
+            "update_status_many: outcome out of order or wrong"
+        );
+        assert_eq!(
+            dao.get(*id).await.expect("get failed").as_ref(),
+            Some(record)
+        );
+        match record.status {
+            QueryStatus::Complete => {
+                assert!(record.lease.is_none(), "a terminal record keeps no lease");
+                assert!(
+                    record
+                        .result
+                        .as_ref()
+                        .and_then(|r| r.message.as_deref())
+                        .is_some_and(|m| m.starts_with("done")),
+                    "the batched result was not stored: {:?}",
+                    record.result
+                );
+            }
+            QueryStatus::Processing => assert_eq!(record.lease.as_ref(), Some(&lease)),
+            _ => {}
+        }
+    }
+    // A batch naming a job that does not exist fails with NotFound.
+    let ghost = Uuid::new_v4();
+    let result = dao
+        .update_status_many(&[
+            (
+                ghost,
+                StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, later),
+            ),
+            (
+                a.id,
+                StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, later),
+            ),
+        ])
+        .await;
+    assert!(
+        matches!(result, Err(Error::NotFound { id }) if id == ghost),
+        "update_status_many with an unknown id must fail NotFound, got {result:?}"
+    );
+
     // every legal and illegal compare-and-set, from every status
     for from in QueryStatus::ALL {
         for to in QueryStatus::ALL {

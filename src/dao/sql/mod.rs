@@ -247,6 +247,18 @@ macro_rules! sql_dao {
 
             /// One compare-and-set on `conn`; a conflict reads the current
             /// record on the same connection.
+            /// Compare-and-sets `changes` one statement each, in order.
+            async fn cas_each(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
+            ) -> $crate::Result<Vec<$crate::dao::CasOutcome>> {
+                let mut outcomes = Vec::with_capacity(changes.len());
+                for (id, change) in changes {
+                    outcomes.push(Self::cas(&mut *conn, *id, change).await?);
+                }
+                Ok(outcomes)
+            }
+
             async fn cas(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 id: uuid::Uuid,
@@ -299,7 +311,7 @@ macro_rules! sql_dao {
                 if jobs.is_empty() {
                     return Ok(());
                 }
-                if let Some(id) = $crate::dao::first_repeated(jobs) {
+                if let Some(id) = $crate::dao::first_repeated_job(jobs) {
                     return Err($crate::Error::DuplicateId { id });
                 }
                 let fail = |e| $crate::dao::sql::db_error("creating jobs", e);
@@ -382,10 +394,7 @@ macro_rules! sql_dao {
                 let fail = |e| $crate::dao::sql::db_error("changing jobs' statuses", e);
                 // One transaction: one commit (one WAL flush) for the batch.
                 let mut tx = self.pool.begin().await.map_err(fail)?;
-                let mut outcomes = Vec::with_capacity(changes.len());
-                for (id, change) in changes {
-                    outcomes.push(Self::cas(&mut tx, *id, change).await?);
-                }
+                let outcomes = Self::cas_batch(&mut tx, changes).await?;
                 tx.commit().await.map_err(fail)?;
                 Ok(outcomes)
             }
