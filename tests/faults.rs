@@ -364,3 +364,32 @@ async fn a_cancel_that_overtakes_a_claims_reply_stops_the_job_and_events_stay_in
         ]
     );
 }
+
+/// As above, but the claim's reply is lost (the claim was committed, the
+/// worker never learns of it). The cancelled job, claimed by nobody who
+/// will run it, must still end CANCEL_COMPLETE: this instance lets it go
+/// and its lease runs out.
+#[tokio::test(start_paused = true)]
+async fn a_cancel_of_a_job_whose_claim_reply_was_lost_still_completes() {
+    let f = faulty(Config {
+        pool_size: 1,
+        ..config()
+    });
+    f.dao_faults.only(&["claim"]);
+    f.dao_faults.lose_replies(true);
+    f.dao_faults.fail_nth(1);
+    let jobs = f
+        .service
+        .submit_many(&alice(), vec![SubmitRequest::query("sleep 60000")])
+        .await
+        .unwrap();
+    let id = jobs[0].id;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(f.dao_faults.calls() >= 1, "the claim was made");
+    f.service.cancel(&alice(), id).await.unwrap();
+    let lease = f.service.config().lease;
+    let limit = 3 * lease + f.service.config().cleaner_interval;
+    let done = f.service.wait(&alice(), id, limit).await.unwrap();
+    assert_eq!(done.status, QueryStatus::CancelComplete);
+    assert!(f.executor.started().is_empty(), "a cancelled job started");
+}

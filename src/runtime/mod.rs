@@ -399,6 +399,12 @@ impl Inner {
         };
         let current = entry.latest.status;
         if job.status == current || job.status.leads_to(current) {
+            // A claim whose reply comes after a later change: the job has
+            // left this instance's queue all the same.
+            if adopt && entry.queued {
+                local.queued -= 1;
+                entry.queued = false;
+            }
             return Some(entry.cancel.clone());
         }
         if !entry.announced {
@@ -410,18 +416,18 @@ impl Inner {
         }
         self.emit(&job, from);
         // A job that leaves the queue runs here only if this instance claimed
-        // it (the claim may be mirrored after a later change, such as a
-        // cancel); otherwise (cancelled while queued, or claimed elsewhere)
-        // this instance stops tracking it and waiters follow the DAO.
+        // it; otherwise (cancelled while queued, or claimed elsewhere) this
+        // instance stops tracking it and waiters follow the DAO. A change
+        // mirrored before this instance's own claim (a cancel overtaking
+        // the claim's reply) keeps the job queued here until the claim
+        // arrives; if its reply is lost, the heartbeat lets the job go as
+        // it does for any queued job that left the queue.
         let mut leave = job.status.is_terminal();
-        if entry.queued && job.status != QueryStatus::Queued {
+        let claim_on_its_way = !adopt && !leave && self.claimed_here(&job);
+        if entry.queued && job.status != QueryStatus::Queued && !claim_on_its_way {
             local.queued -= 1;
             entry.queued = false;
-            let claimed_here = job
-                .lease
-                .as_ref()
-                .is_some_and(|lease| lease.owner == self.config.instance_id);
-            leave |= !adopt && !claimed_here;
+            leave |= !adopt && !self.claimed_here(&job);
         }
         let token = entry.cancel.clone();
         let id = job.id;
@@ -431,6 +437,13 @@ impl Inner {
             self.job_left();
         }
         Some(token)
+    }
+
+    /// Whether `job`'s lease is this instance's.
+    fn claimed_here(&self, job: &AsyncQuery) -> bool {
+        job.lease
+            .as_ref()
+            .is_some_and(|lease| lease.owner == self.config.instance_id)
     }
 
     /// Emits the creation of jobs this instance just stored, unless a
@@ -753,13 +766,14 @@ impl Inner {
     /// Waits (up to the cancel grace) for a local job to stop; a job running
     /// elsewhere is returned as it is.
     async fn settle_local(&self, job: AsyncQuery) -> AsyncQuery {
-        // Only a job this instance runs can be waited for here; a local entry
-        // for a job still queued here may be running elsewhere by now.
+        // Only a job this instance runs (or has claimed) can be waited for
+        // here; a local entry for a job still queued here may be running
+        // elsewhere by now.
         let rx = self
             .lock_local()
             .jobs
             .get_mut(&job.id)
-            .filter(|j| !j.queued)
+            .filter(|j| !j.queued || self.claimed_here(&j.latest))
             .map(LocalJob::subscribe);
         let Some(mut rx) = rx else {
             return job;
