@@ -245,8 +245,6 @@ macro_rules! sql_dao {
                 insert.build().execute(&mut *conn).await.map(|_| ())
             }
 
-            /// One compare-and-set on `conn`; a conflict reads the current
-            /// record on the same connection.
             /// Compare-and-sets `changes` one statement each, in order.
             async fn cas_each(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -259,6 +257,8 @@ macro_rules! sql_dao {
                 Ok(outcomes)
             }
 
+            /// One compare-and-set on `conn`; a conflict reads the current
+            /// record on the same connection.
             async fn cas(
                 conn: &mut <$db as sqlx::Database>::Connection,
                 id: uuid::Uuid,
@@ -287,16 +287,25 @@ macro_rules! sql_dao {
                 if let Some(row) = updated {
                     return Ok($crate::dao::CasOutcome::Applied(row.into_job()?));
                 }
+                match Self::read(conn, id).await? {
+                    Some(current) => Ok($crate::dao::CasOutcome::Conflict(current)),
+                    None => Err($crate::Error::NotFound { id }),
+                }
+            }
+
+            /// The record `id` on `conn`, if any.
+            async fn read(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: uuid::Uuid,
+            ) -> $crate::Result<Option<$crate::model::AsyncQuery>> {
                 let sql = format!("SELECT {} FROM async_query WHERE id = $1", $crate::dao::sql::COLUMNS);
-                let current = sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
                     .bind(id)
                     .fetch_optional(&mut *conn)
                     .await
-                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?;
-                match current {
-                    Some(row) => Ok($crate::dao::CasOutcome::Conflict(row.into_job()?)),
-                    None => Err($crate::Error::NotFound { id }),
-                }
+                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?
+                    .map($crate::dao::sql::RawJob::into_job)
+                    .transpose()
             }
         }
 
@@ -363,14 +372,9 @@ macro_rules! sql_dao {
             }
 
             async fn get(&self, id: uuid::Uuid) -> $crate::Result<Option<$crate::model::AsyncQuery>> {
-                let sql = format!("SELECT {} FROM async_query WHERE id = $1", $crate::dao::sql::COLUMNS);
-                sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
-                    .bind(id)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?
-                    .map($crate::dao::sql::RawJob::into_job)
-                    .transpose()
+                let mut conn = self.pool.acquire().await
+                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?;
+                Self::read(&mut conn, id).await
             }
 
             async fn update_status(
