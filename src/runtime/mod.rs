@@ -423,11 +423,14 @@ impl Inner {
         // arrives; if its reply is lost, the heartbeat lets the job go as
         // it does for any queued job that left the queue.
         let mut leave = job.status.is_terminal();
-        let claim_on_its_way = !adopt && !leave && self.claimed_here(&job);
-        if entry.queued && job.status != QueryStatus::Queued && !claim_on_its_way {
-            local.queued -= 1;
-            entry.queued = false;
-            leave |= !adopt && !self.claimed_here(&job);
+        if entry.queued && job.status != QueryStatus::Queued {
+            let ours = adopt || self.claimed_here(&job);
+            let claim_on_its_way = ours && !adopt && !leave;
+            if !claim_on_its_way {
+                local.queued -= 1;
+                entry.queued = false;
+                leave |= !ours;
+            }
         }
         let token = entry.cancel.clone();
         let id = job.id;
@@ -833,9 +836,7 @@ impl Inner {
         if let Some(next) = self.pop_ready() {
             return Some(next);
         }
-        if self.closing.is_cancelled()
-            || self.shutdown.is_cancelled()
-            || !self.recovered.load(std::sync::atomic::Ordering::Acquire)
+        if self.closing.is_cancelled() || !self.recovered.load(std::sync::atomic::Ordering::Acquire)
         {
             return None;
         }
