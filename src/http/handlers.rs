@@ -132,14 +132,24 @@ async fn job_of<R: PrincipalResolver>(
     Ok(job)
 }
 
+/// An item route's request (`/{type}/{id}`): its parts and body, the
+/// caller, and the id.
+async fn item_request<R: PrincipalResolver>(
+    app: &App<R>,
+    request: Request,
+) -> Result<(Parts, Body, Principal, Uuid), ApiError> {
+    let (parts, body) = request.into_parts();
+    let principal = principal(app, &parts).await?;
+    let id = document::parse_id(last_segment(&parts))?;
+    Ok((parts, body, principal, id))
+}
+
 pub(super) async fn read<R: PrincipalResolver>(
     State(app): State<Arc<App<R>>>,
     collection: Collection,
     request: Request,
 ) -> Answer {
-    let (parts, _) = request.into_parts();
-    let principal = principal(&app, &parts).await?;
-    let id = document::parse_id(last_segment(&parts))?;
+    let (_, _, principal, id) = item_request(&app, request).await?;
     let job = job_of(&app, &principal, id, collection).await?;
     Ok(respond(StatusCode::OK, &job_document(&app, &job, None)))
 }
@@ -149,9 +159,7 @@ pub(super) async fn update<R: PrincipalResolver>(
     collection: Collection,
     request: Request,
 ) -> Answer {
-    let (parts, body) = request.into_parts();
-    let principal = principal(&app, &parts).await?;
-    let id = document::parse_id(last_segment(&parts))?;
+    let (parts, body, principal, id) = item_request(&app, request).await?;
     let body = document_body(&app, &parts, body).await?;
     document::cancellation(&body, collection, id)?;
     // `cancel` reads the record again; this read checks the collection.
