@@ -286,6 +286,31 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
         "update_status_many with an unknown id must fail NotFound, got {result:?}"
     );
 
+    // One job twice in a batch: its changes apply in order.
+    let twice = walk(dao, now, &[QueryStatus::Queued]).await;
+    created.push(twice.id);
+    let outcomes = dao
+        .update_status_many(&[
+            (
+                twice.id,
+                StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, later)
+                    .with_lease(lease.clone()),
+            ),
+            (
+                twice.id,
+                StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, later),
+            ),
+        ])
+        .await
+        .expect("update_status_many with a repeated id failed");
+    match outcomes.as_slice() {
+        [CasOutcome::Applied(claimed), CasOutcome::Applied(done)] => {
+            assert_eq!(claimed.status, QueryStatus::Processing);
+            assert_eq!(done.status, QueryStatus::Complete);
+        }
+        other => panic!("both changes of one job must apply in order, got {other:?}"),
+    }
+
     // every legal and illegal compare-and-set, from every status
     for from in QueryStatus::ALL {
         for to in QueryStatus::ALL {
