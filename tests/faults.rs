@@ -42,6 +42,22 @@ fn faulty(config: Config) -> Faulty {
     }
 }
 
+/// [`faulty`] whose next DAO call of `operation` fails (only that one).
+fn failing_once(config: Config, operation: &'static str) -> Faulty {
+    let f = faulty(config);
+    f.dao_faults.only(&[operation]);
+    f.dao_faults.fail_nth(1);
+    f
+}
+
+/// One worker slot.
+fn one_slot() -> Config {
+    Config {
+        pool_size: 1,
+        ..config()
+    }
+}
+
 fn is_injected_dao_error(e: &Error) -> bool {
     matches!(e, Error::Dao { .. })
         && std::error::Error::source(e).is_some_and(|s| s.to_string().starts_with("injected fault"))
@@ -49,13 +65,13 @@ fn is_injected_dao_error(e: &Error) -> bool {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_create_is_a_typed_error_and_leaks_nothing() {
-    let f = faulty(Config {
-        pool_size: 1,
-        max_queued: 1,
-        ..config()
-    });
-    f.dao_faults.only(&["create"]);
-    f.dao_faults.fail_nth(1);
+    let f = failing_once(
+        Config {
+            max_queued: 1,
+            ..one_slot()
+        },
+        "create",
+    );
     let id = uuid::Uuid::new_v4();
     let err = f
         .service
@@ -80,9 +96,7 @@ async fn a_failed_create_is_a_typed_error_and_leaks_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_result_that_cannot_be_saved_ends_failure() {
-    let f = faulty(config());
-    f.dao_faults.only(&["update_status"]);
-    f.dao_faults.fail_nth(1); // the COMPLETE write fails once
+    let f = failing_once(config(), "update_status"); // the COMPLETE write
     let job = submit(&f.service, SubmitRequest::query("fine")).await;
     assert_eq!(job.status, QueryStatus::Failure);
     let message = job.result.unwrap().message.unwrap();
@@ -224,13 +238,13 @@ async fn a_failing_cleaner_retries_and_catches_up() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_batch_is_a_typed_error_and_leaks_nothing() {
-    let f = faulty(Config {
-        pool_size: 1,
-        max_queued: 3,
-        ..config()
-    });
-    f.dao_faults.only(&["create_many"]);
-    f.dao_faults.fail_nth(1);
+    let f = failing_once(
+        Config {
+            max_queued: 3,
+            ..one_slot()
+        },
+        "create_many",
+    );
     let requests = || (0..3).map(|_| SubmitRequest::query("sleep 1")).collect();
     let err = f
         .service
@@ -323,10 +337,7 @@ async fn a_job_cancelled_while_its_record_waits_to_be_written_ends_cancel_comple
 /// stopped (never started), and subscribers must see its changes in order.
 #[tokio::test(start_paused = true)]
 async fn a_cancel_that_overtakes_a_claims_reply_stops_the_job_and_events_stay_in_order() {
-    let f = faulty(Config {
-        pool_size: 1,
-        ..config()
-    });
+    let f = faulty(one_slot());
     f.dao_faults.only(&["claim"]);
     f.dao_faults.delay_replies(SECOND);
     let mut events = f.service.subscribe(&admin());
@@ -371,13 +382,8 @@ async fn a_cancel_that_overtakes_a_claims_reply_stops_the_job_and_events_stay_in
 /// and its lease runs out.
 #[tokio::test(start_paused = true)]
 async fn a_cancel_of_a_job_whose_claim_reply_was_lost_still_completes() {
-    let f = faulty(Config {
-        pool_size: 1,
-        ..config()
-    });
-    f.dao_faults.only(&["claim"]);
+    let f = failing_once(one_slot(), "claim");
     f.dao_faults.lose_replies(true);
-    f.dao_faults.fail_nth(1);
     let jobs = f
         .service
         .submit_many(&alice(), vec![SubmitRequest::query("sleep 60000")])
@@ -391,5 +397,12 @@ async fn a_cancel_of_a_job_whose_claim_reply_was_lost_still_completes() {
     let limit = 3 * lease + f.service.config().cleaner_interval;
     let done = f.service.wait(&alice(), id, limit).await.unwrap();
     assert_eq!(done.status, QueryStatus::CancelComplete);
+    // Completed by the cleaner after the lease ran out (the claim was
+    // committed), not as a job cancelled while still queued.
+    let message = done.result.and_then(|r| r.message).unwrap_or_default();
+    assert!(
+        message.starts_with("cancelled; ") && message.contains("lease"),
+        "{message}"
+    );
     assert!(f.executor.started().is_empty(), "a cancelled job started");
 }

@@ -183,6 +183,17 @@ fn error_code(document: &Value) -> &str {
     document["errors"][0]["code"].as_str().unwrap_or_default()
 }
 
+/// `answer` is a JSON:API error with `status` and `code`.
+#[track_caller]
+fn refused(answer: &(StatusCode, Value), status: StatusCode, code: &str) {
+    assert_eq!(
+        (answer.0, error_code(&answer.1)),
+        (status, code),
+        "{}",
+        answer.1
+    );
+}
+
 /// SQLite statements running once `want` are, or after 5 s of real time
 /// (real SQLite work on real threads: the paused clock cannot drive it).
 async fn running_after_a_while(executor: &lab::SqlExecutor, want: usize) -> usize {
@@ -233,13 +244,10 @@ async fn a_query_is_answered_inline_and_read_back() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(read["data"], created["data"]);
     // It is not a table export.
-    let (status, read) = server
+    let answer = server
         .send(Method::GET, &format!("/tableExport/{id}"), "alice", None)
         .await;
-    assert_eq!(
-        (status, error_code(&read)),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
+    refused(&answer, StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -253,22 +261,16 @@ async fn client_ids_are_kept_and_duplicates_conflict() {
         .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(created["data"]["id"], json!(id));
-    let (status, again) = server
+    let answer = server
         .send(Method::POST, "/asyncQuery", "alice", Some(doc))
         .await;
-    assert_eq!(
-        (status, error_code(&again)),
-        (StatusCode::CONFLICT, "duplicate_id")
-    );
+    refused(&answer, StatusCode::CONFLICT, "duplicate_id");
     let mut bad = submission("asyncQuery", "SELECT 1", json!({}));
     bad["data"]["id"] = json!("not-a-uuid");
-    let (status, answer) = server
+    let answer = server
         .send(Method::POST, "/asyncQuery", "alice", Some(bad))
         .await;
-    assert_eq!(
-        (status, error_code(&answer)),
-        (StatusCode::BAD_REQUEST, "invalid_id")
-    );
+    refused(&answer, StatusCode::BAD_REQUEST, "invalid_id");
 }
 
 async fn direct_export(server: &Server, query: &str, format: ExportFormat) -> Vec<u8> {
@@ -513,13 +515,10 @@ async fn principals_see_only_their_own_jobs_and_admins_see_all() {
         .await;
     let bob_id = bobs["data"]["id"].as_str().expect("id").to_owned();
 
-    let (status, answer) = server
+    let answer = server
         .send(Method::GET, &format!("/tableExport/{id}"), "bob", None)
         .await;
-    assert_eq!(
-        (status, error_code(&answer)),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
+    refused(&answer, StatusCode::NOT_FOUND, "not_found");
     let cancel = json!({ "data": { "type": "tableExport", "id": id, "attributes": { "status": "CANCELLED" } } });
     let (status, _) = server
         .send(
@@ -534,13 +533,10 @@ async fn principals_see_only_their_own_jobs_and_admins_see_all() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     // An unknown id gets exactly the same answer.
     let unknown = uuid::Uuid::new_v4();
-    let (status, answer) = server
+    let answer = server
         .send(Method::GET, &format!("/tableExport/{unknown}"), "bob", None)
         .await;
-    assert_eq!(
-        (status, error_code(&answer)),
-        (StatusCode::NOT_FOUND, "not_found")
-    );
+    refused(&answer, StatusCode::NOT_FOUND, "not_found");
 
     let (status, _) = server
         .send(Method::GET, &format!("/tableExport/{id}"), "root", None)
@@ -732,13 +728,10 @@ async fn every_error_is_a_json_api_error_with_the_right_status() {
         )
         .await;
     let running = running["data"]["id"].as_str().expect("id").to_owned();
-    let (status, answer) = server
+    let answer = server
         .send(Method::GET, &format!("/export/{running}"), "alice", None)
         .await;
-    assert_eq!(
-        (status, error_code(&answer)),
-        (StatusCode::NOT_FOUND, "no_result")
-    );
+    refused(&answer, StatusCode::NOT_FOUND, "no_result");
     server
         .service
         .cancel(
@@ -781,13 +774,10 @@ async fn a_full_queue_answers_429_and_a_stopping_service_503() {
         .shutdown(Duration::ZERO)
         .await
         .expect("shutdown");
-    let (status, answer) = server
+    let answer = server
         .send(Method::POST, "/asyncQuery", "alice", Some(block()))
         .await;
-    assert_eq!(
-        (status, error_code(&answer)),
-        (StatusCode::SERVICE_UNAVAILABLE, "shutting_down")
-    );
+    refused(&answer, StatusCode::SERVICE_UNAVAILABLE, "shutting_down");
 }
 
 /// A host's own resolver (a closure over the request): its 401 and 403 are
@@ -832,16 +822,12 @@ async fn a_host_resolver_decides_who_the_caller_is() {
     let (status, created) = post(Some("carol")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(attr(&created, "principalName"), "carol");
-    let (status, body) = post(Some("mallory")).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::FORBIDDEN, "forbidden")
+    refused(
+        &post(Some("mallory")).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
     );
-    let (status, body) = post(None).await;
-    assert_eq!(
-        (status, error_code(&body)),
-        (StatusCode::UNAUTHORIZED, "unauthorized")
-    );
+    refused(&post(None).await, StatusCode::UNAUTHORIZED, "unauthorized");
 }
 
 /// A database that fails answers 503 with a JSON:API error, and the
@@ -863,20 +849,14 @@ async fn a_failing_database_answers_503() {
     assert_eq!(status, StatusCode::CREATED);
     let id = created["data"]["id"].as_str().expect("id").to_owned();
     faults.fail_always(true);
-    let (status, answer) = server
+    let answer = server
         .send(Method::GET, &format!("/asyncQuery/{id}"), "alice", None)
         .await;
-    assert_eq!(
-        (status, error_code(&answer)),
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    );
-    let (status, answer) = server
+    refused(&answer, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let answer = server
         .post("asyncQuery", "alice", "sleep 1", json!({}))
         .await;
-    assert_eq!(
-        (status, error_code(&answer)),
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
-    );
+    refused(&answer, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
     faults.fail_always(false);
     let (status, read) = server
         .send(Method::GET, &format!("/asyncQuery/{id}"), "alice", None)
