@@ -32,7 +32,7 @@ pub struct Config {
     /// instances sharing the DAO run them.
     pub pool_size: usize,
     /// Jobs waiting `QUEUED` for a slot on this instance before `submit`
-    /// returns [`Error::QueueFull`](crate::Error::QueueFull). Default 1,000.
+    /// returns [`Error::QueueFull`](crate::error::Error::QueueFull). Default 1,000.
     pub max_queued: usize,
     /// Throughput mode for many short jobs. Default 1: a worker claims one
     /// queued job at a time and writes each finished job's record before it
@@ -162,7 +162,7 @@ pub enum ExportLimitAction {
 }
 
 impl Config {
-    pub(crate) fn validate(&self) -> crate::Result<()> {
+    pub(crate) fn validate(&self) -> crate::error::Result<()> {
         let reason = if self.event_capacity == 0 {
             "event_capacity must be at least 1"
         } else if self.lease < Duration::from_millis(30) {
@@ -178,7 +178,7 @@ impl Config {
         } else {
             return Ok(());
         };
-        Err(crate::Error::Config {
+        Err(crate::error::Error::Config {
             reason: reason.to_owned(),
         })
     }

@@ -2,7 +2,7 @@
 
 use uuid::Uuid;
 
-use crate::QueryStatus;
+use crate::model::QueryStatus;
 
 /// A boxed error from a back-end or executor, kept as a source.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

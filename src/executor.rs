@@ -6,8 +6,8 @@ use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BoxError;
-use crate::model::{AsyncQuery, Principal};
-use crate::service::SubmitRequest;
+use crate::model::{AsyncQuery, Principal, Record};
+use crate::request::SubmitRequest;
 
 /// Runs queries. The host implements this for its own query engine.
 ///
@@ -76,9 +76,6 @@ impl ExecutionContext {
         ExecutionContext { cancel, principal }
     }
 }
-
-/// A flat record of a table export: one JSON value per column.
-pub type Record = Vec<serde_json::Value>;
 
 /// The rows of a table export, with their column names.
 pub struct RecordStream {

@@ -72,11 +72,13 @@
 pub mod config;
 pub mod dao;
 pub mod error;
+pub mod event;
 pub mod executor;
 pub mod format;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod model;
+pub mod request;
 mod runtime;
 pub mod service;
 pub mod storage;
@@ -92,12 +94,11 @@ pub use async_trait::async_trait;
 pub use config::Config;
 pub use dao::{AsyncApiDao, MemoryDao};
 pub use error::{BoxError, Error, Result};
-pub use executor::{ExecutionContext, QueryExecutor, QueryOutput, Record, RecordStream};
+pub use event::{EventPage, JobEvent, LoggedEvent, Subscription};
+pub use executor::{ExecutionContext, QueryExecutor, QueryOutput, RecordStream};
 pub use model::{
-    AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
+    AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, Record, ResultBody,
 };
-pub use service::{
-    AsyncQueryService, AsyncQueryServiceBuilder, CancelOutcome, Download, EventPage, JobEvent,
-    LoggedEvent, ShutdownReport, SubmitRequest, Subscription,
-};
-pub use storage::{FileSystemStorage, MemoryStorage, ResultStorageEngine};
+pub use request::{CancelOutcome, ShutdownReport, SubmitRequest};
+pub use service::{AsyncQueryService, AsyncQueryServiceBuilder};
+pub use storage::{Download, FileSystemStorage, MemoryStorage, ResultStorageEngine};

@@ -1,6 +1,6 @@
 //! The job record and its lifecycle: [`AsyncQuery`], [`JobKind`],
-//! [`QueryStatus`] (with the one transition table), [`QueryResult`] and
-//! [`Principal`].
+//! [`QueryStatus`] (with the one transition table), [`QueryResult`],
+//! [`Principal`], and the flat [`Record`] a table export is made of.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -147,15 +147,43 @@ impl fmt::Display for QueryStatus {
 }
 
 impl std::str::FromStr for QueryStatus {
-    type Err = crate::Error;
+    type Err = ParseStatusError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         QueryStatus::ALL
             .into_iter()
             .find(|status| status.as_str() == s)
-            .ok_or_else(|| crate::Error::InvalidRequest {
-                reason: format!("unknown status {s:?}; expected one of QUEUED, PROCESSING, COMPLETE, CANCELLED, TIMEDOUT, FAILURE, CANCEL_COMPLETE"),
+            .ok_or_else(|| ParseStatusError {
+                input: s.to_owned(),
             })
+    }
+}
+
+/// A status name that is not one of Elide's seven, from
+/// [`QueryStatus::from_str`](std::str::FromStr::from_str).
+///
+/// Where the text came from decides what it means: in a request it is bad
+/// input, in a stored record it is a corrupt row (the SQL back-ends report
+/// it as [`Error::Dao`](crate::Error::Dao)).
+///
+/// ```
+/// use async_query::QueryStatus;
+/// let err = "DONE".parse::<QueryStatus>().unwrap_err();
+/// assert_eq!(err.input(), "DONE");
+/// assert!(err.to_string().contains("CANCEL_COMPLETE"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "unknown status {input:?}; expected one of QUEUED, PROCESSING, COMPLETE, CANCELLED, TIMEDOUT, FAILURE, CANCEL_COMPLETE"
+)]
+pub struct ParseStatusError {
+    input: String,
+}
+
+impl ParseStatusError {
+    /// The text that did not parse.
+    pub fn input(&self) -> &str {
+        &self.input
     }
 }
 
@@ -170,6 +198,34 @@ pub enum ExportFormat {
     /// Newline-delimited JSON, one object per line.
     Ndjson,
 }
+
+impl ExportFormat {
+    /// The media type of a download in this format.
+    ///
+    /// ```
+    /// assert_eq!(async_query::ExportFormat::Csv.content_type(), "text/csv; charset=utf-8");
+    /// ```
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "text/csv; charset=utf-8",
+            ExportFormat::Json => "application/json",
+            ExportFormat::Ndjson => "application/x-ndjson",
+        }
+    }
+
+    /// The file extension, without the dot (`csv`, `json`, `ndjson`).
+    pub fn extension(self) -> &'static str {
+        match self {
+            ExportFormat::Csv => "csv",
+            ExportFormat::Json => "json",
+            ExportFormat::Ndjson => "ndjson",
+        }
+    }
+}
+
+/// A flat record of a table export: one JSON value per column, in column
+/// order.
+pub type Record = Vec<serde_json::Value>;
 
 /// What a job produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -1,224 +1,22 @@
-//! [`AsyncQueryService`], its builder, requests and events.
+//! [`AsyncQueryService`] and its builder: the facade a host calls. Every
+//! method delegates to the crate-private runtime.
 
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::broadcast;
 use tokio_util::sync::DropGuard;
 use uuid::Uuid;
 
 use crate::config::Config;
 use crate::dao::{AsyncApiDao, MemoryDao};
+use crate::error::{Error, Result};
+use crate::event::{EventPage, Subscription};
 use crate::executor::QueryExecutor;
-use crate::model::{AsyncQuery, ExportFormat, JobKind, Principal, QueryStatus, ResultBody};
+use crate::model::{AsyncQuery, Principal};
+use crate::request::{CancelOutcome, ShutdownReport, SubmitRequest};
 use crate::runtime::Inner;
-use crate::storage::{MemoryStorage, ResultStorageEngine, ResultStream};
-use crate::{Error, Result};
-
-/// What to run: the body of a submission.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct SubmitRequest {
-    /// A client-chosen id (Elide allows it); `None` for a random one.
-    pub id: Option<Uuid>,
-    /// Query or table export.
-    pub kind: JobKind,
-    /// The query text, passed to the executor as is.
-    pub query: String,
-    /// The query language, opaque to the library.
-    pub query_type: String,
-    /// How long `submit` waits for the result before returning the job
-    /// unfinished; `None` uses
-    /// [`Config::default_async_after`]. Capped by
-    /// [`Config::max_async_after`].
-    pub async_after: Option<Duration>,
-    /// A run-time limit below [`Config::max_run_time`]; a higher value is
-    /// capped to it.
-    pub max_run_time: Option<Duration>,
-}
-
-impl SubmitRequest {
-    /// A [`JobKind::Query`] whose result is embedded in the record.
-    pub fn query(query: impl Into<String>) -> Self {
-        SubmitRequest {
-            id: None,
-            kind: JobKind::Query,
-            query: query.into(),
-            query_type: String::new(),
-            async_after: None,
-            max_run_time: None,
-        }
-    }
-
-    /// A [`JobKind::TableExport`] in `format`.
-    pub fn export(query: impl Into<String>, format: ExportFormat) -> Self {
-        SubmitRequest {
-            kind: JobKind::TableExport { format },
-            ..SubmitRequest::query(query)
-        }
-    }
-
-    /// Uses a client-chosen id.
-    pub fn with_id(mut self, id: Uuid) -> Self {
-        self.id = Some(id);
-        self
-    }
-
-    /// Sets the query language label.
-    pub fn with_query_type(mut self, query_type: impl Into<String>) -> Self {
-        self.query_type = query_type.into();
-        self
-    }
-
-    /// Sets how long `submit` waits before detaching.
-    pub fn with_async_after(mut self, async_after: Duration) -> Self {
-        self.async_after = Some(async_after);
-        self
-    }
-
-    /// Sets a run-time limit for this job (never above the configured one).
-    pub fn with_max_run_time(mut self, max_run_time: Duration) -> Self {
-        self.max_run_time = Some(max_run_time);
-        self
-    }
-}
-
-/// The answer to [`AsyncQueryService::cancel`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum CancelOutcome {
-    /// The cancellation was recorded; the record as it is now
-    /// (`CANCEL_COMPLETE` once the job has stopped, `CANCELLED` while an
-    /// instance elsewhere is still stopping it).
-    Cancelled(AsyncQuery),
-    /// The job had already finished; nothing changed.
-    AlreadyFinished(AsyncQuery),
-}
-
-impl CancelOutcome {
-    /// The record, whichever the outcome.
-    pub fn into_record(self) -> AsyncQuery {
-        match self {
-            CancelOutcome::Cancelled(job) | CancelOutcome::AlreadyFinished(job) => job,
-        }
-    }
-}
-
-/// A status change, as seen by [`Subscription`]s.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct JobEvent {
-    /// The job.
-    pub id: Uuid,
-    /// What kind of job it is.
-    pub kind: JobKind,
-    /// The name of the principal that submitted it.
-    pub owner: String,
-    /// The previous status; `None` when the job was just created.
-    pub from: Option<QueryStatus>,
-    /// The new status.
-    pub to: QueryStatus,
-    /// When the change happened.
-    pub at: DateTime<Utc>,
-}
-
-/// A [`JobEvent`] numbered by this instance's event log, from
-/// [`AsyncQueryService::events_after`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct LoggedEvent {
-    /// Position in this instance's log: 1, 2, 3, … in the order the changes
-    /// happened here.
-    pub seq: u64,
-    /// The change.
-    pub event: JobEvent,
-}
-
-/// One page of [`AsyncQueryService::events_after`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct EventPage {
-    /// Visible events after the cursor, oldest first.
-    pub events: Vec<LoggedEvent>,
-    /// The cursor for the next call: past every event this page looked at,
-    /// including ones the caller may not see.
-    pub last_id: u64,
-    /// Events after the given cursor were dropped (the log is bounded), or
-    /// the cursor was not from this log (another instance, or a restart):
-    /// re-read the jobs you follow with [`get`](AsyncQueryService::get).
-    pub missed: bool,
-}
-
-/// A stream of status changes of the jobs a principal may see, from
-/// [`AsyncQueryService::subscribe`].
-#[derive(Debug)]
-pub struct Subscription {
-    pub(crate) rx: broadcast::Receiver<JobEvent>,
-    pub(crate) principal: Principal,
-    pub(crate) admin_role: String,
-    pub(crate) count: Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl Subscription {
-    /// The next visible event.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::EventsLagged`] if this subscriber fell more than
-    /// [`Config::event_capacity`] events behind (the next call continues with
-    /// the oldest kept event); [`Error::ShuttingDown`] once the service is
-    /// gone.
-    pub async fn recv(&mut self) -> Result<JobEvent> {
-        loop {
-            match self.rx.recv().await {
-                Ok(event) => {
-                    if self.principal.may_see(&event.owner, &self.admin_role) {
-                        return Ok(event);
-                    }
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    return Err(Error::EventsLagged { missed });
-                }
-                Err(broadcast::error::RecvError::Closed) => return Err(Error::ShuttingDown),
-            }
-        }
-    }
-}
-
-/// What [`AsyncQueryService::shutdown`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct ShutdownReport {
-    /// Jobs still running when the grace period ended, now `TIMEDOUT` (or
-    /// `CANCEL_COMPLETE` if they were being cancelled).
-    pub stopped: Vec<Uuid>,
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.count
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A stored export opened for reading, from
-/// [`AsyncQueryService::download`].
-#[derive(Debug)]
-#[non_exhaustive]
-pub struct Download {
-    /// The export's format.
-    pub format: ExportFormat,
-    /// Its media type.
-    pub content_type: &'static str,
-    /// The stored object's name: `<id>`, or `<id>.<ext>` with
-    /// [`Config::append_file_extension`].
-    pub file_name: String,
-    /// Records in the whole export.
-    pub record_count: Option<u64>,
-    /// The bytes.
-    pub stream: ResultStream,
-}
+use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
 
 /// Runs queries asynchronously: the library's one entry point.
 ///
@@ -452,45 +250,7 @@ impl AsyncQueryService {
         id: Uuid,
         range: Option<Range<u64>>,
     ) -> Result<Download> {
-        let job = self.inner.get(principal, id).await?;
-        let JobKind::TableExport { format } = job.kind else {
-            return Err(Error::NoResult {
-                id,
-                reason: "it is a query; its result is inline in the record".into(),
-            });
-        };
-        let result = job
-            .result
-            .as_ref()
-            .filter(|_| job.status == QueryStatus::Complete);
-        let Some(result) = result else {
-            return Err(Error::NoResult {
-                id,
-                reason: format!("its status is {}", job.status),
-            });
-        };
-        let ResultBody::Stored(name) = &result.body else {
-            return Err(Error::NoResult {
-                id,
-                reason: "the record has no stored location".into(),
-            });
-        };
-        let stream =
-            self.inner
-                .storage
-                .open(name, range)
-                .await?
-                .ok_or_else(|| Error::NoResult {
-                    id,
-                    reason: format!("stored result {name:?} is missing"),
-                })?;
-        Ok(Download {
-            format,
-            content_type: crate::format::content_type(format),
-            file_name: name.clone(),
-            record_count: result.record_count,
-            stream,
-        })
+        self.inner.download(principal, id, range).await
     }
 
     /// Shuts the service down gracefully: new submissions fail with
@@ -559,13 +319,6 @@ impl AsyncQueryService {
 
     /// Status changes of the jobs `principal` may see, from now on.
     pub fn subscribe(&self, principal: &Principal) -> Subscription {
-        let count = Arc::clone(&self.inner.subscribers);
-        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Subscription {
-            count,
-            rx: self.inner.events.subscribe(),
-            principal: principal.clone(),
-            admin_role: self.inner.config.admin_role.clone(),
-        }
+        self.inner.subscribe(principal)
     }
 }

@@ -130,6 +130,29 @@ mod sqlite {
         assert_eq!(job.result.unwrap().inline_body(), Some("kept"));
     }
 
+    /// A row whose status is not one of the seven is corrupt data: every
+    /// read reports it as a store error, never as the caller's bad request.
+    #[tokio::test]
+    async fn a_corrupt_status_is_a_dao_error() {
+        let (dao, _dir) = fresh().await;
+        let job = async_query::testing::sample_job(chrono::Utc::now());
+        dao.create(&job).await.unwrap();
+        sqlx::query("UPDATE async_query SET status = 'DONE' WHERE id = $1")
+            .bind(job.id)
+            .execute(dao.pool())
+            .await
+            .unwrap();
+        let read = dao.get(job.id).await.unwrap_err();
+        let renewed = dao
+            .renew_leases(uuid::Uuid::new_v4(), &[job.id], chrono::Utc::now())
+            .await
+            .unwrap_err();
+        for err in [read, renewed] {
+            assert!(matches!(err, async_query::Error::Dao { .. }), "{err:?}");
+            assert!(err.to_string().contains("status"), "{err}");
+        }
+    }
+
     #[tokio::test]
     async fn an_unreachable_database_is_a_typed_error() {
         let err = SqliteDao::connect("sqlite:///nonexistent-dir/x/jobs.db")

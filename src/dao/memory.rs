@@ -8,8 +8,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{AsyncApiDao, CasOutcome, ListFilter, StatusChange, apply_change, check_transition};
+use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, Lease, QueryStatus};
-use crate::{Error, Result};
 
 /// Job records in a `HashMap` behind a mutex, with an ordered index of
 /// queued jobs so claims are `O(log n)`.

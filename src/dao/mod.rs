@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::Result;
+use crate::error::Result;
 use crate::model::{AsyncQuery, Lease, QueryResult, QueryStatus};
 
 mod memory;
@@ -144,13 +144,13 @@ impl ListFilter {
 /// # Contract
 ///
 /// - `create` stores a new record as given, and fails with
-///   [`Error::DuplicateId`](crate::Error::DuplicateId) if the id exists.
+///   [`Error::DuplicateId`](crate::error::Error::DuplicateId) if the id exists.
 /// - `update_status` is an atomic compare-and-set: it applies the change only
 ///   if the stored status equals `change.from`, returning
 ///   [`CasOutcome::Conflict`] with the current record otherwise. It fails with
-///   [`Error::InvalidTransition`](crate::Error::InvalidTransition) if
+///   [`Error::InvalidTransition`](crate::error::Error::InvalidTransition) if
 ///   `from -> to` is not in [`TRANSITIONS`](crate::model::TRANSITIONS) and
-///   with [`Error::NotFound`](crate::Error::NotFound) for an unknown id.
+///   with [`Error::NotFound`](crate::error::Error::NotFound) for an unknown id.
 ///   When applied: `status = to`, `updated_on = at`, `result` is replaced if
 ///   given; moving to `Processing` sets `lease`, moving to a terminal status
 ///   clears it, other moves keep it.
@@ -172,8 +172,8 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::DuplicateId`](crate::Error::DuplicateId) if the id exists;
-    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    /// [`Error::DuplicateId`](crate::error::Error::DuplicateId) if the id exists;
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn create(&self, job: &AsyncQuery) -> Result<()>;
 
     /// Stores several new records, all or nothing, in this order (claims
@@ -184,12 +184,12 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::DuplicateId`](crate::Error::DuplicateId) if an id exists or
-    /// appears twice (nothing is stored); [`Error::Dao`](crate::Error::Dao)
+    /// [`Error::DuplicateId`](crate::error::Error::DuplicateId) if an id exists or
+    /// appears twice (nothing is stored); [`Error::Dao`](crate::error::Error::Dao)
     /// if the back-end fails.
     async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
         if let Some(id) = first_repeated_job(jobs) {
-            return Err(crate::Error::DuplicateId { id });
+            return Err(crate::error::Error::DuplicateId { id });
         }
         for (i, job) in jobs.iter().enumerate() {
             if let Err(e) = self.create(job).await {
@@ -207,7 +207,7 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>>;
 
     /// Compare-and-set status change; see the trait docs.
@@ -243,7 +243,7 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn claim(
         &self,
         lease: &Lease,
@@ -256,7 +256,7 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn renew_leases(
         &self,
         owner: Uuid,
@@ -268,14 +268,14 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>>;
 
     /// Deletes the records with these ids; returns how many existed.
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if the back-end fails.
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn delete(&self, ids: &[Uuid]) -> Result<u64>;
 
     /// Status changes made by any instance, pushed as they commit, if the
@@ -288,7 +288,7 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if listening cannot start.
+    /// [`Error::Dao`](crate::error::Error::Dao) if listening cannot start.
     async fn watch(&self) -> Result<Option<SignalStream>> {
         Ok(None)
     }
@@ -299,7 +299,7 @@ pub(crate) fn check_transition(change: &StatusChange) -> Result<()> {
     if change.from.can_transition_to(change.to) {
         Ok(())
     } else {
-        Err(crate::Error::InvalidTransition {
+        Err(crate::error::Error::InvalidTransition {
             from: change.from,
             to: change.to,
         })

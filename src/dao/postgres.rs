@@ -7,7 +7,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use super::JobSignal;
 
 use super::sql::{db_error, schema_v1, sql_dao};
-use crate::Result;
+use crate::error::Result;
 
 /// The advisory-lock key concurrent `migrate` calls serialise on (any fixed
 /// number; this is "asyncqry" read as a big-endian integer).
@@ -53,7 +53,7 @@ impl PostgresDao {
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if the URL is invalid or the server
+    /// [`Error::Dao`](crate::error::Error::Dao) if the URL is invalid or the server
     /// cannot be reached.
     pub async fn connect(url: &str) -> Result<Self> {
         let pool = PgPoolOptions::new()
@@ -81,7 +81,7 @@ impl PostgresDao {
     ///
     /// # Errors
     ///
-    /// [`Error::Dao`](crate::Error::Dao) if a statement fails; a failed
+    /// [`Error::Dao`](crate::error::Error::Dao) if a statement fails; a failed
     /// version is rolled back.
     pub async fn migrate(&self) -> Result<()> {
         let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK);
@@ -180,7 +180,7 @@ impl PostgresDao {
             .map(|id| match (applied.remove(id), current.remove(id)) {
                 (Some(job), _) => Ok(super::CasOutcome::Applied(job)),
                 (None, Some(job)) => Ok(super::CasOutcome::Conflict(job)),
-                (None, None) => Err(crate::Error::NotFound { id: *id }),
+                (None, None) => Err(crate::error::Error::NotFound { id: *id }),
             })
             .collect()
     }
@@ -203,7 +203,7 @@ impl PostgresDao {
                 Some(JobSignal::new(id.parse().ok()?, status.parse().ok()?))
             });
             parsed.ok_or_else(|| {
-                crate::Error::dao(
+                crate::error::Error::dao(
                     "receiving job changes",
                     format!("unexpected notification payload {payload:?}"),
                 )

@@ -7,7 +7,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use super::sql::{db_error, schema_v1, sql_dao};
-use crate::Result;
+use crate::error::Result;
 
 /// Job records in SQLite: durable on one host, no server needed.
 ///

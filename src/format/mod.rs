@@ -22,9 +22,8 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::executor::Record;
-use crate::model::ExportFormat;
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::model::{ExportFormat, Record};
 
 /// Default size at which an encoder hands a chunk to storage.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
@@ -255,24 +254,6 @@ pub fn to_record<T: serde::Serialize>(value: &T, columns: &[String]) -> Result<R
         Err(e) => Err(Error::invalid(format!(
             "the record could not be serialised: {e}"
         ))),
-    }
-}
-
-/// The media type of an export format.
-pub fn content_type(format: ExportFormat) -> &'static str {
-    match format {
-        ExportFormat::Csv => "text/csv; charset=utf-8",
-        ExportFormat::Json => "application/json",
-        ExportFormat::Ndjson => "application/x-ndjson",
-    }
-}
-
-/// The file extension of an export format, without the dot.
-pub fn extension(format: ExportFormat) -> &'static str {
-    match format {
-        ExportFormat::Csv => "csv",
-        ExportFormat::Json => "json",
-        ExportFormat::Ndjson => "ndjson",
     }
 }
 

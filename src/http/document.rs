@@ -10,9 +10,10 @@ use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use super::JSON_API;
-use crate::Error;
+use crate::error::Error;
+use crate::event::EventPage;
 use crate::model::{AsyncQuery, ExportFormat, JobKind, QueryStatus, ResultBody};
-use crate::service::{EventPage, SubmitRequest};
+use crate::request::SubmitRequest;
 
 /// The two resource types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,9 +15,8 @@ use uuid::Uuid;
 use super::document::{self, ApiError, Collection, respond};
 use super::range::{self, Requested};
 use super::{App, PrincipalResolver};
-use crate::format::extension;
 use crate::model::{AsyncQuery, Principal};
-use crate::service::CancelOutcome;
+use crate::request::CancelOutcome;
 
 type Answer = Result<Response, ApiError>;
 
@@ -127,7 +126,7 @@ async fn job_of<R: PrincipalResolver>(
 ) -> Result<AsyncQuery, ApiError> {
     let job = app.service.get(principal, id).await?;
     if Collection::of(job.kind) != collection {
-        return Err(crate::Error::NotFound { id }.into());
+        return Err(crate::error::Error::NotFound { id }.into());
     }
     Ok(job)
 }
@@ -200,7 +199,7 @@ pub(super) async fn download<R: PrincipalResolver>(
             let whole = app.service.download(&principal, id, None).await?;
             let len = whole.stream.total_len;
             if n == 0 {
-                return Err(crate::Error::RangeNotSatisfiable {
+                return Err(crate::error::Error::RangeNotSatisfiable {
                     start: len,
                     end: len,
                     len,
@@ -234,7 +233,7 @@ pub(super) async fn download<R: PrincipalResolver>(
     // The name is a UUID and an extension: safe to quote as is.
     let disposition = format!(
         "attachment; filename=\"{id}.{}\"",
-        extension(download.format)
+        download.format.extension()
     );
     if let Ok(value) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, value);

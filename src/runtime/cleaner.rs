@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use super::{Inner, to_delta};
-use crate::Result;
 use crate::dao::{ListFilter, StatusChange};
+use crate::error::Result;
 use crate::model::{AsyncQuery, QueryResult, QueryStatus, ResultBody};
 
 /// Records the cleaner handles per query, so one sweep's memory is bounded.

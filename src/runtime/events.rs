@@ -4,8 +4,8 @@
 
 use std::collections::VecDeque;
 
+use crate::event::{EventPage, JobEvent, LoggedEvent};
 use crate::model::Principal;
-use crate::service::{EventPage, JobEvent, LoggedEvent};
 
 #[derive(Debug, Default)]
 pub(crate) struct EventLog {

@@ -106,7 +106,7 @@ impl Inner {
         records: RecordStream,
     ) -> Result<QueryResult, String> {
         let name = if self.config.append_file_extension {
-            format!("{}.{}", job.id, crate::format::extension(format))
+            format!("{}.{}", job.id, format.extension())
         } else {
             job.id.to_string()
         };

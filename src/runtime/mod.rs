@@ -19,11 +19,12 @@ use uuid::Uuid;
 
 use crate::config::Config;
 use crate::dao::{AsyncApiDao, CasOutcome, StatusChange};
+use crate::error::{Error, Result};
+use crate::event::{JobEvent, Subscription};
 use crate::executor::QueryExecutor;
 use crate::model::{AsyncQuery, Lease, Principal, QueryResult, QueryStatus};
-use crate::service::{CancelOutcome, JobEvent, SubmitRequest};
+use crate::request::{CancelOutcome, ShutdownReport, SubmitRequest};
 use crate::storage::ResultStorageEngine;
-use crate::{Error, Result};
 
 mod cleaner;
 mod events;
@@ -130,13 +131,13 @@ struct Local {
 pub(crate) struct Inner {
     pub(crate) config: Config,
     pub(crate) dao: Arc<dyn AsyncApiDao>,
-    pub(crate) storage: Arc<dyn ResultStorageEngine>,
+    storage: Arc<dyn ResultStorageEngine>,
     executor: Arc<dyn QueryExecutor>,
     clock: Clock,
     slots: Arc<Semaphore>,
     local: Mutex<Local>,
     wake_dispatcher: tokio::sync::Notify,
-    pub(crate) events: broadcast::Sender<JobEvent>,
+    events: broadcast::Sender<JobEvent>,
     /// Fires when the service stops: background tasks end, jobs are
     /// abandoned.
     shutdown: CancellationToken,
@@ -145,7 +146,7 @@ pub(crate) struct Inner {
     /// Signalled whenever a job leaves the local table once `closing` fired.
     left: tokio::sync::Notify,
     /// Live [`Subscription`](crate::Subscription)s.
-    pub(crate) subscribers: Arc<std::sync::atomic::AtomicUsize>,
+    subscribers: Arc<std::sync::atomic::AtomicUsize>,
     /// Status changes kept for [`events_after`](Self::events_after), once
     /// enabled.
     event_log: Mutex<events::EventLog>,
@@ -200,6 +201,64 @@ impl Inner {
         })
     }
 
+    /// Status changes of the jobs `principal` may see, from now on.
+    pub(crate) fn subscribe(&self, principal: &Principal) -> Subscription {
+        Subscription::new(
+            self.events.subscribe(),
+            principal.clone(),
+            self.config.admin_role.clone(),
+            Arc::clone(&self.subscribers),
+        )
+    }
+
+    /// Opens a completed export's stored file (or a byte range of it).
+    pub(crate) async fn download(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<crate::storage::Download> {
+        use crate::model::{JobKind, ResultBody};
+        let job = self.get(principal, id).await?;
+        let JobKind::TableExport { format } = job.kind else {
+            return Err(Error::NoResult {
+                id,
+                reason: "it is a query; its result is inline in the record".into(),
+            });
+        };
+        let result = job
+            .result
+            .as_ref()
+            .filter(|_| job.status == QueryStatus::Complete);
+        let Some(result) = result else {
+            return Err(Error::NoResult {
+                id,
+                reason: format!("its status is {}", job.status),
+            });
+        };
+        let ResultBody::Stored(name) = &result.body else {
+            return Err(Error::NoResult {
+                id,
+                reason: "the record has no stored location".into(),
+            });
+        };
+        let stream = self
+            .storage
+            .open(name, range)
+            .await?
+            .ok_or_else(|| Error::NoResult {
+                id,
+                reason: format!("stored result {name:?} is missing"),
+            })?;
+        Ok(crate::storage::Download {
+            format,
+            content_type: format.content_type(),
+            file_name: name.clone(),
+            record_count: result.record_count,
+            stream,
+        })
+    }
+
     pub(crate) fn shutdown_token(&self) -> &CancellationToken {
         &self.shutdown
     }
@@ -231,7 +290,7 @@ impl Inner {
     /// Stops accepting work, lets running jobs finish within `grace`, ends the
     /// rest `TIMEDOUT`, and stops the background tasks. Jobs still `QUEUED`
     /// stay queued in the DAO for another instance or the next start.
-    pub(crate) async fn shutdown(&self, grace: Duration) -> Result<crate::service::ShutdownReport> {
+    pub(crate) async fn shutdown(&self, grace: Duration) -> Result<ShutdownReport> {
         self.closing.cancel();
         let deadline = Instant::now() + grace;
         loop {
@@ -275,7 +334,7 @@ impl Inner {
             let _ = task.await;
         }
         let stopped = marked?;
-        Ok(crate::service::ShutdownReport { stopped })
+        Ok(ShutdownReport { stopped })
     }
 
     /// Ids of the jobs running on this instance.
@@ -355,7 +414,7 @@ impl Inner {
         principal: &Principal,
         after: Option<u64>,
         limit: usize,
-    ) -> Result<crate::service::EventPage> {
+    ) -> Result<crate::event::EventPage> {
         let log = self.lock_event_log();
         if !log.enabled() {
             return Err(Error::Config {

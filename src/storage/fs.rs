@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use super::{ResultStorageEngine, ResultStream, ResultWriter, resolve_range, validate_name};
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// Stores each object as a file in one directory.
 ///

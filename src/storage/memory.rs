@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 
 use super::{ResultStorageEngine, ResultStream, ResultWriter, resolve_range, validate_name};
-use crate::Result;
+use crate::error::Result;
 
 type Objects = Arc<Mutex<HashMap<String, Bytes>>>;
 

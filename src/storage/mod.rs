@@ -9,7 +9,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::stream::BoxStream;
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
+use crate::model::ExportFormat;
 
 mod fs;
 mod memory;
@@ -62,6 +63,24 @@ impl std::fmt::Debug for ResultStream {
             .field("range", &self.range)
             .finish_non_exhaustive()
     }
+}
+
+/// A stored export opened for reading, from
+/// [`AsyncQueryService::download`](crate::AsyncQueryService::download).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Download {
+    /// The export's format.
+    pub format: ExportFormat,
+    /// Its media type.
+    pub content_type: &'static str,
+    /// The stored object's name: `<id>`, or `<id>.<ext>` with
+    /// [`Config::append_file_extension`](crate::Config::append_file_extension).
+    pub file_name: String,
+    /// Records in the whole export.
+    pub record_count: Option<u64>,
+    /// The bytes.
+    pub stream: ResultStream,
 }
 
 /// Byte storage for export results.

@@ -9,8 +9,8 @@ use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use futures::TryStreamExt;
 use uuid::Uuid;
 
-use crate::Error;
 use crate::dao::{AsyncApiDao, CasOutcome, ListFilter, StatusChange};
+use crate::error::Error;
 use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus, ResultBody};
 use crate::storage::ResultStorageEngine;
 

@@ -15,9 +15,9 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use crate::dao::{AsyncApiDao, CasOutcome, ListFilter, StatusChange};
+use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, Lease, QueryStatus};
 use crate::storage::{ResultStorageEngine, ResultStream, ResultWriter};
-use crate::{Error, Result};
 
 /// The error an injected fault carries as its source.
 #[derive(Debug, thiserror::Error)]

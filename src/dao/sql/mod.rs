@@ -11,8 +11,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus};
-use crate::{Error, Result};
 
 /// Version 1 of the schema, with `{seq}`, `{uuid}` and `{int}` standing for
 /// each database's types.
@@ -103,6 +103,11 @@ fn duration(v: i64, what: &str) -> Result<Duration> {
         .map_err(|_| corrupt(what, v))
 }
 
+/// A stored status; an unknown one is a corrupt row ([`Error::Dao`]).
+pub(crate) fn status(text: &str) -> Result<QueryStatus> {
+    text.parse().map_err(|e| corrupt("status", e))
+}
+
 pub(crate) fn json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).map_err(|e| Error::dao("encoding a job record", e))
 }
@@ -134,7 +139,7 @@ impl RawJob {
                 name: self.principal_name,
                 roles,
             },
-            status: self.status.parse().map_err(|e| corrupt("status", e))?,
+            status: status(&self.status)?,
             async_after: duration(self.async_after_ms, "async_after_ms")?,
             max_run_time: duration(self.max_run_time_ms, "max_run_time_ms")?,
             created_on: time(self.created_on, "created_on")?,
@@ -481,7 +486,7 @@ macro_rules! sql_dao {
                     .await
                     .map_err(|e| $crate::dao::sql::db_error("renewing leases", e))?;
                 rows.into_iter()
-                    .map(|(id, status)| Ok((id, status.parse()?)))
+                    .map(|(id, status)| Ok((id, $crate::dao::sql::status(&status)?)))
                     .collect()
             }
 

@@ -1,0 +1,110 @@
+//! What callers send and get back: [`SubmitRequest`], [`CancelOutcome`]
+//! and [`ShutdownReport`].
+//!
+//! [`AsyncQueryService`]: crate::AsyncQueryService
+//! [`Config::default_async_after`](crate::Config::default_async_after): crate::Config::default_async_after
+//! [`Config::max_async_after`](crate::Config::max_async_after): crate::Config::max_async_after
+//! [`Config::max_run_time`](crate::Config::max_run_time): crate::Config::max_run_time
+
+use std::time::Duration;
+
+use uuid::Uuid;
+
+use crate::model::{AsyncQuery, ExportFormat, JobKind};
+
+/// What to run: the body of a submission.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SubmitRequest {
+    /// A client-chosen id (Elide allows it); `None` for a random one.
+    pub id: Option<Uuid>,
+    /// Query or table export.
+    pub kind: JobKind,
+    /// The query text, passed to the executor as is.
+    pub query: String,
+    /// The query language, opaque to the library.
+    pub query_type: String,
+    /// How long `submit` waits for the result before returning the job
+    /// unfinished; `None` uses
+    /// [`Config::default_async_after`](crate::Config::default_async_after). Capped by
+    /// [`Config::max_async_after`](crate::Config::max_async_after).
+    pub async_after: Option<Duration>,
+    /// A run-time limit below [`Config::max_run_time`](crate::Config::max_run_time); a higher value is
+    /// capped to it.
+    pub max_run_time: Option<Duration>,
+}
+
+impl SubmitRequest {
+    /// A [`JobKind::Query`] whose result is embedded in the record.
+    pub fn query(query: impl Into<String>) -> Self {
+        SubmitRequest {
+            id: None,
+            kind: JobKind::Query,
+            query: query.into(),
+            query_type: String::new(),
+            async_after: None,
+            max_run_time: None,
+        }
+    }
+
+    /// A [`JobKind::TableExport`] in `format`.
+    pub fn export(query: impl Into<String>, format: ExportFormat) -> Self {
+        SubmitRequest {
+            kind: JobKind::TableExport { format },
+            ..SubmitRequest::query(query)
+        }
+    }
+
+    /// Uses a client-chosen id.
+    pub fn with_id(mut self, id: Uuid) -> Self {
+        self.id = Some(id);
+        self
+    }
+
+    /// Sets the query language label.
+    pub fn with_query_type(mut self, query_type: impl Into<String>) -> Self {
+        self.query_type = query_type.into();
+        self
+    }
+
+    /// Sets how long `submit` waits before detaching.
+    pub fn with_async_after(mut self, async_after: Duration) -> Self {
+        self.async_after = Some(async_after);
+        self
+    }
+
+    /// Sets a run-time limit for this job (never above the configured one).
+    pub fn with_max_run_time(mut self, max_run_time: Duration) -> Self {
+        self.max_run_time = Some(max_run_time);
+        self
+    }
+}
+
+/// The answer to [`AsyncQueryService::cancel`](crate::AsyncQueryService::cancel).
+#[derive(Debug, Clone, PartialEq)]
+pub enum CancelOutcome {
+    /// The cancellation was recorded; the record as it is now
+    /// (`CANCEL_COMPLETE` once the job has stopped, `CANCELLED` while an
+    /// instance elsewhere is still stopping it).
+    Cancelled(AsyncQuery),
+    /// The job had already finished; nothing changed.
+    AlreadyFinished(AsyncQuery),
+}
+
+impl CancelOutcome {
+    /// The record, whichever the outcome.
+    pub fn into_record(self) -> AsyncQuery {
+        match self {
+            CancelOutcome::Cancelled(job) | CancelOutcome::AlreadyFinished(job) => job,
+        }
+    }
+}
+
+/// What [`AsyncQueryService::shutdown`](crate::AsyncQueryService::shutdown) did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// Jobs still running when the grace period ended, now `TIMEDOUT` (or
+    /// `CANCEL_COMPLETE` if they were being cancelled).
+    pub stopped: Vec<Uuid>,
+}
