@@ -15,7 +15,7 @@ use crate::event::{EventPage, Subscription};
 use crate::executor::QueryExecutor;
 use crate::model::{AsyncQuery, Principal};
 use crate::request::{CancelOutcome, ShutdownReport, SubmitRequest};
-use crate::runtime::Inner;
+use crate::runtime::Runtime;
 use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
 
 /// Runs queries asynchronously: the library's one entry point.
@@ -45,14 +45,14 @@ use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
 /// ```
 #[derive(Clone)]
 pub struct AsyncQueryService {
-    inner: Arc<Inner>,
+    inner: Arc<Runtime>,
     _stop_on_drop: Arc<DropGuard>,
 }
 
 impl std::fmt::Debug for AsyncQueryService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AsyncQueryService")
-            .field("instance_id", &self.inner.config.instance_id)
+            .field("instance_id", &self.inner.config().instance_id)
             .finish_non_exhaustive()
     }
 }
@@ -102,18 +102,19 @@ impl AsyncQueryServiceBuilder {
         let executor = self.executor.ok_or_else(|| Error::Config {
             reason: "no executor: call .executor(Arc::new(YourExecutor)) before build()".into(),
         })?;
-        let runtime = tokio::runtime::Handle::try_current().map_err(|_| Error::Config {
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::Config {
             reason: "build() must be called inside a Tokio runtime".into(),
         })?;
-        let inner = Inner::new(
+        let inner = Runtime::new(
             self.config,
             self.dao.unwrap_or_else(|| Arc::new(MemoryDao::new())),
             self.storage
                 .unwrap_or_else(|| Arc::new(MemoryStorage::new())),
             executor,
+            handle,
         );
-        let guard = inner.shutdown_token().clone().drop_guard();
-        Inner::start(&inner, &runtime);
+        let guard = inner.stop_on_drop();
+        inner.start();
         Ok(AsyncQueryService {
             inner,
             _stop_on_drop: Arc::new(guard),
@@ -134,7 +135,7 @@ impl AsyncQueryService {
 
     /// The configuration in use.
     pub fn config(&self) -> &Config {
-        &self.inner.config
+        self.inner.config()
     }
 
     /// Submits many jobs for `principal` at once, without waiting: all are

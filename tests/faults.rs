@@ -406,3 +406,23 @@ async fn a_cancel_of_a_job_whose_claim_reply_was_lost_still_completes() {
     );
     assert!(f.executor.started().is_empty(), "a cancelled job started");
 }
+
+/// The write that makes an export COMPLETE commits, but its reply is lost.
+/// The record points at the export, so the export must stay: the worker
+/// learns the record's real state before it deletes anything.
+#[tokio::test(start_paused = true)]
+async fn an_export_whose_complete_reply_was_lost_keeps_its_result() {
+    let f = failing_once(config(), "update_status"); // the COMPLETE write
+    f.dao_faults.lose_replies(true);
+    let job = submit(
+        &f.service,
+        SubmitRequest::export("rows 10", ExportFormat::Csv),
+    )
+    .await;
+    assert_eq!(job.status, QueryStatus::Complete, "{job:?}");
+    assert_eq!(f.storage.names().len(), 1, "the export was deleted");
+    let download = f.service.download(&alice(), job.id, None).await.unwrap();
+    assert_eq!(download.record_count, Some(10));
+    let record = f.service.get(&alice(), job.id).await.unwrap();
+    assert_eq!(record.status, QueryStatus::Complete);
+}

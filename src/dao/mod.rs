@@ -68,14 +68,44 @@ impl StatusChange {
     }
 }
 
-/// The answer to a compare-and-set.
+/// The answer to a compare-and-set, carrying the record as `R` (the DAO
+/// answers with an [`AsyncQuery`]; the service shares it as an
+/// `Arc<AsyncQuery>`, see [`map`](Self::map)).
 #[derive(Debug, Clone, PartialEq)]
-pub enum CasOutcome {
+pub enum CasOutcome<R = AsyncQuery> {
     /// The change was applied; this is the record after it.
-    Applied(AsyncQuery),
+    Applied(R),
     /// The stored status was no longer `from`: somebody else decided first.
     /// This is the record as it is now. Not an error.
-    Conflict(AsyncQuery),
+    Conflict(R),
+}
+
+impl<R> CasOutcome<R> {
+    /// Whether the change was applied.
+    pub fn is_applied(&self) -> bool {
+        matches!(self, CasOutcome::Applied(_))
+    }
+
+    /// The record, applied or not.
+    pub fn record(&self) -> &R {
+        match self {
+            CasOutcome::Applied(record) | CasOutcome::Conflict(record) => record,
+        }
+    }
+
+    /// The same outcome with the record transformed.
+    ///
+    /// ```
+    /// use async_query::dao::CasOutcome;
+    /// let outcome: CasOutcome<u32> = CasOutcome::Conflict(7);
+    /// assert_eq!(outcome.map(|n| n * 2), CasOutcome::Conflict(14));
+    /// ```
+    pub fn map<S>(self, f: impl FnOnce(R) -> S) -> CasOutcome<S> {
+        match self {
+            CasOutcome::Applied(record) => CasOutcome::Applied(f(record)),
+            CasOutcome::Conflict(record) => CasOutcome::Conflict(f(record)),
+        }
+    }
 }
 
 /// A status change pushed by a back-end that can (PostgreSQL's

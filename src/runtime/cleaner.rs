@@ -1,68 +1,113 @@
-//! The cleaner: time-outs of jobs whose owner stopped or overran, stale
-//! cancellations, retention, and recovery of this instance's jobs after a
-//! restart.
+//! The cleaner: one table-driven sweep that ends jobs whose owner stopped
+//! or overran and cancellations nobody finished, removes partial exports
+//! of dead writers, and deletes records past retention with their results;
+//! plus start-up recovery of this instance's interrupted jobs.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use uuid::Uuid;
 
-use super::{Inner, to_delta};
-use crate::dao::{ListFilter, StatusChange};
+use super::Runtime;
+use super::clock::to_delta;
+use super::ending::{Ending, change};
+use crate::config::Config;
+use crate::dao::ListFilter;
 use crate::error::Result;
-use crate::model::{AsyncQuery, QueryResult, QueryStatus, ResultBody};
+use crate::model::{AsyncQuery, QueryStatus, ResultBody};
 
 /// Records the cleaner handles per query, so one sweep's memory is bounded.
 const BATCH: usize = 500;
 
-/// What one sweep did (for tests and logs).
+/// What one sweep did (for logs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Sweep {
-    pub(crate) timed_out: usize,
-    pub(crate) cancel_completed: usize,
-    pub(crate) deleted: usize,
+struct Sweep {
+    timed_out: usize,
+    cancel_completed: usize,
+    deleted: usize,
 }
 
-const TERMINAL: [QueryStatus; 4] = [
-    QueryStatus::Complete,
-    QueryStatus::Failure,
-    QueryStatus::TimedOut,
-    QueryStatus::CancelComplete,
-];
+/// One kind of job the cleaner ends: which records, and how they end.
+struct Rule {
+    /// The records to look at.
+    filter: ListFilter,
+    /// How a found job ends.
+    ending: fn(&AsyncQuery, &Config) -> Ending,
+    /// Whether a found job is still looked after at `now` (then it is left
+    /// alone).
+    attended: fn(&AsyncQuery, DateTime<Utc>) -> bool,
+}
 
-impl Inner {
-    /// Whether this instance is running the job right now (its own worker
-    /// enforces limits and cancellation; the cleaner leaves it alone).
-    pub(super) fn runs_here(&self, id: Uuid) -> bool {
-        self.lock_local()
-            .jobs
-            .get(&id)
-            .is_some_and(|job| !job.queued)
-    }
+fn never(_: &AsyncQuery, _: DateTime<Utc>) -> bool {
+    false
+}
 
-    /// Ends a job that nobody is running any more: `PROCESSING`/`QUEUED` →
-    /// `TIMEDOUT`, `CANCELLED` → `CANCEL_COMPLETE`. Returns whether this call
-    /// changed it (a lost compare-and-set means someone else settled it).
+/// The cleaner's rules at `now`. A job this instance runs is never one of
+/// them: its own worker enforces its limits and cancellation.
+fn rules(config: &Config, now: DateTime<Utc>) -> [Rule; 3] {
+    use QueryStatus::*;
+    let filter = |statuses: Vec<QueryStatus>| ListFilter {
+        statuses,
+        limit: BATCH,
+        ..ListFilter::default()
+    };
+    [
+        // Jobs whose owner stopped renewing its lease.
+        Rule {
+            filter: ListFilter {
+                lease_expired_before: Some(now),
+                ..filter(vec![Processing, Cancelled])
+            },
+            ending: |job, _| Ending::LeaseExpired(job.lease.as_ref().map(|l| l.owner)),
+            attended: never,
+        },
+        // Jobs over the run-time limit that no worker here enforces (stuck
+        // owners, or a backlog that waited longer than any job may run).
+        Rule {
+            filter: ListFilter {
+                updated_before: Some(now - to_delta(config.max_run_time + config.lease)),
+                ..filter(vec![Queued, Processing])
+            },
+            ending: |_, config| Ending::Overran(config.max_run_time),
+            attended: never,
+        },
+        // Cancellations nobody finished (the canceller or owner died
+        // half-way); an owner whose lease is alive is still at it.
+        Rule {
+            filter: ListFilter {
+                updated_before: Some(now - to_delta(config.cancellation_check_interval)),
+                ..filter(vec![Cancelled])
+            },
+            ending: |_, _| Ending::Unattended,
+            attended: |job, now| job.lease.as_ref().is_some_and(|l| l.expires_at >= now),
+        },
+    ]
+}
+
+impl Runtime {
+    /// Ends a job nobody is running any more, as the ending policy decides
+    /// for `ending`, and deletes any export it left behind. Returns the
+    /// status it ended in; `None` if somebody else changed it first.
     pub(super) async fn end_orphan(
         &self,
         job: &AsyncQuery,
+        ending: &Ending,
         now: DateTime<Utc>,
-        why: &str,
-    ) -> Result<bool> {
-        let (to, message) = match job.status {
-            QueryStatus::Cancelled => (QueryStatus::CancelComplete, format!("cancelled; {why}")),
-            _ => (QueryStatus::TimedOut, why.to_owned()),
+    ) -> Result<Option<QueryStatus>> {
+        let Some(change) = change(job.status, ending, now, None) else {
+            return Ok(None);
         };
-        let change =
-            StatusChange::new(job.status, to, now).with_result(QueryResult::message(now, message));
-        Ok(matches!(
-            self.transition(job.id, change).await?,
-            super::Cas::Applied(_)
-        ))
+        let to = change.to;
+        if !self.transition(job.id, change).await?.is_applied() {
+            return Ok(None);
+        }
+        self.discard_export_of(job).await;
+        Ok(Some(to))
     }
 
     /// Ends the jobs a previous run of this instance left running: nothing
     /// runs here yet, so every `PROCESSING`/`CANCELLED` job owned by this
     /// instance id was interrupted.
-    pub(crate) async fn recover(&self) -> Result<usize> {
+    pub(super) async fn recover(&self) -> Result<usize> {
         let now = self.clock.now();
         let filter = ListFilter {
             statuses: vec![QueryStatus::Processing, QueryStatus::Cancelled],
@@ -71,14 +116,11 @@ impl Inner {
         };
         let mut recovered = 0;
         for job in self.dao.list(&filter).await? {
-            if !self.runs_here(job.id)
+            if !self.jobs.runs(job.id)
                 && self
-                    .end_orphan(
-                        &job,
-                        now,
-                        "interrupted: its instance restarted before it finished",
-                    )
+                    .end_orphan(&job, &Ending::Interrupted, now)
                     .await?
+                    .is_some()
             {
                 recovered += 1;
             }
@@ -87,71 +129,20 @@ impl Inner {
     }
 
     /// One pass of the cleaner.
-    pub(crate) async fn sweep(&self) -> Result<Sweep> {
+    async fn sweep(&self) -> Result<Sweep> {
         let now = self.clock.now();
         let mut sweep = Sweep::default();
-
-        // Jobs whose owner stopped renewing its lease.
-        let expired = ListFilter {
-            statuses: vec![QueryStatus::Processing, QueryStatus::Cancelled],
-            lease_expired_before: Some(now),
-            limit: BATCH,
-            ..ListFilter::default()
-        };
-        for job in self.dao.list(&expired).await? {
-            if self.runs_here(job.id) {
-                continue;
-            }
-            let owner = job
-                .lease
-                .as_ref()
-                .map(|l| l.owner.to_string())
-                .unwrap_or_default();
-            let why = format!(
-                "its lease expired: instance {owner} stopped renewing it (the instance stopped or lost the database)"
-            );
-            if self.end_orphan(&job, now, &why).await? {
-                count(&mut sweep, job.status);
-            }
-        }
-
-        // Jobs over the run-time limit that no worker here enforces (stuck
-        // owners, or a backlog that waited longer than any job may run).
-        let overran = ListFilter {
-            statuses: vec![QueryStatus::Queued, QueryStatus::Processing],
-            updated_before: Some(now - to_delta(self.config.max_run_time + self.config.lease)),
-            limit: BATCH,
-            ..ListFilter::default()
-        };
-        for job in self.dao.list(&overran).await? {
-            if self.runs_here(job.id) {
-                continue;
-            }
-            let why = format!(
-                "exceeded the maximum run time of {:?} (stopped by the cleaner)",
-                self.config.max_run_time
-            );
-            if self.end_orphan(&job, now, &why).await? {
-                count(&mut sweep, job.status);
-            }
-        }
-
-        // Cancellations nobody finished (the canceller or owner died half-way).
-        let stale = ListFilter {
-            statuses: vec![QueryStatus::Cancelled],
-            updated_before: Some(now - to_delta(self.config.cancellation_check_interval)),
-            limit: BATCH,
-            ..ListFilter::default()
-        };
-        for job in self.dao.list(&stale).await? {
-            let owner_alive = job.lease.as_ref().is_some_and(|l| l.expires_at >= now);
-            if !self.runs_here(job.id)
-                && !owner_alive
-                && self
-                    .end_orphan(&job, now, "nobody was running it any more")
-                    .await?
-            {
-                sweep.cancel_completed += 1;
+        for rule in rules(&self.config, now) {
+            for job in self.dao.list(&rule.filter).await? {
+                if self.jobs.runs(job.id) || (rule.attended)(&job, now) {
+                    continue;
+                }
+                let ending = (rule.ending)(&job, &self.config);
+                match self.end_orphan(&job, &ending, now).await? {
+                    Some(QueryStatus::CancelComplete) => sweep.cancel_completed += 1,
+                    Some(_) => sweep.timed_out += 1,
+                    None => {}
+                }
             }
         }
 
@@ -167,7 +158,10 @@ impl Inner {
         // Retention: results first, then their records, so no record ever
         // points at a result that was deleted while the record stays.
         let old = ListFilter {
-            statuses: TERMINAL.to_vec(),
+            statuses: QueryStatus::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect(),
             updated_before: Some(now - to_delta(self.config.retention)),
             limit: BATCH,
             ..ListFilter::default()
@@ -191,26 +185,22 @@ impl Inner {
 
     /// Sweeps every `cleaner_interval` (start-up recovery is the
     /// dispatcher's first step).
-    pub(crate) async fn cleaner(self: std::sync::Arc<Self>) {
+    pub(super) async fn cleaner(self: Arc<Self>) {
         if !self.config.cleaner_enabled {
             return;
         }
         loop {
             tokio::select! {
-                () = self.shutdown.cancelled() => return,
+                () = self.tasks.stopped() => return,
                 () = tokio::time::sleep(self.config.cleaner_interval) => {}
             }
-            if let Err(e) = self.sweep().await {
-                tracing::warn!(error = %e, "cleaner sweep failed; retrying at the next interval");
+            match self.sweep().await {
+                Ok(sweep) if sweep != Sweep::default() => tracing::debug!(?sweep, "cleaner sweep"),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cleaner sweep failed; retrying at the next interval")
+                }
             }
         }
-    }
-}
-
-fn count(sweep: &mut Sweep, was: QueryStatus) {
-    if was == QueryStatus::Cancelled {
-        sweep.cancel_completed += 1;
-    } else {
-        sweep.timed_out += 1;
     }
 }

@@ -1,136 +1,108 @@
-//! The optional in-memory event log behind
-//! [`AsyncQueryService::events_after`](crate::AsyncQueryService::events_after):
-//! status changes numbered in order, kept up to a capacity, read by cursor.
+//! The event hub: status changes broadcast to subscribers and, once
+//! enabled, kept in the event log read by cursor.
 
-use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use crate::event::{EventPage, JobEvent, LoggedEvent};
-use crate::model::Principal;
+use tokio::sync::broadcast;
 
-#[derive(Debug, Default)]
-pub(crate) struct EventLog {
-    events: VecDeque<LoggedEvent>,
-    /// Sequence number of the next event (the first is 1).
-    next: u64,
-    capacity: usize,
+use super::Runtime;
+use super::event_log::EventLog;
+use crate::error::{Error, Result};
+use crate::event::{EventPage, JobEvent, Subscription};
+use crate::model::{AsyncQuery, Principal, QueryStatus};
+
+pub(super) struct EventHub {
+    sender: broadcast::Sender<JobEvent>,
+    /// Live subscriptions (an atomic: `receiver_count` takes the
+    /// channel's lock).
+    subscribers: Arc<AtomicUsize>,
+    log: Mutex<EventLog>,
+    logging: AtomicBool,
+    admin_role: String,
 }
 
-impl EventLog {
-    pub(crate) fn enable(&mut self, capacity: usize) {
-        if self.next == 0 {
-            self.next = 1;
+impl EventHub {
+    pub(super) fn new(capacity: usize, admin_role: String) -> Self {
+        EventHub {
+            sender: broadcast::channel(capacity).0,
+            subscribers: Arc::default(),
+            log: Mutex::default(),
+            logging: AtomicBool::new(false),
+            admin_role,
         }
-        self.capacity = self.capacity.max(capacity);
     }
 
-    pub(crate) fn enabled(&self) -> bool {
-        self.capacity > 0
+    /// Whether anyone follows events (a subscriber or the log): when
+    /// nobody does, emitting costs nothing.
+    pub(super) fn listening(&self) -> bool {
+        self.subscribers.load(Ordering::Relaxed) > 0 || self.logging.load(Ordering::Relaxed)
     }
 
-    pub(crate) fn push(&mut self, event: JobEvent) {
-        if self.events.len() == self.capacity {
-            self.events.pop_front();
+    /// Emits the change of `job` from `from` to `to` (which may be a step
+    /// before `job.status`).
+    pub(super) fn emit(&self, job: &AsyncQuery, from: Option<QueryStatus>, to: QueryStatus) {
+        let subscribed = self.subscribers.load(Ordering::Relaxed) > 0;
+        let logged = self.logging.load(Ordering::Relaxed);
+        if !subscribed && !logged {
+            return;
         }
-        self.events.push_back(LoggedEvent {
-            seq: self.next,
-            event,
-        });
-        self.next += 1;
+        let event = JobEvent {
+            id: job.id,
+            kind: job.kind,
+            owner: job.principal.name.clone(),
+            from,
+            to,
+            at: job.updated_on,
+        };
+        if logged {
+            self.lock_log().push(event.clone());
+        }
+        if subscribed {
+            let _ = self.sender.send(event);
+        }
     }
 
-    /// Up to `limit` events after `after` that `principal` may see.
-    pub(crate) fn page(
+    fn lock_log(&self) -> MutexGuard<'_, EventLog> {
+        // Pushes and reads cannot panic half-way.
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Runtime {
+    /// Status changes of the jobs `principal` may see, from now on.
+    pub(crate) fn subscribe(&self, principal: &Principal) -> Subscription {
+        let hub = &self.events;
+        Subscription::new(
+            hub.sender.subscribe(),
+            principal.clone(),
+            hub.admin_role.clone(),
+            Arc::clone(&hub.subscribers),
+        )
+    }
+
+    /// Starts keeping the last `capacity` changes (only ever raises it).
+    pub(crate) fn enable_event_log(&self, capacity: usize) {
+        if capacity > 0 {
+            self.events.lock_log().enable(capacity);
+            self.events.logging.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Up to `limit` logged changes after `after` that `principal` may see.
+    pub(crate) fn events_after(
         &self,
         principal: &Principal,
-        admin_role: &str,
         after: Option<u64>,
         limit: usize,
-    ) -> EventPage {
-        let newest = self.next.saturating_sub(1);
-        let oldest = self.events.front().map_or(self.next, |e| e.seq);
-        // A cursor from the future was handed out by another process (or an
-        // earlier run of this one): start again from what is kept.
-        let (after, missed) = match after {
-            Some(after) if after > newest => (oldest.saturating_sub(1), true),
-            Some(after) => (after, after + 1 < oldest),
-            None => (oldest.saturating_sub(1), false),
-        };
-        let skip = after.saturating_sub(oldest.saturating_sub(1));
-        let mut events = Vec::new();
-        let mut cursor = after;
-        for logged in self
-            .events
-            .iter()
-            .skip(usize::try_from(skip).unwrap_or(usize::MAX))
-        {
-            if events.len() == limit {
-                break;
-            }
-            cursor = logged.seq;
-            if principal.may_see(&logged.event.owner, admin_role) {
-                events.push(logged.clone());
-            }
+    ) -> Result<EventPage> {
+        let log = self.events.lock_log();
+        if !log.enabled() {
+            return Err(Error::Config {
+                reason: "the event log is off; call AsyncQueryService::enable_event_log first"
+                    .into(),
+            });
         }
-        EventPage {
-            events,
-            last_id: cursor,
-            missed,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{JobKind, QueryStatus};
-
-    fn event(owner: &str) -> JobEvent {
-        JobEvent {
-            id: uuid::Uuid::new_v4(),
-            kind: JobKind::Query,
-            owner: owner.into(),
-            from: None,
-            to: QueryStatus::Queued,
-            at: chrono::Utc::now(),
-        }
-    }
-
-    #[test]
-    fn pages_by_cursor_per_principal_and_reports_gaps() {
-        let alice = Principal::new("alice");
-        let mut log = EventLog::default();
-        log.enable(4);
-        // Nothing logged yet: nothing missed either.
-        let empty = log.page(&alice, "admin", Some(0), 10);
-        assert!(empty.events.is_empty());
-        assert_eq!((empty.last_id, empty.missed), (0, false));
-        for owner in ["alice", "bob", "alice", "alice", "bob", "alice"] {
-            log.push(event(owner));
-        }
-        // Kept: seq 3..=6 (alice, alice, bob, alice).
-        let all = log.page(&alice, "admin", None, 10);
-        assert_eq!(
-            all.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
-            [3, 4, 6]
-        );
-        assert_eq!((all.last_id, all.missed), (6, false));
-
-        let first = log.page(&alice, "admin", Some(2), 1);
-        assert_eq!(first.events.len(), 1);
-        assert_eq!((first.last_id, first.missed), (3, false));
-        // Bob's event is skipped, and the cursor moves past it.
-        let rest = log.page(&alice, "admin", Some(4), 10);
-        assert_eq!(rest.events.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
-        assert_eq!(rest.last_id, 6);
-        let none = log.page(&alice, "admin", Some(6), 10);
-        assert!(none.events.is_empty());
-        assert_eq!((none.last_id, none.missed), (6, false));
-
-        // Seq 2 was dropped: a cursor at 1 missed it.
-        assert!(log.page(&alice, "admin", Some(1), 10).missed);
-        // A cursor this log never handed out restarts from the oldest.
-        let restarted = log.page(&alice, "admin", Some(99), 10);
-        assert!(restarted.missed);
-        assert_eq!(restarted.events[0].seq, 3);
+        Ok(log.page(principal, &self.events.admin_role, after, limit))
     }
 }

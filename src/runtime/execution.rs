@@ -1,0 +1,105 @@
+//! Running one executor call: the job's token, its run-time limit, panic
+//! capture, and turning the output into the stored result.
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use tokio_util::sync::CancellationToken;
+
+use super::Runtime;
+use super::ending::Ending;
+use crate::executor::{ExecutionContext, QueryOutput};
+use crate::model::{AsyncQuery, JobKind, QueryResult, ResultBody};
+
+/// How a run ended, with the result when it finished.
+#[derive(Debug)]
+pub(super) struct Outcome {
+    pub(super) ending: Ending,
+    /// The saved output, for [`Ending::Finished`].
+    pub(super) result: Option<QueryResult>,
+}
+
+impl Outcome {
+    fn ended(ending: Ending) -> Self {
+        Outcome {
+            ending,
+            result: None,
+        }
+    }
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
+impl Runtime {
+    /// Runs `job`'s executor and saves its output, under its token and
+    /// run-time limit, catching panics. `None`: the service stopped, and
+    /// nothing must be written (the lease will expire).
+    pub(super) async fn execute(
+        &self,
+        job: &AsyncQuery,
+        cancel: CancellationToken,
+    ) -> Option<Outcome> {
+        let ctx = ExecutionContext::new(cancel.clone(), job.principal.clone());
+        let work = AssertUnwindSafe(async {
+            let output = self
+                .executor
+                .execute(job, ctx)
+                .await
+                .map_err(|e| e.to_string())?;
+            self.save(job, output).await
+        })
+        .catch_unwind();
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => {
+                (!self.tasks.is_stopped()).then(|| Outcome::ended(Ending::Cancelled))
+            }
+            ran = tokio::time::timeout(job.max_run_time, work) => Some(match ran {
+                Err(_elapsed) => Outcome::ended(Ending::RunTimeLimit(job.max_run_time)),
+                Ok(Err(panic)) => Outcome::ended(Ending::Panicked(panic_message(&*panic).to_owned())),
+                Ok(Ok(Err(message))) => Outcome::ended(Ending::Failed(message)),
+                Ok(Ok(Ok(result))) => Outcome { ending: Ending::Finished, result: Some(result) },
+            }),
+        }
+    }
+
+    /// Turns executor output into the stored result.
+    async fn save(&self, job: &AsyncQuery, output: QueryOutput) -> Result<QueryResult, String> {
+        match (job.kind, output) {
+            (JobKind::Query, QueryOutput::Body { body, record_count }) => {
+                let limit = self.config.max_inline_result_bytes;
+                if body.len() > limit {
+                    return Err(format!(
+                        "the result is {} bytes, above the inline limit of {limit} bytes; use a table export for large results",
+                        body.len()
+                    ));
+                }
+                Ok(QueryResult {
+                    record_count: Some(record_count),
+                    content_length: Some(body.len() as u64),
+                    completed_on: self.clock.now(),
+                    body: ResultBody::Inline(body),
+                    message: None,
+                    truncated: false,
+                })
+            }
+            (JobKind::TableExport { format }, QueryOutput::Records(records)) => {
+                self.export(job, format, records).await
+            }
+            (JobKind::Query, QueryOutput::Records(_)) => Err(
+                "the executor returned records for a query job; return QueryOutput::Body".into(),
+            ),
+            (JobKind::TableExport { .. }, QueryOutput::Body { .. }) => Err(
+                "the executor returned a body for a table export; return QueryOutput::Records"
+                    .into(),
+            ),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! Exports: streaming records into result storage (published only when
+//! complete), deleting an export no record will point at, and reading a
+//! finished export back.
+
+use std::ops::Range;
+
+use futures::StreamExt;
+use uuid::Uuid;
+
+use super::Runtime;
+use crate::config::ExportLimitAction;
+use crate::error::{Error, Result};
+use crate::executor::RecordStream;
+use crate::format::Encoder;
+use crate::model::{
+    AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
+};
+use crate::storage::Download;
+
+impl Runtime {
+    /// The name a job's export is stored under: its id, with the format's
+    /// extension if so configured.
+    fn export_name(&self, id: Uuid, format: ExportFormat) -> String {
+        if self.config.append_file_extension {
+            format!("{id}.{}", format.extension())
+        } else {
+            id.to_string()
+        }
+    }
+
+    /// Streams records into result storage; publishes only on success.
+    pub(super) async fn export(
+        &self,
+        job: &AsyncQuery,
+        format: ExportFormat,
+        records: RecordStream,
+    ) -> Result<QueryResult, String> {
+        let name = self.export_name(job.id, format);
+        let mut writer = self
+            .storage
+            .create(&name)
+            .await
+            .map_err(|e| format!("could not store the export: {e}"))?;
+        let RecordStream {
+            columns,
+            records: mut rows,
+        } = records;
+        let mut encoder = Encoder::new(format, columns, self.config.csv_header);
+        let written: Result<Option<String>, String> = async {
+            while let Some(row) = rows.next().await {
+                // An always-ready row source must still let cancellation and
+                // time-outs in.
+                tokio::task::consume_budget().await;
+                let row = row.map_err(|e| e.to_string())?;
+                // A row beyond a limit proves the export would exceed it.
+                if let Some(limit) = self.export_limit_reached(&encoder) {
+                    return match self.config.export_limit_action {
+                        ExportLimitAction::Truncate => Ok(Some(limit)),
+                        ExportLimitAction::Fail => Err(format!(
+                            "the export is larger than {limit}; narrow the query or raise the limit"
+                        )),
+                    };
+                }
+                if let Some(chunk) = encoder.push(&row).map_err(|e| e.to_string())? {
+                    writer
+                        .write(chunk)
+                        .await
+                        .map_err(|e| format!("could not store the export: {e}"))?;
+                }
+            }
+            Ok(None)
+        }
+        .await;
+        let record_count = encoder.records();
+        let written = match written {
+            Ok(truncated) => match encoder.finish() {
+                Ok(tail) => writer
+                    .write(tail)
+                    .await
+                    .map(|()| truncated)
+                    .map_err(|e| format!("could not store the export: {e}")),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e),
+        };
+        let truncated = match written {
+            Ok(truncated) => truncated,
+            Err(message) => {
+                if let Err(e) = writer.abort().await {
+                    tracing::warn!(job = %job.id, error = %e, "removing a partial export failed");
+                }
+                return Err(message);
+            }
+        };
+        let content_length = writer
+            .publish()
+            .await
+            .map_err(|e| format!("could not publish the export: {e}"))?;
+        Ok(QueryResult {
+            record_count: Some(record_count),
+            content_length: Some(content_length),
+            completed_on: self.clock.now(),
+            body: ResultBody::Stored(name),
+            message: truncated.as_ref().map(|limit| {
+                format!("truncated: the export stopped at {limit} after {record_count} records")
+            }),
+            truncated: truncated.is_some(),
+        })
+    }
+
+    /// The configured export limit `encoder` has reached, described for
+    /// messages, if any.
+    fn export_limit_reached(&self, encoder: &Encoder) -> Option<String> {
+        if let Some(max) = self.config.export_max_records
+            && encoder.records() >= max
+        {
+            return Some(format!("the limit of {max} records (export_max_records)"));
+        }
+        if let Some(max) = self.config.export_max_bytes
+            && encoder.len() >= max
+        {
+            return Some(format!("the limit of {max} bytes (export_max_bytes)"));
+        }
+        None
+    }
+
+    /// Deletes the stored object `name` (the output of a job whose record
+    /// does not point at it).
+    pub(super) async fn discard_output(&self, name: &str) {
+        if let Err(e) = self.storage.delete(name).await {
+            tracing::warn!(object = %name, error = %e, "deleting an unreferenced export failed");
+        }
+    }
+
+    /// Deletes whatever export `job` may have published before it was
+    /// ended by someone other than its worker (the cleaner, `shutdown`,
+    /// start-up recovery): a worker that died between publishing and
+    /// writing its record leaves an object no record points at. Both
+    /// possible names are tried, since instances may be configured apart.
+    pub(super) async fn discard_export_of(&self, job: &AsyncQuery) {
+        let JobKind::TableExport { format } = job.kind else {
+            return;
+        };
+        if job.status == QueryStatus::Queued {
+            return;
+        }
+        for name in [
+            job.id.to_string(),
+            format!("{}.{}", job.id, format.extension()),
+        ] {
+            self.discard_output(&name).await;
+        }
+    }
+
+    /// Opens a completed export's stored file (or a byte range of it).
+    pub(crate) async fn download(
+        &self,
+        principal: &Principal,
+        id: Uuid,
+        range: Option<Range<u64>>,
+    ) -> Result<Download> {
+        let job = self.get(principal, id).await?;
+        let JobKind::TableExport { format } = job.kind else {
+            return Err(Error::NoResult {
+                id,
+                reason: "it is a query; its result is inline in the record".into(),
+            });
+        };
+        let result = job
+            .result
+            .as_ref()
+            .filter(|_| job.status == QueryStatus::Complete);
+        let Some(result) = result else {
+            return Err(Error::NoResult {
+                id,
+                reason: format!("its status is {}", job.status),
+            });
+        };
+        let ResultBody::Stored(name) = &result.body else {
+            return Err(Error::NoResult {
+                id,
+                reason: "the record has no stored location".into(),
+            });
+        };
+        let stream = self
+            .storage
+            .open(name, range)
+            .await?
+            .ok_or_else(|| Error::NoResult {
+                id,
+                reason: format!("stored result {name:?} is missing"),
+            })?;
+        Ok(Download {
+            format,
+            content_type: format.content_type(),
+            file_name: name.clone(),
+            record_count: result.record_count,
+            stream,
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! Settling: writing how a job ended. "Settle" means this and nothing
+//! else. One path serves the worker's own write and the batcher's: a
+//! compare-and-set, conflicts followed by the ending policy, and a result
+//! deleted only once the record's real state shows that no record points
+//! at it.
+
+use std::sync::Arc;
+
+use super::Runtime;
+use super::ending::{Ending, change as ending_change};
+use super::execution::Outcome;
+use super::local::JobGuard;
+use super::table::Mirror;
+use crate::dao::{CasOutcome, StatusChange};
+use crate::model::{AsyncQuery, ResultBody};
+
+/// A finished run whose ending is being written.
+pub(super) struct Settlement {
+    job: Arc<AsyncQuery>,
+    ending: Ending,
+    /// The export the run published: deleted unless the record ends up
+    /// pointing at it.
+    stored: Option<String>,
+    /// Releases the job's local entry if the settlement is dropped
+    /// unwritten (the service stopped).
+    guard: JobGuard,
+}
+
+impl Settlement {
+    pub(super) fn id(&self) -> uuid::Uuid {
+        self.job.id
+    }
+}
+
+impl Runtime {
+    /// Settles a finished run, or hands it to the batcher when records are
+    /// written in batches. Returns false when the service is gone and the
+    /// worker should stop.
+    pub(super) async fn settle_or_hand_over(
+        &self,
+        job: Arc<AsyncQuery>,
+        outcome: Outcome,
+        guard: JobGuard,
+    ) -> bool {
+        let Some((settlement, change)) = self.settlement(job, outcome, guard) else {
+            return true;
+        };
+        if self.dispatch.batching() {
+            return self.batcher.hand_over(settlement, change).await;
+        }
+        self.settle(settlement, change, None).await;
+        true
+    }
+
+    /// The settlement of a run and the first change that records it.
+    fn settlement(
+        &self,
+        job: Arc<AsyncQuery>,
+        outcome: Outcome,
+        guard: JobGuard,
+    ) -> Option<(Settlement, StatusChange)> {
+        let Outcome { ending, result } = outcome;
+        let stored = match result.as_ref().map(|r| &r.body) {
+            Some(ResultBody::Stored(name)) => Some(name.clone()),
+            _ => None,
+        };
+        let change = ending_change(ending.assumed_status(), &ending, self.clock.now(), result)?;
+        let settlement = Settlement {
+            job,
+            ending,
+            stored,
+            guard,
+        };
+        Some((settlement, change))
+    }
+
+    /// Writes `change` (or takes `first`, the outcome of an attempt already
+    /// made in a batch) and follows up until the record's state is known:
+    ///
+    /// - a conflict with a status that one of these writes was going to set
+    ///   means that write was applied after all (its reply was lost): it is
+    ///   mirrored as ours;
+    /// - another non-terminal conflict (a cancel) is followed by the ending
+    ///   policy; a terminal one means somebody else ended the job;
+    /// - a failed write is followed by a `FAILURE` write ("the result could
+    ///   not be saved"), which also tells whether the first was applied; if
+    ///   that fails too, the job is let go and its lease expires.
+    ///
+    /// The published export is deleted only when the record is known not
+    /// to point at it.
+    pub(super) async fn settle(
+        &self,
+        settlement: Settlement,
+        mut change: StatusChange,
+        mut first: Option<CasOutcome>,
+    ) {
+        let Settlement {
+            job,
+            mut ending,
+            stored,
+            guard,
+        } = settlement;
+        let dropped_work = ending.dropped_work();
+        let now = change.at;
+        let first_try = (change.from, change.to);
+        let record = loop {
+            let (from, to) = (change.from, change.to);
+            let attempt = match first.take() {
+                Some(outcome) => Ok(self.applied(from, outcome)),
+                None => self.transition(job.id, change).await,
+            };
+            match attempt {
+                Ok(CasOutcome::Applied(record)) => break Some(record),
+                Ok(CasOutcome::Conflict(record)) => {
+                    let ours = [first_try, (from, to)]
+                        .into_iter()
+                        .find(|&(_, to)| to == record.status);
+                    if let Some((from, _)) = ours {
+                        self.mirror(Some(from), Arc::clone(&record), Mirror::Follow);
+                    } else if let Some(next) = ending_change(record.status, &ending, now, None) {
+                        change = next;
+                        continue;
+                    } else {
+                        // Somebody else ended it.
+                        self.jobs.forget(job.id);
+                    }
+                    break Some(record);
+                }
+                Err(e) if !matches!(ending, Ending::NotSaved(_)) => {
+                    tracing::warn!(job = %job.id, error = %e, "saving the job's outcome failed; marking it FAILURE");
+                    ending = Ending::NotSaved(e.to_string());
+                    match ending_change(from, &ending, now, None) {
+                        Some(next) => change = next,
+                        None => break None,
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(job = %job.id, error = %e, "saving the job's outcome failed; its lease will expire");
+                    break None;
+                }
+            }
+        };
+        match record {
+            Some(record) => match stored {
+                Some(name) if !points_at(&record, &name) => self.discard_output(&name).await,
+                Some(_) => {}
+                None if dropped_work => self.discard_export_of(&job).await,
+                None => {}
+            },
+            // Whether a record points at the export is unknown: it is kept,
+            // and deleted with the job by whoever ends it after its lease.
+            None => self.jobs.forget(job.id),
+        }
+        guard.release();
+    }
+}
+
+impl Ending {
+    /// Whether the executor's work was dropped half-way (an export may
+    /// have been published as it was dropped, unknown to the worker).
+    fn dropped_work(&self) -> bool {
+        matches!(self, Ending::Cancelled | Ending::RunTimeLimit(_))
+    }
+}
+
+/// Whether `record`'s result is the stored object `name`.
+fn points_at(record: &AsyncQuery, name: &str) -> bool {
+    matches!(record.result.as_ref().map(|r| &r.body), Some(ResultBody::Stored(n)) if n == name)
+}

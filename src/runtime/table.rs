@@ -1,0 +1,479 @@
+//! The local job table: the jobs this instance submitted or runs, with
+//! their latest records, cancellation tokens and the queued count. Pure
+//! data (no locks, no I/O, no clock); [`LocalJobs`](super::local::LocalJobs)
+//! guards it.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::model::{AsyncQuery, QueryStatus};
+
+/// Where a job enters the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Place {
+    /// Waiting for a slot here; counts against `max_queued`.
+    Queued,
+    /// Running here (or claimed by this instance).
+    Running,
+}
+
+/// How a change the DAO applied relates to this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mirror {
+    /// A change this instance made or learnt of.
+    Follow,
+    /// This instance's claim: the job runs here from now on, and a job
+    /// not in the table yet gets an entry.
+    Claim,
+}
+
+/// Receives the events mirroring produces: `(job, from, to)`, where `to`
+/// may be a step before `job.status`.
+pub(super) type Emit<'a> = &'a mut dyn FnMut(&AsyncQuery, Option<QueryStatus>, QueryStatus);
+
+/// What mirroring a change did.
+#[derive(Debug)]
+pub(super) struct Mirrored {
+    /// The job's cancellation token, if the job is in the table (or was,
+    /// until this change).
+    pub(super) token: Option<CancellationToken>,
+    /// The job left the table.
+    pub(super) left: bool,
+}
+
+struct LocalJob {
+    /// The latest record.
+    latest: Arc<AsyncQuery>,
+    /// Publishes `latest` to waiters; created by the first waiter, because
+    /// a channel nobody follows still costs a lock per update and per drop.
+    watchers: Option<watch::Sender<Arc<AsyncQuery>>>,
+    /// Stops the job's executor.
+    cancel: CancellationToken,
+    /// Still waiting for a slot (counts against `max_queued`).
+    queued: bool,
+    /// Its creation event was emitted (or it was created elsewhere).
+    announced: bool,
+}
+
+impl LocalJob {
+    fn subscribe(&mut self) -> watch::Receiver<Arc<AsyncQuery>> {
+        let latest = &self.latest;
+        self.watchers
+            .get_or_insert_with(|| watch::channel(Arc::clone(latest)).0)
+            .subscribe()
+    }
+
+    fn update(&mut self, job: Arc<AsyncQuery>) {
+        if let Some(watchers) = &self.watchers {
+            watchers.send_replace(Arc::clone(&job));
+        }
+        self.latest = job;
+    }
+}
+
+/// The jobs of this instance, by id.
+#[derive(Default)]
+pub(super) struct JobTable {
+    jobs: HashMap<Uuid, LocalJob>,
+    /// How many entries are queued.
+    queued: usize,
+}
+
+impl JobTable {
+    pub(super) fn contains(&self, id: Uuid) -> bool {
+        self.jobs.contains_key(&id)
+    }
+
+    /// Jobs waiting for a slot here.
+    pub(super) fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Adds a job this instance is creating; it is announced (its creation
+    /// event emitted) once stored, see [`announce`](Self::announce).
+    pub(super) fn insert(&mut self, job: Arc<AsyncQuery>, cancel: CancellationToken, place: Place) {
+        let queued = place == Place::Queued;
+        let entry = LocalJob {
+            latest: job,
+            watchers: None,
+            cancel,
+            queued,
+            announced: false,
+        };
+        if let Some(old) = self.jobs.insert(entry.latest.id, entry) {
+            // Callers check `contains` first; keep the count right anyway.
+            self.queued -= usize::from(old.queued);
+        }
+        self.queued += usize::from(queued);
+    }
+
+    /// Removes a job; returns whether it was there.
+    pub(super) fn remove(&mut self, id: Uuid) -> bool {
+        match self.jobs.remove(&id) {
+            Some(entry) => {
+                self.queued -= usize::from(entry.queued);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Follows a job's record from its current state on.
+    pub(super) fn subscribe(&mut self, id: Uuid) -> Option<watch::Receiver<Arc<AsyncQuery>>> {
+        self.jobs.get_mut(&id).map(LocalJob::subscribe)
+    }
+
+    /// Follows a job only if it runs here or `instance` has claimed it (a
+    /// job still queued here may be running elsewhere by now).
+    pub(super) fn subscribe_if_ours(
+        &mut self,
+        id: Uuid,
+        instance: Uuid,
+    ) -> Option<watch::Receiver<Arc<AsyncQuery>>> {
+        self.jobs
+            .get_mut(&id)
+            .filter(|job| !job.queued || claimed_by(&job.latest, instance))
+            .map(LocalJob::subscribe)
+    }
+
+    pub(super) fn token(&self, id: Uuid) -> Option<&CancellationToken> {
+        self.jobs.get(&id).map(|job| &job.cancel)
+    }
+
+    /// Whether the job is running here.
+    pub(super) fn runs(&self, id: Uuid) -> bool {
+        self.jobs.get(&id).is_some_and(|job| !job.queued)
+    }
+
+    /// Whether the job waits for a slot here.
+    pub(super) fn is_queued(&self, id: Uuid) -> bool {
+        self.jobs.get(&id).is_some_and(|job| job.queued)
+    }
+
+    /// Whether any job is running here.
+    pub(super) fn any_running(&self) -> bool {
+        self.jobs.len() > self.queued
+    }
+
+    /// Ids of the jobs running here.
+    pub(super) fn running(&self) -> Vec<Uuid> {
+        self.jobs
+            .iter()
+            .filter(|(_, job)| !job.queued)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// The jobs running here and those queued here.
+    pub(super) fn running_and_queued(&self) -> (Vec<Uuid>, HashSet<Uuid>) {
+        let mut running = Vec::with_capacity(self.jobs.len() - self.queued);
+        let mut queued = HashSet::with_capacity(self.queued);
+        for (id, job) in &self.jobs {
+            if job.queued {
+                queued.insert(*id);
+            } else {
+                running.push(*id);
+            }
+        }
+        (running, queued)
+    }
+
+    /// Emits the creation of jobs just stored, unless a change of theirs
+    /// was mirrored first (which emitted it).
+    pub(super) fn announce<'a>(
+        &mut self,
+        jobs: impl IntoIterator<Item = &'a AsyncQuery>,
+        emit: Emit<'_>,
+    ) {
+        for job in jobs {
+            if let Some(entry) = self.jobs.get_mut(&job.id).filter(|e| !e.announced) {
+                entry.announced = true;
+                emit(job, None, job.status);
+            }
+        }
+    }
+
+    /// Mirrors a change the DAO applied (from `from`; `None` for a new
+    /// record) and emits its events in lifecycle order.
+    ///
+    /// Two tasks can commit changes of one job in one order and get here in
+    /// the other (a worker's claim and a cancel, say). The lifecycle only
+    /// moves forward, so a change to a status at or before the one mirrored
+    /// is stale and skipped, and a change whose `from` was not mirrored yet
+    /// first emits that step.
+    ///
+    /// A queued job that leaves the queue runs here only if `instance`
+    /// claimed it; otherwise (cancelled while queued, or claimed elsewhere)
+    /// it leaves the table and waiters follow the DAO. A change mirrored
+    /// before this instance's own claim (a cancel overtaking the claim's
+    /// reply) keeps the job queued until the claim arrives. A terminal job
+    /// leaves the table.
+    pub(super) fn mirror(
+        &mut self,
+        from: Option<QueryStatus>,
+        job: Arc<AsyncQuery>,
+        how: Mirror,
+        instance: Uuid,
+        new_token: impl FnOnce() -> CancellationToken,
+        emit: Emit<'_>,
+    ) -> Mirrored {
+        let JobTable { jobs, queued } = self;
+        let entry = match jobs.entry(job.id) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(vacant) if how == Mirror::Claim => {
+                // Claimed here: created elsewhere or before a restart.
+                emit(&job, from, job.status);
+                let token = new_token();
+                vacant.insert(LocalJob {
+                    latest: job,
+                    watchers: None,
+                    cancel: token.clone(),
+                    queued: false,
+                    announced: true,
+                });
+                return Mirrored {
+                    token: Some(token),
+                    left: false,
+                };
+            }
+            Entry::Vacant(_) => {
+                emit(&job, from, job.status);
+                return Mirrored {
+                    token: None,
+                    left: false,
+                };
+            }
+        };
+        let current = entry.latest.status;
+        if job.status == current || job.status.leads_to(current) {
+            // A claim whose reply comes after a later change: the job has
+            // left this instance's queue all the same.
+            if how == Mirror::Claim && entry.queued {
+                *queued -= 1;
+                entry.queued = false;
+            }
+            return Mirrored {
+                token: Some(entry.cancel.clone()),
+                left: false,
+            };
+        }
+        if !entry.announced {
+            emit(&entry.latest, None, current);
+            entry.announced = true;
+        }
+        if let Some(from) = from.filter(|&from| current.leads_to(from)) {
+            emit(&job, Some(current), from);
+        }
+        emit(&job, from, job.status);
+        let mut leave = job.status.is_terminal();
+        if entry.queued && job.status != QueryStatus::Queued {
+            let ours = how == Mirror::Claim || claimed_by(&job, instance);
+            let claim_on_its_way = ours && how == Mirror::Follow && !leave;
+            if !claim_on_its_way {
+                *queued -= 1;
+                entry.queued = false;
+                leave |= !ours;
+            }
+        }
+        let token = entry.cancel.clone();
+        let id = job.id;
+        entry.update(job);
+        if leave {
+            jobs.remove(&id);
+        }
+        Mirrored {
+            token: Some(token),
+            left: leave,
+        }
+    }
+}
+
+/// Whether `job`'s lease is `instance`'s.
+fn claimed_by(job: &AsyncQuery, instance: Uuid) -> bool {
+    job.lease
+        .as_ref()
+        .is_some_and(|lease| lease.owner == instance)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobKind, Lease, Principal};
+    use QueryStatus::*;
+
+    const HERE: Uuid = Uuid::from_u128(1);
+    const ELSEWHERE: Uuid = Uuid::from_u128(2);
+
+    fn record(status: QueryStatus, owner: Option<Uuid>) -> AsyncQuery {
+        let now = chrono::Utc::now();
+        AsyncQuery {
+            id: Uuid::from_u128(42),
+            kind: JobKind::Query,
+            query: "q".into(),
+            query_type: String::new(),
+            principal: Principal::new("alice"),
+            status,
+            async_after: std::time::Duration::ZERO,
+            max_run_time: std::time::Duration::from_secs(60),
+            created_on: now,
+            updated_on: now,
+            result: None,
+            lease: owner.map(|owner| Lease {
+                owner,
+                expires_at: now,
+            }),
+        }
+    }
+
+    /// Mirrors `job` (from `from`) and returns the events it emitted.
+    fn mirror(
+        table: &mut JobTable,
+        from: Option<QueryStatus>,
+        job: AsyncQuery,
+        how: Mirror,
+    ) -> (Mirrored, Vec<(Option<QueryStatus>, QueryStatus)>) {
+        let mut events = Vec::new();
+        let mirrored = table.mirror(
+            from,
+            Arc::new(job),
+            how,
+            HERE,
+            CancellationToken::new,
+            &mut |_, from, to| events.push((from, to)),
+        );
+        (mirrored, events)
+    }
+
+    fn queued_table() -> (JobTable, AsyncQuery) {
+        let job = record(Queued, None);
+        let mut table = JobTable::default();
+        table.insert(
+            Arc::new(job.clone()),
+            CancellationToken::new(),
+            Place::Queued,
+        );
+        (table, job)
+    }
+
+    #[test]
+    fn counts_queued_jobs_as_they_come_and_go() {
+        let (mut table, job) = queued_table();
+        assert_eq!(table.queued(), 1);
+        assert!(table.is_queued(job.id) && !table.runs(job.id) && !table.any_running());
+        let mut running = record(Processing, Some(HERE));
+        running.id = Uuid::from_u128(7);
+        table.insert(
+            Arc::new(running.clone()),
+            CancellationToken::new(),
+            Place::Running,
+        );
+        assert_eq!(table.queued(), 1);
+        assert!(table.runs(running.id) && table.any_running());
+        assert_eq!(table.running(), [running.id]);
+        let (run, queue) = table.running_and_queued();
+        assert_eq!((run, queue.len()), (vec![running.id], 1));
+        assert!(table.remove(job.id));
+        assert!(!table.remove(job.id), "removed twice");
+        assert_eq!(table.queued(), 0);
+    }
+
+    #[test]
+    fn a_claimed_job_runs_here_and_a_terminal_one_leaves() {
+        let (mut table, job) = queued_table();
+        let mut events = Vec::new();
+        table.announce([&job], &mut |_, from, to| events.push((from, to)));
+        table.announce([&job], &mut |_, from, to| events.push((from, to)));
+        assert_eq!(events, [(None, Queued)], "announced once");
+
+        let claimed = record(Processing, Some(HERE));
+        let (m, events) = mirror(&mut table, Some(Queued), claimed, Mirror::Claim);
+        assert!(m.token.is_some() && !m.left);
+        assert_eq!(events, [(Some(Queued), Processing)]);
+        assert!(table.runs(job.id));
+        assert_eq!(table.queued(), 0);
+
+        let done = record(Complete, None);
+        let (m, events) = mirror(&mut table, Some(Processing), done, Mirror::Follow);
+        assert!(m.left);
+        assert_eq!(events, [(Some(Processing), Complete)]);
+        assert!(!table.contains(job.id));
+    }
+
+    /// A cancel commits after the claim but is mirrored before the claim's
+    /// reply: the missing step is emitted first, the late claim is skipped
+    /// as stale, and the job stays local (its token can stop it).
+    #[test]
+    fn a_change_that_overtakes_the_claim_is_mirrored_in_lifecycle_order() {
+        let (mut table, job) = queued_table();
+        let cancelled = record(Cancelled, Some(HERE));
+        let (m, events) = mirror(&mut table, Some(Processing), cancelled, Mirror::Follow);
+        assert!(!m.left, "the claim is on its way: the job stays");
+        assert_eq!(
+            events,
+            [
+                (None, Queued),
+                (Some(Queued), Processing),
+                (Some(Processing), Cancelled)
+            ]
+        );
+        assert!(
+            table.is_queued(job.id),
+            "still queued until the claim arrives"
+        );
+
+        let claimed = record(Processing, Some(HERE));
+        let (m, events) = mirror(&mut table, Some(Queued), claimed, Mirror::Claim);
+        assert!(
+            events.is_empty(),
+            "a stale change emits nothing: {events:?}"
+        );
+        assert!(m.token.is_some());
+        assert!(table.runs(job.id) && table.queued() == 0);
+    }
+
+    #[test]
+    fn a_queued_job_claimed_elsewhere_leaves_the_table() {
+        let (mut table, job) = queued_table();
+        let elsewhere = record(Processing, Some(ELSEWHERE));
+        let (m, _) = mirror(&mut table, Some(Queued), elsewhere, Mirror::Follow);
+        assert!(m.left);
+        assert!(!table.contains(job.id));
+        assert_eq!(table.queued(), 0);
+    }
+
+    #[test]
+    fn a_claim_of_an_unknown_job_adopts_it_and_others_are_only_emitted() {
+        let mut table = JobTable::default();
+        let claimed = record(Processing, Some(HERE));
+        let (m, events) = mirror(&mut table, Some(Queued), claimed.clone(), Mirror::Claim);
+        assert!(m.token.is_some());
+        assert_eq!(events, [(Some(Queued), Processing)]);
+        assert!(table.runs(claimed.id));
+
+        let mut other = record(Complete, None);
+        other.id = Uuid::from_u128(9);
+        let (m, events) = mirror(&mut table, Some(Processing), other.clone(), Mirror::Follow);
+        assert!(m.token.is_none() && !m.left);
+        assert_eq!(events, [(Some(Processing), Complete)]);
+        assert!(!table.contains(other.id));
+    }
+
+    #[test]
+    fn waiters_see_updates_and_only_jobs_claimed_here_can_be_awaited() {
+        let (mut table, job) = queued_table();
+        assert!(
+            table.subscribe_if_ours(job.id, HERE).is_none(),
+            "queued here"
+        );
+        let mut rx = table.subscribe(job.id).expect("local");
+        let claimed = record(Processing, Some(HERE));
+        mirror(&mut table, Some(Queued), claimed, Mirror::Claim);
+        assert_eq!(rx.borrow_and_update().status, Processing);
+        assert!(table.subscribe_if_ours(job.id, HERE).is_some());
+    }
+}
