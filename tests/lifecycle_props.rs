@@ -1,14 +1,18 @@
 //! Property test: random interleavings of submissions, completions,
-//! failures, cancellations, clock advances, cleaner sweeps and restarts
-//! (crashes and graceful shutdowns) against the in-memory DAO. After every
-//! step:
+//! failures, cancellations, clock advances, cleaner sweeps, restarts
+//! (crashes and graceful shutdowns) and job-store faults (a call that fails,
+//! or whose reply is lost after it was applied) against the in-memory DAO.
+//! After every step:
 //!
 //! 1. every status change observed is in the transition table;
 //! 2. no terminal job ever changes again (status and result);
-//! 3. every stored export belongs to an existing record that points at it;
+//! 3. every `COMPLETE` export's record points at an object that exists;
+//! 4. every stored object is the result of a `COMPLETE` record, or the
+//!    output of a job still in flight (its record not written yet);
 //!
-//! and at the end, after enough time for every limit to pass, every job has
-//! reached exactly one terminal state.
+//! and at the end, after enough time for every limit to pass and the
+//! cleaner to sweep, every job has reached exactly one terminal state and
+//! the stored objects are exactly the results the records point at.
 
 mod common;
 
@@ -17,10 +21,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_query::dao::ListFilter;
-use async_query::testing::ScriptedExecutor;
+use async_query::testing::{Faults, FaultyDao, ScriptedExecutor};
 use async_query::{
-    AsyncApiDao, AsyncQuery, AsyncQueryService, Config, ExportFormat, MemoryDao, MemoryStorage,
-    QueryStatus, ResultBody, SubmitRequest, Subscription,
+    AsyncApiDao, AsyncQuery, AsyncQueryService, Config, Error, ExportFormat, MemoryDao,
+    MemoryStorage, QueryStatus, ResultBody, SubmitRequest, Subscription,
 };
 use common::*;
 use proptest::prelude::*;
@@ -37,6 +41,12 @@ enum Op {
     Crash { same_instance: bool },
     /// Shut down gracefully and start a new one.
     Restart { grace_ms: u64 },
+    /// Make the `nth` job-store call from now fail; with `lose_reply`, the
+    /// call is applied and only its reply is lost.
+    Fault { nth: u64, lose_reply: bool },
+    /// Make every job-store call fail for this many milliseconds (a
+    /// database that goes away and comes back).
+    Outage(u64),
 }
 
 #[derive(Debug, Clone)]
@@ -79,23 +89,37 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (1u64..90_000).prop_map(Op::Advance),
         1 => any::<bool>().prop_map(|same_instance| Op::Crash { same_instance }),
         1 => (0u64..3_000).prop_map(|grace_ms| Op::Restart { grace_ms }),
+        2 => (1u64..6, any::<bool>()).prop_map(|(nth, lose_reply)| Op::Fault { nth, lose_reply }),
+        1 => (1u64..5_000).prop_map(Op::Outage),
     ]
 }
 
 struct World {
+    /// What the service writes through (`faulty`), and what the checks
+    /// read (`dao`, never faulted).
     dao: Arc<MemoryDao>,
+    faulty: Arc<FaultyDao>,
+    faults: Arc<Faults>,
     storage: MemoryStorage,
     config: Config,
     service: AsyncQueryService,
     events: Subscription,
+    /// Jobs whose submission succeeded.
     ids: Vec<uuid::Uuid>,
+    /// Jobs whose submission failed with a job-store error: stored or not.
+    maybe: Vec<uuid::Uuid>,
     /// Last seen record of each job.
     seen: HashMap<uuid::Uuid, AsyncQuery>,
 }
 
+/// A job-store fault reached the caller: a typed error, nothing else.
+fn injected(e: &Error) -> bool {
+    matches!(e, Error::Dao { .. })
+}
+
 impl World {
     fn start(
-        dao: Arc<MemoryDao>,
+        dao: Arc<FaultyDao>,
         storage: MemoryStorage,
         config: Config,
     ) -> (AsyncQueryService, Subscription) {
@@ -110,8 +134,9 @@ impl World {
         (service, events)
     }
 
-    /// Checks every event delivered so far and the stored state.
-    async fn check(&mut self) -> Result<(), TestCaseError> {
+    /// Checks every event delivered so far and the stored state; at the
+    /// `end`, no stored object may be left without its record.
+    async fn check(&mut self, end: bool) -> Result<(), TestCaseError> {
         while let Ok(Ok(event)) = tokio::time::timeout(Duration::ZERO, self.events.recv()).await {
             if let Some(from) = event.from {
                 prop_assert!(
@@ -122,13 +147,25 @@ impl World {
             }
         }
         let records = self.dao.list(&ListFilter::default()).await.expect("list");
-        prop_assert_eq!(
-            records.len(),
-            self.ids.len(),
-            "records appeared or vanished"
-        );
+        for id in &self.ids {
+            prop_assert!(
+                records.iter().any(|r| r.id == *id),
+                "the record of {} vanished",
+                id
+            );
+        }
+        let stored = self.storage.names();
         let mut stored_names = Vec::new();
+        let mut in_flight = Vec::new();
         for record in records {
+            prop_assert!(
+                self.ids.contains(&record.id) || self.maybe.contains(&record.id),
+                "a record appeared: {:?}",
+                record.id
+            );
+            if !record.status.is_terminal() {
+                in_flight.push(record.id.to_string());
+            }
             if let Some(before) = self.seen.get(&record.id) {
                 if before.status.is_terminal() {
                     prop_assert_eq!(before, &record, "a terminal job changed");
@@ -147,16 +184,31 @@ impl World {
                     QueryStatus::Complete,
                     "only complete exports point at a result"
                 );
+                prop_assert!(
+                    stored.contains(name),
+                    "COMPLETE export {} points at a missing object",
+                    record.id
+                );
                 stored_names.push(name.clone());
             }
             self.seen.insert(record.id, record);
         }
         stored_names.sort();
-        prop_assert_eq!(
-            self.storage.names(),
-            stored_names,
-            "a stored result without its record, or the reverse"
-        );
+        if end {
+            prop_assert_eq!(
+                stored,
+                stored_names,
+                "a stored object without its record, after the cleaner swept"
+            );
+        } else {
+            for name in &stored {
+                prop_assert!(
+                    stored_names.contains(name) || in_flight.contains(name),
+                    "stored object {} belongs to no COMPLETE record and no job in flight",
+                    name
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -193,15 +245,20 @@ async fn run(ops: Vec<Op>, claim_batch: usize) -> Result<(), TestCaseError> {
         ..Config::default()
     };
     let dao = Arc::new(MemoryDao::new());
+    let (faulty, faults) = FaultyDao::new(dao.clone());
+    let faulty = Arc::new(faulty);
     let storage = MemoryStorage::new();
-    let (service, events) = World::start(dao.clone(), storage.clone(), config.clone());
+    let (service, events) = World::start(faulty.clone(), storage.clone(), config.clone());
     let mut world = World {
         dao,
+        faulty,
+        faults,
         storage,
         config,
         service,
         events,
         ids: Vec::new(),
+        maybe: Vec::new(),
         seen: HashMap::new(),
     };
 
@@ -211,19 +268,22 @@ async fn run(ops: Vec<Op>, claim_batch: usize) -> Result<(), TestCaseError> {
                 script,
                 async_after_ms,
             } => {
+                let id = uuid::Uuid::new_v4();
                 let request = script
                     .request()
+                    .with_id(id)
                     .with_async_after(Duration::from_millis(async_after_ms));
-                let job = world
-                    .service
-                    .submit(&alice(), request)
-                    .await
-                    .expect("submit");
-                world.ids.push(job.id);
+                match world.service.submit(&alice(), request).await {
+                    Ok(job) => world.ids.push(job.id),
+                    Err(e) if injected(&e) => world.maybe.push(id),
+                    Err(e) => prop_assert!(false, "submit failed: {e:?}"),
+                }
             }
             Op::Cancel(n) if !world.ids.is_empty() => {
                 let id = world.ids[n % world.ids.len()];
-                world.service.cancel(&alice(), id).await.expect("cancel");
+                if let Err(e) = world.service.cancel(&alice(), id).await {
+                    prop_assert!(injected(&e), "cancel failed: {e:?}");
+                }
             }
             Op::Cancel(_) => {}
             Op::Advance(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
@@ -232,36 +292,55 @@ async fn run(ops: Vec<Op>, claim_batch: usize) -> Result<(), TestCaseError> {
                     world.config.instance_id = uuid::Uuid::new_v4();
                 }
                 let (service, events) = World::start(
-                    world.dao.clone(),
+                    world.faulty.clone(),
                     world.storage.clone(),
                     world.config.clone(),
                 );
                 let old = std::mem::replace(&mut world.service, service);
                 drop(old);
-                world.check().await?;
+                world.check(false).await?;
                 world.events = events;
             }
             Op::Restart { grace_ms } => {
-                world
+                if let Err(e) = world
                     .service
                     .shutdown(Duration::from_millis(grace_ms))
                     .await
-                    .expect("shutdown");
-                world.check().await?;
+                {
+                    prop_assert!(injected(&e), "shutdown failed: {e:?}");
+                }
+                world.check(false).await?;
                 let (service, events) = World::start(
-                    world.dao.clone(),
+                    world.faulty.clone(),
                     world.storage.clone(),
                     world.config.clone(),
                 );
                 world.service = service;
                 world.events = events;
             }
+            Op::Fault { nth, lose_reply } => {
+                world.faults.lose_replies(lose_reply);
+                world.faults.fail_nth(nth);
+            }
+            Op::Outage(ms) => world.faults.fail_for(Duration::from_millis(ms)),
         }
-        world.check().await?;
+        world.check(false).await?;
     }
-    // Long enough for every queued job to run or time out, and every lease to expire.
+    // Long enough for every queued job to run or time out, every lease to
+    // expire and the cleaner to sweep after that; faults still scheduled
+    // hit calls in this hour, and the sweeps after them catch up.
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    world.check().await?;
+    world.check(true).await?;
+    for id in &world.maybe {
+        if let Some(record) = world.seen.get(id) {
+            prop_assert!(
+                record.status.is_terminal(),
+                "{} ended the test {}",
+                id,
+                record.status
+            );
+        }
+    }
     for (id, record) in &world.seen {
         prop_assert!(
             record.status.is_terminal(),
