@@ -653,6 +653,16 @@ async fn every_error_is_a_json_api_error_with_the_right_status() {
                 .headers()
                 .get("content-type")
                 .map(|v| v.to_str().unwrap_or_default().to_owned());
+            // A refusal that leaves the body unread must close the
+            // connection, or the client would reuse a closing one.
+            let unread = [
+                StatusCode::PAYLOAD_TOO_LARGE,
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ];
+            if unread.contains(&status) {
+                let connection = response.headers().get("connection");
+                assert_eq!(connection.and_then(|v| v.to_str().ok()), Some("close"));
+            }
             let body: Value =
                 serde_json::from_slice(&response.bytes().await.expect("body")).expect("JSON body");
             assert_eq!(ct.as_deref(), Some(JSON_API));

@@ -37,6 +37,13 @@ async fn principal<R: PrincipalResolver>(
     })
 }
 
+/// A refusal sent before the request's body was read: the connection is
+/// closed after it (the unread body would be taken for the next request),
+/// so the client is told not to reuse it.
+fn unread(error: ApiError) -> ApiError {
+    error.with_header(header::CONNECTION, HeaderValue::from_static("close"))
+}
+
 /// The body of a request that must carry a JSON:API document.
 async fn document_body<R>(app: &App<R>, parts: &Parts, body: Body) -> Result<Bytes, ApiError> {
     let media_type = parts
@@ -51,26 +58,26 @@ async fn document_body<R>(app: &App<R>, parts: &Parts, body: Body) -> Result<Byt
         .as_deref()
         .is_some_and(|t| t.starts_with("application/json;"));
     if !accepted {
-        return Err(ApiError::new(
+        return Err(unread(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             format!(
                 "send the document as {} (without media type parameters)",
                 super::JSON_API
             ),
-        ));
+        )));
     }
     axum::body::to_bytes(body, app.options.max_body_bytes)
         .await
         .map_err(|_| {
-            ApiError::new(
+            unread(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "body_too_large",
                 format!(
                     "the body could not be read or is above {} bytes",
                     app.options.max_body_bytes
                 ),
-            )
+            ))
         })
 }
 
