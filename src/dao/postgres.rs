@@ -6,7 +6,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::JobSignal;
 
-use super::sql::{db_error, schema_v1, sql_dao};
+use super::sql::{SqlBackend, db_error, schema_v1, sql_dao};
 use crate::error::Result;
 
 /// The advisory-lock key concurrent `migrate` calls serialise on (any fixed
@@ -91,7 +91,16 @@ impl PostgresDao {
     }
 }
 
-impl PostgresDao {
+impl SqlBackend for PostgresDao {
+    type Db = sqlx::Postgres;
+
+    /// Concurrent claimers skip each other's rows instead of waiting.
+    const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+
+    fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
     /// Compare-and-sets a batch in one `UPDATE … FROM UNNEST(…)` statement
     /// (eight array parameters, whatever the batch size), then reads the
     /// records of the changes that did not apply. One round trip instead of
@@ -213,4 +222,4 @@ impl PostgresDao {
     }
 }
 
-sql_dao!(PostgresDao, sqlx::Postgres, " FOR UPDATE SKIP LOCKED");
+sql_dao!(PostgresDao, sqlx::Postgres);

@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::sql::{db_error, schema_v1, sql_dao};
+use super::sql::{SqlBackend, db_error, schema_v1, sql_dao};
 use crate::error::Result;
 
 /// Job records in SQLite: durable on one host, no server needed.
@@ -76,9 +76,18 @@ impl SqliteDao {
     }
 }
 
-impl SqliteDao {
-    /// Compare-and-sets a batch on one connection, one statement per
-    /// change: SQLite runs in-process, so round trips cost little.
+impl SqlBackend for SqliteDao {
+    type Db = sqlx::Sqlite;
+
+    /// A write locks the whole database: claims need no row locks.
+    const CLAIM_LOCK: &'static str = "";
+
+    fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// One statement per change: SQLite runs in-process, so round trips
+    /// cost little.
     async fn cas_batch(
         conn: &mut sqlx::SqliteConnection,
         changes: &[(uuid::Uuid, super::StatusChange)],
@@ -92,4 +101,4 @@ impl SqliteDao {
     }
 }
 
-sql_dao!(SqliteDao, sqlx::Sqlite, "");
+sql_dao!(SqliteDao, sqlx::Sqlite);

@@ -28,6 +28,39 @@ use crate::model::{ExportFormat, Record};
 /// Default size at which an encoder hands a chunk to storage.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 
+/// How an [`Encoder`] writes, beyond its format.
+///
+/// ```
+/// use async_query::format::EncodeOptions;
+/// let options = EncodeOptions::default().csv_header(false);
+/// assert!(!options.writes_csv_header());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct EncodeOptions {
+    csv_header: bool,
+}
+
+impl Default for EncodeOptions {
+    /// A CSV header row, as Elide writes by default.
+    fn default() -> Self {
+        EncodeOptions { csv_header: true }
+    }
+}
+
+impl EncodeOptions {
+    /// Whether CSV output starts with a header row of the column names.
+    pub fn csv_header(mut self, write: bool) -> Self {
+        self.csv_header = write;
+        self
+    }
+
+    /// Whether CSV output starts with a header row.
+    pub fn writes_csv_header(&self) -> bool {
+        self.csv_header
+    }
+}
+
 /// Encodes records of one export into chunks of about
 /// [`DEFAULT_CHUNK_SIZE`] bytes.
 #[derive(Debug)]
@@ -47,19 +80,19 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    /// An encoder for `format` with these columns; CSV writes a header row
-    /// when `csv_header` is true.
+    /// An encoder for `format` with these columns.
     ///
     /// ```
-    /// use async_query::{ExportFormat, format::Encoder};
+    /// use async_query::{ExportFormat, format::{EncodeOptions, Encoder}};
     /// use serde_json::json;
     ///
-    /// let mut enc = Encoder::new(ExportFormat::Csv, vec!["a".into(), "b".into()], true);
+    /// let columns = vec!["a".into(), "b".into()];
+    /// let mut enc = Encoder::new(ExportFormat::Csv, columns, EncodeOptions::default());
     /// enc.push(&vec![json!("x,y"), json!(null)]).unwrap();
     /// let bytes = enc.finish().unwrap();
     /// assert_eq!(&bytes[..], b"a,b\n\"x,y\",\n");
     /// ```
-    pub fn new(format: ExportFormat, columns: Vec<String>, csv_header: bool) -> Self {
+    pub fn new(format: ExportFormat, columns: Vec<String>, options: EncodeOptions) -> Self {
         let mut encoder = Encoder {
             format,
             columns,
@@ -73,7 +106,7 @@ impl Encoder {
         match format {
             ExportFormat::Csv => {
                 let mut writer = csv_writer(Vec::with_capacity(DEFAULT_CHUNK_SIZE + 1024));
-                if csv_header {
+                if options.csv_header {
                     // Writing into a Vec cannot fail.
                     let _ = writer.write_record(&encoder.columns);
                     let _ = writer.flush();
@@ -263,7 +296,11 @@ mod tests {
     use serde_json::json;
 
     fn encode(format: ExportFormat, rows: &[Record]) -> String {
-        let mut enc = Encoder::new(format, vec!["a".into(), "b".into()], true);
+        let mut enc = Encoder::new(
+            format,
+            vec!["a".into(), "b".into()],
+            EncodeOptions::default(),
+        );
         let mut out = Vec::new();
         for row in rows {
             if let Some(chunk) = enc.push(row).unwrap() {
@@ -302,7 +339,11 @@ mod tests {
 
     #[test]
     fn wrong_arity_is_a_typed_error() {
-        let mut enc = Encoder::new(ExportFormat::Csv, vec!["a".into()], true);
+        let mut enc = Encoder::new(
+            ExportFormat::Csv,
+            vec!["a".into()],
+            EncodeOptions::default(),
+        );
         assert!(matches!(
             enc.push(&vec![json!(1), json!(2)]),
             Err(Error::InvalidRequest { .. })
@@ -311,7 +352,11 @@ mod tests {
 
     #[test]
     fn chunks_are_bounded() {
-        let mut enc = Encoder::new(ExportFormat::Ndjson, vec!["a".into(), "b".into()], true);
+        let mut enc = Encoder::new(
+            ExportFormat::Ndjson,
+            vec!["a".into(), "b".into()],
+            EncodeOptions::default(),
+        );
         let row = vec![json!("x".repeat(100)), json!(1)];
         for _ in 0..10_000 {
             if let Some(chunk) = enc.push(&row).unwrap() {

@@ -11,7 +11,7 @@ use super::Runtime;
 use crate::config::ExportLimitAction;
 use crate::error::{Error, Result};
 use crate::executor::RecordStream;
-use crate::format::Encoder;
+use crate::format::{EncodeOptions, Encoder};
 use crate::model::{
     AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
 };
@@ -45,7 +45,8 @@ impl Runtime {
             columns,
             records: mut rows,
         } = records;
-        let mut encoder = Encoder::new(format, columns, self.config.csv_header);
+        let options = EncodeOptions::default().csv_header(self.config.csv_header);
+        let mut encoder = Encoder::new(format, columns, options);
         let written: Result<Option<String>, String> = async {
             while let Some(row) = rows.next().await {
                 // An always-ready row source must still let cancellation and

@@ -1,0 +1,394 @@
+//! The `AsyncApiDao` queries, written once as a macro and instantiated per
+//! database by `sqlite.rs` and `postgres.rs` (sqlx's generic bounds over
+//! `Database` do not combine well with `async_trait`).
+
+/// Implements `AsyncApiDao` for `$dao`, a [`SqlBackend`] on database `$db`
+/// (`SqlBackend::Db`). Everything the queries need from the back-end comes
+/// through that trait.
+///
+/// [`SqlBackend`]: super::SqlBackend
+macro_rules! sql_dao {
+    ($dao:ty, $db:ty) => {
+        impl $dao {
+            /// Applies the schema versions not yet recorded in
+            /// `async_query_migrations`, in one transaction that first runs
+            /// `lock` (if any) so concurrent callers serialise.
+            async fn apply_migrations(
+                &self,
+                versions: Vec<Vec<String>>,
+                lock: Option<sqlx::query::Query<'static, $db, <$db as sqlx::Database>::Arguments<'static>>>,
+            ) -> $crate::Result<()> {
+                let context = "migrating the job store schema";
+                let fail = |e| $crate::dao::sql::db_error(context, e);
+                let mut tx = $crate::dao::sql::SqlBackend::pool(self).begin().await.map_err(fail)?;
+                if let Some(lock) = lock {
+                    lock.execute(&mut *tx).await.map_err(fail)?;
+                }
+                sqlx::query("CREATE TABLE IF NOT EXISTS async_query_migrations (version BIGINT PRIMARY KEY)")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(fail)?;
+                for (i, statements) in versions.iter().enumerate() {
+                    let version = i64::try_from(i).unwrap_or(i64::MAX) + 1;
+                    let applied: Option<i64> =
+                        sqlx::query_scalar("SELECT version FROM async_query_migrations WHERE version = $1")
+                            .bind(version)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(fail)?;
+                    if applied.is_some() {
+                        continue;
+                    }
+                    // One statement at a time: `raw_sql` futures are not
+                    // `Send` enough for `tokio::spawn`.
+                    for statement in statements {
+                        sqlx::query(statement.as_str()).execute(&mut *tx).await.map_err(fail)?;
+                    }
+                    sqlx::query("INSERT INTO async_query_migrations (version) VALUES ($1)")
+                        .bind(version)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(fail)?;
+                }
+                tx.commit().await.map_err(fail)
+            }
+        }
+
+        impl $dao {
+            /// One multi-row `INSERT` of encoded records (record, kind,
+            /// roles, result).
+            async fn insert_rows(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                rows: &[(&$crate::model::AsyncQuery, String, String, Option<String>)],
+            ) -> std::result::Result<(), sqlx::Error> {
+                use $crate::dao::sql::{micros, millis};
+                let mut insert = sqlx::QueryBuilder::<$db>::new(concat!(
+                    "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
+                    "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
+                    "updated_on, result, lease_owner, lease_expires_at) "
+                ));
+                insert.push_values(rows, |mut row, (job, kind, roles, result)| {
+                    row.push_bind(job.id)
+                        .push_bind(kind.as_str())
+                        .push_bind(job.query.as_str())
+                        .push_bind(job.query_type.as_str())
+                        .push_bind(job.principal.name.as_str())
+                        .push_bind(roles.as_str())
+                        .push_bind(job.status.as_str())
+                        .push_bind(millis(job.async_after))
+                        .push_bind(millis(job.max_run_time))
+                        .push_bind(micros(job.created_on))
+                        .push_bind(micros(job.updated_on))
+                        .push_bind(result.as_deref())
+                        .push_bind(job.lease.as_ref().map(|l| l.owner))
+                        .push_bind(job.lease.as_ref().map(|l| micros(l.expires_at)));
+                });
+                insert.build().execute(&mut *conn).await.map(|_| ())
+            }
+
+            /// Compare-and-sets `changes` one statement each, in order.
+            async fn cas_each(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
+            ) -> $crate::Result<Vec<$crate::dao::CasOutcome>> {
+                let mut outcomes = Vec::with_capacity(changes.len());
+                for (id, change) in changes {
+                    outcomes.push(Self::cas(&mut *conn, *id, change).await?);
+                }
+                Ok(outcomes)
+            }
+
+            /// One compare-and-set on `conn`; a conflict reads the current
+            /// record on the same connection.
+            async fn cas(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: uuid::Uuid,
+                change: &$crate::dao::StatusChange,
+            ) -> $crate::Result<$crate::dao::CasOutcome> {
+                use $crate::dao::sql::{json, lease_mode, micros};
+                let sql = format!(
+                    "UPDATE async_query SET status = $1, updated_on = $2, result = COALESCE($3, result), \
+                     lease_owner = CASE $4 WHEN 1 THEN $5 WHEN 2 THEN NULL ELSE lease_owner END, \
+                     lease_expires_at = CASE $4 WHEN 1 THEN $6 WHEN 2 THEN NULL ELSE lease_expires_at END \
+                     WHERE id = $7 AND status = $8 RETURNING {}",
+                    $crate::dao::sql::COLUMNS
+                );
+                let updated = sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                    .bind(change.to.as_str())
+                    .bind(micros(change.at))
+                    .bind(change.result.as_ref().map(json).transpose()?)
+                    .bind(lease_mode(change.to))
+                    .bind(change.lease.as_ref().map(|l| l.owner))
+                    .bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
+                    .bind(id)
+                    .bind(change.from.as_str())
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("changing a job's status", e))?;
+                if let Some(row) = updated {
+                    return Ok($crate::dao::CasOutcome::Applied(row.into_job()?));
+                }
+                match Self::read(conn, id).await? {
+                    Some(current) => Ok($crate::dao::CasOutcome::Conflict(current)),
+                    None => Err($crate::Error::NotFound { id }),
+                }
+            }
+
+            /// The record `id` on `conn`, if any.
+            async fn read(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: uuid::Uuid,
+            ) -> $crate::Result<Option<$crate::model::AsyncQuery>> {
+                let sql = format!("SELECT {} FROM async_query WHERE id = $1", $crate::dao::sql::COLUMNS);
+                sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                    .bind(id)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?
+                    .map($crate::dao::sql::RawJob::into_job)
+                    .transpose()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl $crate::dao::AsyncApiDao for $dao {
+            async fn create(&self, job: &$crate::model::AsyncQuery) -> $crate::Result<()> {
+                self.create_many(std::slice::from_ref(job)).await
+            }
+
+            async fn create_many(&self, jobs: &[$crate::model::AsyncQuery]) -> $crate::Result<()> {
+                use $crate::dao::sql::json;
+                if jobs.is_empty() {
+                    return Ok(());
+                }
+                if let Some(id) = $crate::dao::first_repeated_job(jobs) {
+                    return Err($crate::Error::DuplicateId { id });
+                }
+                let fail = |e| $crate::dao::sql::db_error("creating jobs", e);
+                // Encode everything before touching the database.
+                let mut rows = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    rows.push((
+                        job,
+                        json(&job.kind)?,
+                        json(&job.principal.roles)?,
+                        job.result.as_ref().map(json).transpose()?,
+                    ));
+                }
+                // 14 parameters a row: 500 rows stay below every database's
+                // parameter limit. One statement is atomic by itself; more
+                // share a transaction.
+                const CHUNK: usize = 500;
+                let inserted = if rows.len() <= CHUNK {
+                    let mut conn = $crate::dao::sql::SqlBackend::pool(self).acquire().await.map_err(fail)?;
+                    Self::insert_rows(&mut conn, &rows).await
+                } else {
+                    let mut tx = $crate::dao::sql::SqlBackend::pool(self).begin().await.map_err(fail)?;
+                    let mut inserted = Ok(());
+                    for chunk in rows.chunks(CHUNK) {
+                        inserted = Self::insert_rows(&mut tx, chunk).await;
+                        if inserted.is_err() {
+                            break;
+                        }
+                    }
+                    match inserted {
+                        // Dropping `tx` rolls back.
+                        Ok(()) => tx.commit().await,
+                        failed => failed,
+                    }
+                };
+                match inserted {
+                    Ok(()) => Ok(()),
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                        // Nothing was stored; name an id that exists.
+                        for job in jobs {
+                            if self.get(job.id).await?.is_some() {
+                                return Err($crate::Error::DuplicateId { id: job.id });
+                            }
+                        }
+                        Err(fail(sqlx::Error::Database(e)))
+                    }
+                    Err(e) => Err(fail(e)),
+                }
+            }
+
+            async fn get(&self, id: uuid::Uuid) -> $crate::Result<Option<$crate::model::AsyncQuery>> {
+                let mut conn = $crate::dao::sql::SqlBackend::pool(self).acquire().await
+                    .map_err(|e| $crate::dao::sql::db_error("reading a job", e))?;
+                Self::read(&mut conn, id).await
+            }
+
+            async fn update_status(
+                &self,
+                id: uuid::Uuid,
+                change: $crate::dao::StatusChange,
+            ) -> $crate::Result<$crate::dao::CasOutcome> {
+                $crate::dao::check_transition(&change)?;
+                let mut conn = $crate::dao::sql::SqlBackend::pool(self).acquire().await
+                    .map_err(|e| $crate::dao::sql::db_error("changing a job's status", e))?;
+                Self::cas(&mut conn, id, &change).await
+            }
+
+            async fn update_status_many(
+                &self,
+                changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
+            ) -> $crate::Result<Vec<$crate::dao::CasOutcome>> {
+                for (_, change) in changes {
+                    $crate::dao::check_transition(change)?;
+                }
+                let fail = |e| $crate::dao::sql::db_error("changing jobs' statuses", e);
+                // One transaction: one commit (one WAL flush) for the batch.
+                let mut tx = $crate::dao::sql::SqlBackend::pool(self).begin().await.map_err(fail)?;
+                let outcomes = <Self as $crate::dao::sql::SqlBackend>::cas_batch(&mut tx, changes).await?;
+                tx.commit().await.map_err(fail)?;
+                Ok(outcomes)
+            }
+
+
+            async fn claim(
+                &self,
+                lease: &$crate::model::Lease,
+                limit: usize,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
+                use $crate::dao::sql::micros;
+                if limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "UPDATE async_query SET status = 'PROCESSING', lease_owner = $1, \
+                     lease_expires_at = $2, updated_on = $3 \
+                     WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' \
+                     ORDER BY seq LIMIT $4{}) RETURNING seq, {}",
+                    <Self as $crate::dao::sql::SqlBackend>::CLAIM_LOCK,
+                    $crate::dao::sql::COLUMNS
+                );
+                let rows: Vec<(i64, $crate::dao::sql::RawJob)> = sqlx::query(&sql)
+                    .bind(lease.owner)
+                    .bind(micros(lease.expires_at))
+                    .bind(micros(at))
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .fetch_all($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?
+                    .into_iter()
+                    .map(|row| {
+                        use sqlx::{FromRow, Row};
+                        let seq: i64 = row.try_get("seq")?;
+                        Ok((seq, $crate::dao::sql::RawJob::from_row(&row)?))
+                    })
+                    .collect::<Result<_, sqlx::Error>>()
+                    .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?;
+                let mut rows = rows;
+                // RETURNING has no order; claims are oldest first.
+                rows.sort_by_key(|(seq, _)| *seq);
+                rows.into_iter().map(|(_, row)| row.into_job()).collect()
+            }
+
+            async fn renew_leases(
+                &self,
+                owner: uuid::Uuid,
+                ids: &[uuid::Uuid],
+                expires_at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::Result<Vec<(uuid::Uuid, $crate::model::QueryStatus)>> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut renew = sqlx::QueryBuilder::<$db>::new("UPDATE async_query SET lease_expires_at = ");
+                renew
+                    .push_bind($crate::dao::sql::micros(expires_at))
+                    .push(" WHERE lease_owner = ")
+                    .push_bind(owner)
+                    .push(" AND status IN ('PROCESSING', 'CANCELLED') AND id IN (");
+                let mut list = renew.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                renew.push(")");
+                renew
+                    .build()
+                    .execute($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("renewing leases", e))?;
+                let mut read = sqlx::QueryBuilder::<$db>::new("SELECT id, status FROM async_query WHERE id IN (");
+                let mut list = read.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                read.push(")");
+                let rows: Vec<(uuid::Uuid, String)> = read
+                    .build_query_as()
+                    .fetch_all($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("renewing leases", e))?;
+                rows.into_iter()
+                    .map(|(id, status)| Ok((id, $crate::dao::sql::status(&status)?)))
+                    .collect()
+            }
+
+            async fn list(
+                &self,
+                filter: &$crate::dao::ListFilter,
+            ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
+                use $crate::dao::sql::micros;
+                let mut query = sqlx::QueryBuilder::<$db>::new(format!(
+                    "SELECT {} FROM async_query WHERE 1 = 1",
+                    $crate::dao::sql::COLUMNS
+                ));
+                if !filter.statuses.is_empty() {
+                    query.push(" AND status IN (");
+                    let mut list = query.separated(", ");
+                    for status in &filter.statuses {
+                        list.push_bind(status.as_str());
+                    }
+                    query.push(")");
+                }
+                if let Some(t) = filter.updated_before {
+                    query.push(" AND updated_on < ").push_bind(micros(t));
+                }
+                if let Some(t) = filter.lease_expired_before {
+                    query.push(" AND lease_expires_at < ").push_bind(micros(t));
+                }
+                if let Some(owner) = filter.owner {
+                    query.push(" AND lease_owner = ").push_bind(owner);
+                }
+                query.push(" ORDER BY seq");
+                if filter.limit > 0 {
+                    query
+                        .push(" LIMIT ")
+                        .push_bind(i64::try_from(filter.limit).unwrap_or(i64::MAX));
+                }
+                let rows = query
+                    .build_query_as::<$crate::dao::sql::RawJob>()
+                    .fetch_all($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("listing jobs", e))?;
+                $crate::dao::sql::into_jobs(rows)
+            }
+
+            async fn watch(&self) -> $crate::Result<Option<$crate::dao::SignalStream>> {
+                $crate::dao::sql::SqlBackend::signals(self).await
+            }
+
+            async fn delete(&self, ids: &[uuid::Uuid]) -> $crate::Result<u64> {
+                if ids.is_empty() {
+                    return Ok(0);
+                }
+                let mut query = sqlx::QueryBuilder::<$db>::new("DELETE FROM async_query WHERE id IN (");
+                let mut list = query.separated(", ");
+                for id in ids {
+                    list.push_bind(*id);
+                }
+                query.push(")");
+                let done = query
+                    .build()
+                    .execute($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("deleting jobs", e))?;
+                Ok(done.rows_affected())
+            }
+        }
+    };
+}
+
+pub(crate) use sql_dao;
