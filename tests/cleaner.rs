@@ -360,3 +360,39 @@ async fn partial_exports_of_a_killed_process_are_removed_by_the_sweep() {
     );
     assert!(published.exists(), "published objects are not partials");
 }
+
+/// A service dropped before its background tasks first ran must not run
+/// start-up recovery afterwards: a new run of the same instance id may be
+/// running those jobs already (found by the lifecycle property test).
+#[tokio::test(start_paused = true)]
+async fn a_dropped_service_does_not_recover_the_jobs_of_its_successor() {
+    let dao = Arc::new(MemoryDao::new());
+    let config = cleaner_config();
+    let start = || {
+        AsyncQueryService::builder()
+            .config(config.clone())
+            .dao(dao.clone())
+            .executor(Arc::new(ScriptedExecutor::new()))
+            .build()
+            .unwrap()
+    };
+    let crashed = start();
+    let successor = start();
+    drop(crashed);
+    let job = submit(
+        &successor,
+        SubmitRequest::query("sleep 5000").with_async_after(Duration::ZERO),
+    )
+    .await;
+    assert_eq!(job.status, QueryStatus::Processing);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let running = dao.get(job.id).await.unwrap().unwrap();
+    assert_eq!(
+        running.status,
+        QueryStatus::Processing,
+        "{:?}",
+        running.result
+    );
+    let done = successor.wait(&alice(), job.id, MINUTE).await.unwrap();
+    assert_eq!(done.status, QueryStatus::Complete);
+}

@@ -426,3 +426,36 @@ async fn an_export_whose_complete_reply_was_lost_keeps_its_result() {
     let record = f.service.get(&alice(), job.id).await.unwrap();
     assert_eq!(record.status, QueryStatus::Complete);
 }
+
+/// The store is down for a moment (shorter than a lease) as an export
+/// finishes. The worker keeps trying until the store answers, then records
+/// what it learns: nothing was saved, so FAILURE and no export left; or
+/// (second case) the COMPLETE write had landed before its reply was lost,
+/// so COMPLETE with the export kept.
+#[tokio::test(start_paused = true)]
+async fn an_outage_as_an_export_finishes_loses_nothing() {
+    for lose_replies in [false, true] {
+        let f = faulty(config());
+        f.dao_faults.lose_replies(lose_replies);
+        let job = submit(
+            &f.service,
+            SubmitRequest::export("rows 10 every 100", ExportFormat::Csv)
+                .with_async_after(Duration::ZERO),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        f.dao_faults.fail_for(3 * SECOND);
+        tokio::time::sleep(5 * SECOND).await;
+        let done = f.service.wait(&alice(), job.id, SECOND).await.unwrap();
+        if lose_replies {
+            assert_eq!(done.status, QueryStatus::Complete, "{done:?}");
+            let download = f.service.download(&alice(), job.id, None).await.unwrap();
+            assert_eq!(download.record_count, Some(10));
+        } else {
+            assert_eq!(done.status, QueryStatus::Failure, "{done:?}");
+            let message = done.result.and_then(|r| r.message).unwrap_or_default();
+            assert!(message.starts_with("the result could not be saved"), "{message}");
+            assert!(f.storage.names().is_empty(), "{:?}", f.storage.names());
+        }
+    }
+}

@@ -164,7 +164,14 @@ impl Runtime {
     pub(super) async fn dispatcher(self: Arc<Self>) {
         // First end what a previous run of this instance left running, and
         // only then claim: a job claimed meanwhile would look interrupted.
-        match self.recover().await {
+        // A service dropped before this task first ran must not recover: a
+        // new run of the same instance may be running those jobs already.
+        let recovered = tokio::select! {
+            biased;
+            () = self.tasks.stopped() => return,
+            recovered = self.recover() => recovered,
+        };
+        match recovered {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 jobs = n,

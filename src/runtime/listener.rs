@@ -13,7 +13,12 @@ impl Runtime {
     /// Wakes the dispatcher for new jobs, stops local jobs cancelled
     /// elsewhere, and wakes waiters following jobs that run elsewhere.
     pub(super) async fn listener(self: Arc<Self>) {
-        let mut signals = match self.dao.watch().await {
+        let watched = tokio::select! {
+            biased;
+            () = self.tasks.stopped() => return,
+            watched = self.dao.watch() => watched,
+        };
+        let mut signals = match watched {
             Ok(Some(signals)) => signals,
             Ok(None) => return,
             Err(e) => {

@@ -5,6 +5,9 @@
 //! at it.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use super::Runtime;
 use super::ending::{Ending, change as ending_change};
@@ -84,7 +87,10 @@ impl Runtime {
     ///   policy; a terminal one means somebody else ended the job;
     /// - a failed write is followed by a `FAILURE` write ("the result could
     ///   not be saved"), which also tells whether the first was applied; if
-    ///   that fails too, the job is let go and its lease expires.
+    ///   that fails too, it is retried with backoff until the store answers,
+    ///   for at most one lease: after that the job's lease cannot be alive
+    ///   and it is not this worker's to settle. The job is then let go, and
+    ///   whoever ends it (the cleaner) deletes its export.
     ///
     /// The published export is deleted only when the record is known not
     /// to point at it.
@@ -103,6 +109,10 @@ impl Runtime {
         let dropped_work = ending.dropped_work();
         let now = change.at;
         let first_try = (change.from, change.to);
+        let mut delay = RETRY_FIRST;
+        // Retries stop when the job's lease can no longer be alive: then it
+        // is not this worker's to settle any more.
+        let mut give_up_at = None;
         let record = loop {
             let (from, to) = (change.from, change.to);
             let attempt = match first.take() {
@@ -126,17 +136,26 @@ impl Runtime {
                     }
                     break Some(record);
                 }
-                Err(e) if !matches!(ending, Ending::NotSaved(_)) => {
-                    tracing::warn!(job = %job.id, error = %e, "saving the job's outcome failed; marking it FAILURE");
-                    ending = Ending::NotSaved(e.to_string());
+                Err(e) => {
+                    if matches!(ending, Ending::NotSaved(_)) {
+                        // Nothing is known to have landed: keep trying the
+                        // last write, which also tells whether an earlier
+                        // one did, while the service runs.
+                        tracing::warn!(job = %job.id, error = %e, retry_in = ?delay, "saving the job's outcome failed again; retrying");
+                        let give_up =
+                            *give_up_at.get_or_insert_with(|| Instant::now() + self.config.lease);
+                        if !self.pause(&mut delay, give_up).await {
+                            tracing::error!(job = %job.id, "saving the job's outcome failed for a whole lease; it is left to the cleaner");
+                            break None;
+                        }
+                    } else {
+                        tracing::warn!(job = %job.id, error = %e, "saving the job's outcome failed; marking it FAILURE");
+                        ending = Ending::NotSaved(e.to_string());
+                    }
                     match ending_change(from, &ending, now, None) {
                         Some(next) => change = next,
                         None => break None,
                     }
-                }
-                Err(e) => {
-                    tracing::error!(job = %job.id, error = %e, "saving the job's outcome failed; its lease will expire");
-                    break None;
                 }
             }
         };
@@ -147,11 +166,34 @@ impl Runtime {
                 None if dropped_work => self.discard_export_of(&job).await,
                 None => {}
             },
-            // Whether a record points at the export is unknown: it is kept,
-            // and deleted with the job by whoever ends it after its lease.
+            // The store did not answer (for a lease, or before the service
+            // stopped): whether a record points at the export is unknown,
+            // so it is kept, and deleted with the job by whoever ends it.
             None => self.jobs.forget(job.id),
         }
         guard.release();
+    }
+}
+
+/// The first pause before a failed write is tried again; it doubles up
+/// to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_millis(50);
+const RETRY_MAX: Duration = Duration::from_secs(5);
+
+impl Runtime {
+    /// Sleeps `delay` (then doubles it, up to [`RETRY_MAX`]); false if the
+    /// service stopped meanwhile, or if the pause would end after
+    /// `give_up`.
+    async fn pause(&self, delay: &mut Duration, give_up: Instant) -> bool {
+        let wake = Instant::now() + *delay;
+        *delay = (*delay * 2).min(RETRY_MAX);
+        if wake > give_up {
+            return false;
+        }
+        tokio::select! {
+            () = self.tasks.stopped() => false,
+            () = tokio::time::sleep_until(wake) => true,
+        }
     }
 }
 
