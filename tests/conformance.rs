@@ -26,3 +26,115 @@ async fn filesystem_storage_conforms_and_leaves_no_temporary_files() {
         .collect();
     assert!(left.is_empty(), "files left behind: {left:?}");
 }
+
+/// Each area passes on its own, in any order.
+#[tokio::test]
+async fn each_area_runs_on_its_own() {
+    use async_query::testing::*;
+    let dao = MemoryDao::new();
+    dao_watch(&dao).await;
+    dao_delete(&dao).await;
+    dao_list(&dao).await;
+    dao_leases(&dao).await;
+    dao_claims(&dao).await;
+    dao_batches(&dao).await;
+    dao_compare_and_set(&dao).await;
+    dao_create_and_get(&dao).await;
+    let storage = MemoryStorage::new();
+    storage_stale_partials(&storage).await;
+    storage_names(&storage).await;
+    storage_delete(&storage).await;
+    storage_ranges(&storage).await;
+    storage_publish(&storage).await;
+    assert!(
+        storage.names().is_empty(),
+        "objects left: {:?}",
+        storage.names()
+    );
+}
+
+/// A DAO that breaks one rule (it extends leases it does not hold) fails
+/// the area that holds the rule, and only that one.
+#[tokio::test]
+async fn a_broken_rule_fails_its_own_area() {
+    use async_query::dao::{CasOutcome, ListFilter, StatusChange};
+    use async_query::model::Lease;
+    use async_query::testing::*;
+    use async_query::{AsyncApiDao, AsyncQuery, QueryStatus};
+    use chrono::{DateTime, Utc};
+    use futures::FutureExt;
+    use uuid::Uuid;
+
+    struct ExtendsEveryLease(MemoryDao);
+
+    #[async_trait::async_trait]
+    impl AsyncApiDao for ExtendsEveryLease {
+        async fn create(&self, job: &AsyncQuery) -> async_query::Result<()> {
+            self.0.create(job).await
+        }
+        async fn get(&self, id: Uuid) -> async_query::Result<Option<AsyncQuery>> {
+            self.0.get(id).await
+        }
+        async fn update_status(
+            &self,
+            id: Uuid,
+            change: StatusChange,
+        ) -> async_query::Result<CasOutcome> {
+            self.0.update_status(id, change).await
+        }
+        async fn claim(
+            &self,
+            lease: &Lease,
+            limit: usize,
+            at: DateTime<Utc>,
+        ) -> async_query::Result<Vec<AsyncQuery>> {
+            self.0.claim(lease, limit, at).await
+        }
+        async fn renew_leases(
+            &self,
+            _owner: Uuid,
+            ids: &[Uuid],
+            expires_at: DateTime<Utc>,
+        ) -> async_query::Result<Vec<(Uuid, QueryStatus)>> {
+            // The broken rule: renews whoever holds the lease.
+            let mut statuses = Vec::new();
+            for id in ids {
+                let Some(job) = self.0.get(*id).await? else {
+                    continue;
+                };
+                if let Some(lease) = &job.lease {
+                    self.0.renew_leases(lease.owner, &[*id], expires_at).await?;
+                }
+                statuses.push((*id, job.status));
+            }
+            Ok(statuses)
+        }
+        async fn list(&self, filter: &ListFilter) -> async_query::Result<Vec<AsyncQuery>> {
+            self.0.list(filter).await
+        }
+        async fn delete(&self, ids: &[Uuid]) -> async_query::Result<u64> {
+            self.0.delete(ids).await
+        }
+    }
+
+    let dao = ExtendsEveryLease(MemoryDao::new());
+    let leases = std::panic::AssertUnwindSafe(dao_leases(&dao))
+        .catch_unwind()
+        .await;
+    let message = leases.expect_err("dao_leases must catch the broken rule");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| message.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(
+        message.contains("another instance must not extend a lease it does not hold"),
+        "{message}"
+    );
+    // The other areas do not depend on that rule.
+    dao_create_and_get(&dao).await;
+    dao_compare_and_set(&dao).await;
+    dao_batches(&dao).await;
+    dao_delete(&dao).await;
+    dao_watch(&dao).await;
+}

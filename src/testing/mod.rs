@@ -1,7 +1,12 @@
 //! Test helpers (feature `test-util`): a scripted executor for lifecycle
-//! tests, fault-injecting wrappers for back-ends, and conformance suites that every [`AsyncApiDao`](crate::AsyncApiDao)
-//! and [`ResultStorageEngine`](crate::ResultStorageEngine) must pass — run
-//! them against your own back-end:
+//! tests, fault-injecting wrappers for back-ends, and conformance suites
+//! that every [`AsyncApiDao`](crate::AsyncApiDao) and
+//! [`ResultStorageEngine`](crate::ResultStorageEngine) must pass. Run them
+//! against your own back-end, whole or one contract area at a time
+//! (`dao_create_and_get`, `dao_compare_and_set`, `dao_batches`,
+//! `dao_claims`, `dao_leases`, `dao_list`, `dao_delete`, `dao_watch`;
+//! `storage_publish`, `storage_ranges`, `storage_delete`, `storage_names`,
+//! `storage_stale_partials`), so a broken rule shows where it is:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -17,6 +22,10 @@ mod conformance;
 mod executor;
 mod faults;
 
-pub use conformance::{dao_conformance, sample_job, storage_conformance};
+pub use conformance::{
+    dao_batches, dao_claims, dao_compare_and_set, dao_conformance, dao_create_and_get, dao_delete,
+    dao_leases, dao_list, dao_watch, sample_job, storage_conformance, storage_delete,
+    storage_names, storage_publish, storage_ranges, storage_stale_partials,
+};
 pub use executor::ScriptedExecutor;
 pub use faults::{Faults, FaultyDao, FaultyStorage, InjectedFault};

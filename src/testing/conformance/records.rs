@@ -1,0 +1,92 @@
+//! Records and helpers the DAO checks share.
+
+use chrono::{DateTime, SubsecRound, Utc};
+use uuid::Uuid;
+
+use crate::dao::{AsyncApiDao, CasOutcome, StatusChange};
+use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryStatus};
+
+/// A `QUEUED` query record created at `now` with a fresh id, for tests of
+/// back-ends.
+pub fn sample_job(now: DateTime<Utc>) -> AsyncQuery {
+    record(now, QueryStatus::Queued)
+}
+
+pub(super) fn record(now: DateTime<Utc>, status: QueryStatus) -> AsyncQuery {
+    AsyncQuery {
+        id: Uuid::new_v4(),
+        kind: JobKind::Query,
+        query: "select 1".into(),
+        query_type: "SQL".into(),
+        principal: Principal::new("conformance").with_role("tester"),
+        status,
+        async_after: std::time::Duration::from_secs(10),
+        max_run_time: std::time::Duration::from_secs(3600),
+        created_on: now,
+        updated_on: now,
+        result: None,
+        lease: None,
+    }
+}
+
+/// Moves a fresh `Queued` record along `path` with compare-and-set.
+pub(super) async fn walk(
+    dao: &dyn AsyncApiDao,
+    now: DateTime<Utc>,
+    path: &[QueryStatus],
+) -> AsyncQuery {
+    let job = record(now, QueryStatus::Queued);
+    dao.create(&job).await.expect("create failed");
+    let mut current = job;
+    for pair in path.windows(2) {
+        let change = StatusChange::new(pair[0], pair[1], now);
+        current = match dao.update_status(current.id, change).await {
+            Ok(CasOutcome::Applied(job)) => job,
+            other => panic!(
+                "legal change {} -> {} not applied: {other:?}",
+                pair[0], pair[1]
+            ),
+        };
+    }
+    current
+}
+
+/// A path of legal changes from `Queued` to `status`.
+pub(super) fn path_to(status: QueryStatus) -> Vec<QueryStatus> {
+    use QueryStatus::*;
+    match status {
+        Queued => vec![Queued],
+        Processing | Cancelled | TimedOut => vec![Queued, status],
+        Complete | Failure => vec![Queued, Processing, status],
+        CancelComplete => vec![Queued, Cancelled, CancelComplete],
+    }
+}
+
+/// The suite's clock: SQL back-ends keep microseconds, and the suite
+/// compares timestamps exactly.
+pub(super) fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+/// A fresh record moved to `Processing` under `lease`.
+pub(super) async fn running(
+    dao: &dyn AsyncApiDao,
+    now: DateTime<Utc>,
+    lease: &Lease,
+) -> AsyncQuery {
+    let job = record(now, QueryStatus::Queued);
+    dao.create(&job).await.expect("create failed");
+    let start = StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, now)
+        .with_lease(lease.clone());
+    match dao.update_status(job.id, start).await {
+        Ok(CasOutcome::Applied(job)) => job,
+        other => panic!("Queued -> Processing with a lease must apply, got {other:?}"),
+    }
+}
+
+/// Deletes the records a check created (best effort: `delete`'s own rules
+/// are checked by `dao_delete` alone, so a broken `delete` fails only that
+/// area).
+pub(super) async fn clean_up(dao: &dyn AsyncApiDao, created: &[Uuid]) {
+    let _ = dao.delete(created).await;
+}
