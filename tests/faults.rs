@@ -454,8 +454,98 @@ async fn an_outage_as_an_export_finishes_loses_nothing() {
         } else {
             assert_eq!(done.status, QueryStatus::Failure, "{done:?}");
             let message = done.result.and_then(|r| r.message).unwrap_or_default();
-            assert!(message.starts_with("the result could not be saved"), "{message}");
+            assert!(
+                message.starts_with("the result could not be saved"),
+                "{message}"
+            );
             assert!(f.storage.names().is_empty(), "{:?}", f.storage.names());
         }
     }
+}
+
+/// A host's DAO that panics once, in the write that completes a job.
+struct PanicsOnComplete {
+    inner: MemoryDao,
+    panicked: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl async_query::AsyncApiDao for PanicsOnComplete {
+    async fn create(&self, job: &async_query::AsyncQuery) -> async_query::Result<()> {
+        self.inner.create(job).await
+    }
+    async fn get(&self, id: uuid::Uuid) -> async_query::Result<Option<async_query::AsyncQuery>> {
+        self.inner.get(id).await
+    }
+    async fn update_status(
+        &self,
+        id: uuid::Uuid,
+        change: async_query::dao::StatusChange,
+    ) -> async_query::Result<async_query::dao::CasOutcome> {
+        if change.to == QueryStatus::Complete
+            && !self
+                .panicked
+                .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            panic!("a bug in the host's DAO");
+        }
+        self.inner.update_status(id, change).await
+    }
+    async fn claim(
+        &self,
+        lease: &async_query::model::Lease,
+        limit: usize,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> async_query::Result<Vec<async_query::AsyncQuery>> {
+        self.inner.claim(lease, limit, at).await
+    }
+    async fn renew_leases(
+        &self,
+        owner: uuid::Uuid,
+        ids: &[uuid::Uuid],
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> async_query::Result<Vec<(uuid::Uuid, QueryStatus)>> {
+        self.inner.renew_leases(owner, ids, expires_at).await
+    }
+    async fn list(
+        &self,
+        filter: &async_query::dao::ListFilter,
+    ) -> async_query::Result<Vec<async_query::AsyncQuery>> {
+        self.inner.list(filter).await
+    }
+    async fn delete(&self, ids: &[uuid::Uuid]) -> async_query::Result<u64> {
+        self.inner.delete(ids).await
+    }
+}
+
+/// A worker that dies (here: the DAO panics under it) releases its job:
+/// the heartbeat stops renewing the lease, and the cleaner ends the job
+/// after it instead of leaving it PROCESSING for ever. The slot is freed.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_dies_releases_its_job() {
+    let dao = Arc::new(PanicsOnComplete {
+        inner: MemoryDao::new(),
+        panicked: Default::default(),
+    });
+    let service = AsyncQueryService::builder()
+        .config(Config {
+            lease: Duration::from_secs(6),
+            cleaner_interval: Duration::from_secs(5),
+            ..one_slot()
+        })
+        .dao(dao.clone())
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let job = submit(
+        &service,
+        SubmitRequest::query("sleep 10").with_async_after(Duration::ZERO),
+    )
+    .await;
+    let ended = service.wait(&alice(), job.id, 30 * SECOND).await.unwrap();
+    assert_eq!(ended.status, QueryStatus::TimedOut, "{ended:?}");
+    let message = ended.result.and_then(|r| r.message).unwrap_or_default();
+    assert!(message.contains("lease expired"), "{message}");
+    let next = submit(&service, SubmitRequest::query("again")).await;
+    assert_eq!(next.status, QueryStatus::Complete, "the slot was freed");
 }
