@@ -131,7 +131,8 @@ impl Runtime {
                         change = next;
                         continue;
                     } else {
-                        // Somebody else ended it.
+                        // Somebody else ended it (or moved it somewhere this
+                        // ending does not apply): it is not ours any more.
                         self.jobs.forget(job.id);
                     }
                     break Some(record);

@@ -4,7 +4,7 @@ use chrono::TimeDelta;
 use uuid::Uuid;
 
 use crate::dao::{AsyncApiDao, ListFilter, StatusChange};
-use crate::model::{Lease, QueryStatus};
+use crate::model::QueryStatus;
 
 use super::records::*;
 
@@ -19,10 +19,7 @@ use super::records::*;
 pub async fn dao_claims(dao: &dyn AsyncApiDao) {
     let now = now();
     let mut created = Vec::new();
-    let lease = Lease {
-        owner: Uuid::new_v4(),
-        expires_at: now + TimeDelta::seconds(30),
-    };
+    let lease = fresh_lease(now);
 
     // claims: oldest first, limit, only queued, leases set
     let leftovers = dao
@@ -61,10 +58,7 @@ pub async fn dao_claims(dao: &dyn AsyncApiDao) {
         );
     }
     // concurrent claimers never share a job
-    let other = Lease {
-        owner: Uuid::new_v4(),
-        ..lease.clone()
-    };
+    let other = fresh_lease(now);
     let (a, b) = tokio::join!(dao.claim(&lease, 3, now), dao.claim(&other, 3, now));
     let mut all: Vec<Uuid> = a
         .expect("claim failed")
@@ -98,11 +92,8 @@ pub async fn dao_claims(dao: &dyn AsyncApiDao) {
 /// On the first broken rule, with a message that names it.
 pub async fn dao_leases(dao: &dyn AsyncApiDao) {
     let now = now();
-    let owner = Uuid::new_v4();
-    let lease = Lease {
-        owner,
-        expires_at: now + TimeDelta::seconds(30),
-    };
+    let lease = fresh_lease(now);
+    let owner = lease.owner;
     let first = [
         running(dao, now, &lease).await,
         running(dao, now, &lease).await,
@@ -210,11 +201,8 @@ pub async fn dao_leases(dao: &dyn AsyncApiDao) {
 /// On the first broken rule, with a message that names it.
 pub async fn dao_list(dao: &dyn AsyncApiDao) {
     let now = now();
-    let owner = Uuid::new_v4();
-    let lease = Lease {
-        owner,
-        expires_at: now + TimeDelta::seconds(30),
-    };
+    let lease = fresh_lease(now);
+    let owner = lease.owner;
     // Two running under `owner`'s lease, one of them renewed; one under
     // another owner's; one finished.
     let first = [
@@ -227,10 +215,7 @@ pub async fn dao_list(dao: &dyn AsyncApiDao) {
         .await
         .expect("renew failed");
     assert_eq!(renewed.len(), 1);
-    let other = Lease {
-        owner: Uuid::new_v4(),
-        ..lease.clone()
-    };
+    let other = fresh_lease(now);
     let theirs = running(dao, now, &other).await;
     let done = walk(dao, now, &path_to(QueryStatus::Complete)).await;
     let created = vec![first[0].id, first[1].id, theirs.id, done.id];

@@ -68,6 +68,14 @@ pub(super) fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
 }
 
+/// A lease of a new instance, 30 s from `now`.
+pub(super) fn fresh_lease(now: DateTime<Utc>) -> Lease {
+    Lease {
+        owner: Uuid::new_v4(),
+        expires_at: now + chrono::TimeDelta::seconds(30),
+    }
+}
+
 /// A fresh record moved to `Processing` under `lease`.
 pub(super) async fn running(
     dao: &dyn AsyncApiDao,

@@ -5,7 +5,7 @@ use uuid::Uuid;
 
 use crate::dao::{AsyncApiDao, CasOutcome, StatusChange};
 use crate::error::Error;
-use crate::model::{Lease, QueryResult, QueryStatus, ResultBody};
+use crate::model::{QueryResult, QueryStatus, ResultBody};
 
 use super::records::*;
 
@@ -83,11 +83,7 @@ pub async fn dao_compare_and_set(dao: &dyn AsyncApiDao) {
     }
 
     // results and leases
-    let owner = Uuid::new_v4();
-    let lease = Lease {
-        owner,
-        expires_at: now + TimeDelta::seconds(30),
-    };
+    let lease = fresh_lease(now);
     let job = record(now, QueryStatus::Queued);
     dao.create(&job).await.expect("create failed");
     created.push(job.id);
@@ -194,10 +190,7 @@ pub async fn dao_batches(dao: &dyn AsyncApiDao) {
     // A batch the size the service writes (mixed outcomes, results and
     // leases): every outcome is what update_status would give, in order,
     // and is what `get` reads afterwards.
-    let lease = Lease {
-        owner: Uuid::new_v4(),
-        expires_at: now + TimeDelta::seconds(30),
-    };
+    let lease = fresh_lease(now);
     let mut batch = Vec::new();
     let mut expected = Vec::new();
     for i in 0..70 {

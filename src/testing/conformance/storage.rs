@@ -9,7 +9,7 @@ use futures::TryStreamExt;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::storage::ResultStorageEngine;
+use crate::storage::{ResultStorageEngine, ResultWriter};
 
 async fn read_all(
     storage: &dyn ResultStorageEngine,
@@ -30,8 +30,12 @@ fn fresh_name() -> String {
     format!("conformance-{}.csv", Uuid::new_v4().simple())
 }
 
-/// Publishes `body` as `name`.
-async fn publish(storage: &dyn ResultStorageEngine, name: &str, body: &[u8]) {
+/// A writer for `name` that has written `body` in 64 KiB chunks.
+async fn written(
+    storage: &dyn ResultStorageEngine,
+    name: &str,
+    body: &[u8],
+) -> Box<dyn ResultWriter> {
     let mut writer = storage.create(name).await.expect("create failed");
     for chunk in body.chunks(64 * 1024) {
         writer
@@ -39,7 +43,19 @@ async fn publish(storage: &dyn ResultStorageEngine, name: &str, body: &[u8]) {
             .await
             .expect("write failed");
     }
+    writer
+}
+
+/// Publishes `body` as `name`.
+async fn publish(storage: &dyn ResultStorageEngine, name: &str, body: &[u8]) {
+    let writer = written(storage, name, body).await;
     writer.publish().await.expect("publish failed");
+}
+
+/// Checks that no object `name` can be opened.
+async fn assert_absent(storage: &dyn ResultStorageEngine, name: &str, rule: &str) {
+    let opened = storage.open(name, None).await.expect("open failed");
+    assert!(opened.is_none(), "{rule}");
 }
 
 /// The 200,000 bytes the checks write.
@@ -59,21 +75,8 @@ pub async fn storage_publish(storage: &dyn ResultStorageEngine) {
     let body = sample_body();
 
     // nothing visible before publish
-    let mut writer = storage.create(&name).await.expect("create failed");
-    for chunk in body.chunks(64 * 1024) {
-        writer
-            .write(Bytes::copy_from_slice(chunk))
-            .await
-            .expect("write failed");
-    }
-    assert!(
-        storage
-            .open(&name, None)
-            .await
-            .expect("open failed")
-            .is_none(),
-        "unpublished data must not be visible"
-    );
+    let writer = written(storage, &name, &body).await;
+    assert_absent(storage, &name, "unpublished data must not be visible").await;
     assert_eq!(storage.len(&name).await.expect("len failed"), None);
     assert_eq!(
         writer.publish().await.expect("publish failed"),
@@ -92,11 +95,7 @@ pub async fn storage_publish(storage: &dyn ResultStorageEngine) {
     );
 
     // replacing is atomic: readers see the old object until publish
-    let mut writer = storage.create(&name).await.expect("create failed");
-    writer
-        .write(Bytes::from_static(b"new"))
-        .await
-        .expect("write failed");
+    let writer = written(storage, &name, b"new").await;
     assert_eq!(
         read_all(storage, &name, None).await,
         body,
@@ -107,34 +106,12 @@ pub async fn storage_publish(storage: &dyn ResultStorageEngine) {
 
     // abort and drop leave nothing
     let aborted = format!("conformance-{}", Uuid::new_v4().simple());
-    let mut writer = storage.create(&aborted).await.expect("create failed");
-    writer
-        .write(Bytes::from_static(b"partial"))
-        .await
-        .expect("write failed");
+    let writer = written(storage, &aborted, b"partial").await;
     writer.abort().await.expect("abort failed");
-    assert!(
-        storage
-            .open(&aborted, None)
-            .await
-            .expect("open failed")
-            .is_none(),
-        "aborted data must not be visible"
-    );
-    let mut writer = storage.create(&aborted).await.expect("create failed");
-    writer
-        .write(Bytes::from_static(b"partial"))
-        .await
-        .expect("write failed");
+    assert_absent(storage, &aborted, "aborted data must not be visible").await;
+    let writer = written(storage, &aborted, b"partial").await;
     drop(writer);
-    assert!(
-        storage
-            .open(&aborted, None)
-            .await
-            .expect("open failed")
-            .is_none(),
-        "dropped writers must not publish"
-    );
+    assert_absent(storage, &aborted, "dropped writers must not publish").await;
 
     // empty objects
     let empty = format!("conformance-{}", Uuid::new_v4().simple());
@@ -222,13 +199,7 @@ pub async fn storage_delete(storage: &dyn ResultStorageEngine) {
         !storage.delete(&name).await.expect("delete failed"),
         "delete of a missing object must say false"
     );
-    assert!(
-        storage
-            .open(&name, None)
-            .await
-            .expect("open failed")
-            .is_none()
-    );
+    assert_absent(storage, &name, "a deleted object must be gone").await;
 }
 
 /// Names that could escape a directory or hide are refused by every
@@ -269,11 +240,7 @@ pub async fn storage_stale_partials(storage: &dyn ResultStorageEngine) {
     let kept = fresh_name();
     publish(storage, &kept, b"published").await;
     let lost = fresh_name();
-    let mut writer = storage.create(&lost).await.expect("create failed");
-    writer
-        .write(Bytes::from_static(b"partial"))
-        .await
-        .expect("write failed");
+    let writer = written(storage, &lost, b"partial").await;
     // Neither published nor aborted nor dropped: as if the process died.
     std::mem::forget(writer);
     let later = SystemTime::now() + Duration::from_secs(3600);
@@ -285,14 +252,7 @@ pub async fn storage_stale_partials(storage: &dyn ResultStorageEngine) {
         .remove_stale_partials(later)
         .await
         .expect("remove_stale_partials failed twice");
-    assert!(
-        storage
-            .open(&lost, None)
-            .await
-            .expect("open failed")
-            .is_none(),
-        "a partial object must never be visible"
-    );
+    assert_absent(storage, &lost, "a partial object must never be visible").await;
     assert_eq!(
         read_all(storage, &kept, None).await,
         b"published",
