@@ -1,17 +1,28 @@
-//! Lifecycle overhead against bare Tokio baselines measured in the same run.
+//! Lifecycle overhead as a web handler sees it: every loop runs inside a
+//! task spawned on a 2-worker runtime, next to two floors measured in the
+//! same run:
 //!
-//! - `inline`: one no-op query submitted and answered inline, against
-//!   `tokio::spawn` + oneshot.
-//! - `throughput`: 100,000 no-op jobs submitted detached and awaited, against
-//!   spawn + oneshot, and spawn + a `Mutex<HashMap>` record with two status
-//!   updates.
+//! - spawn + oneshot: `tokio::spawn` of a task that answers on a oneshot;
+//! - spawn + record: the same, plus a `Mutex<HashMap>` record (keyed by a
+//!   counter, holding the status, the query text and the owner's name)
+//!   inserted `QUEUED` and updated twice (`PROCESSING`, `COMPLETE`): the
+//!   least a job system can do.
 //!
-//! Besides criterion's figures, the bench prints per-operation p50/p99 of the
-//! inline path and of the baseline (criterion reports sample means).
+//! Cases:
 //!
-//! `cargo bench --bench lifecycle`
+//! - `inline`: one no-op query submitted and answered inline (per-operation
+//!   p50 / p99 and ratios to the floors);
+//! - `detached`: 200,000 no-op jobs submitted with async-after 0, then
+//!   awaited one by one (jobs/s and ratio to the floors);
+//! - `submit_many`: the same 200,000 jobs submitted in batches of 1,000.
+//!
+//! `cargo bench --bench lifecycle` prints one table per case. The old
+//! `block_on`-thread figures (where every operation, the floors' too,
+//! includes a cross-thread wake-up of the parked main thread) are printed
+//! with `-- --block-on`.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,9 +30,12 @@ use async_query::{
     AsyncQuery, AsyncQueryService, BoxError, Config, ExecutionContext, Principal, QueryExecutor,
     QueryOutput, QueryStatus, SubmitRequest,
 };
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-const JOBS: usize = 100_000;
+/// Operations per inline sample; several samples give a median.
+const INLINE_OPS: usize = 50_000;
+const JOBS: usize = 200_000;
+const BATCH: usize = 1_000;
+const ROUNDS: usize = 5;
 
 struct Noop;
 
@@ -51,12 +65,57 @@ fn service(max_queued: usize) -> AsyncQueryService {
         .expect("service")
 }
 
+/// The floor's job record: what any job system must own per job.
+struct Record {
+    status: QueryStatus,
+    query: String,
+    owner: String,
+}
+
+type Records = Arc<Mutex<HashMap<u64, Record>>>;
+
+fn queued(records: &Records, i: u64) {
+    let record = Record {
+        status: QueryStatus::Queued,
+        query: "noop".to_owned(),
+        owner: "alice".to_owned(),
+    };
+    records.lock().expect("lock").insert(i, record);
+}
+
+/// The two status updates a worker makes.
+fn run(records: &Records, i: u64) {
+    for status in [QueryStatus::Processing, QueryStatus::Complete] {
+        if let Some(record) = records.lock().expect("lock").get_mut(&i) {
+            record.status = status;
+        }
+    }
+}
+
+/// Floor 1: spawn a task that answers on a oneshot.
 async fn spawn_oneshot() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _ = tx.send(());
     });
     rx.await.expect("oneshot");
+}
+
+/// Floor 2: spawn + oneshot, and a record inserted and updated twice.
+async fn spawn_record(records: &Records, i: u64) {
+    queued(records, i);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let worker = Arc::clone(records);
+    tokio::spawn(async move {
+        run(&worker, i);
+        let _ = tx.send(());
+    });
+    rx.await.expect("oneshot");
+    let records = records.lock().expect("lock");
+    let done = records
+        .get(&i)
+        .map(|r| (r.status, r.query.len() + r.owner.len()));
+    assert_eq!(done, Some((QueryStatus::Complete, 9)));
 }
 
 async fn submit_inline(service: &AsyncQueryService, principal: &Principal) {
@@ -67,59 +126,93 @@ async fn submit_inline(service: &AsyncQueryService, principal: &Principal) {
     assert_eq!(job.status, QueryStatus::Complete);
 }
 
-fn inline(c: &mut Criterion) {
-    let rt = runtime();
-    let mut group = c.benchmark_group("inline");
-    group.bench_function("baseline: spawn + oneshot", |b| {
-        b.to_async(&rt).iter(spawn_oneshot)
-    });
-    group.bench_function("submit -> COMPLETE inline", |b| {
-        b.to_async(&rt).iter_custom(|iters| async move {
-            // A fresh service per sample keeps the in-memory store small.
+/// Runs `work` where a handler would: in a task spawned on `rt`.
+fn in_task<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    work: impl Future<Output = T> + Send + 'static,
+) -> T {
+    rt.block_on(async { tokio::spawn(work).await.expect("task") })
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn percentile(sorted: &[Duration], q: f64) -> f64 {
+    let i = ((sorted.len() as f64 * q) as usize).min(sorted.len() - 1);
+    sorted[i].as_secs_f64() * 1e6
+}
+
+/// p50 and p99 in µs of `ops` calls of `op`, each timed alone.
+async fn latencies<F, Fut>(ops: usize, mut op: F) -> (f64, f64)
+where
+    F: FnMut(u64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let mut samples = Vec::with_capacity(ops);
+    for i in 0..ops {
+        let t = Instant::now();
+        op(i as u64).await;
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    (percentile(&samples, 0.50), percentile(&samples, 0.99))
+}
+
+fn inline(rt: &tokio::runtime::Runtime) {
+    let (mut oneshot, mut record, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let mut p99s = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let (p50, p99) = in_task(rt, latencies(INLINE_OPS, |_| spawn_oneshot()));
+        oneshot.push(p50);
+        p99s.0.push(p99);
+        let (p50, p99) = in_task(rt, async {
+            let records = Records::default();
+            latencies(INLINE_OPS, |i| {
+                let records = Arc::clone(&records);
+                async move { spawn_record(&records, i).await }
+            })
+            .await
+        });
+        record.push(p50);
+        p99s.1.push(p99);
+        let (p50, p99) = in_task(rt, async {
+            // A fresh service per round keeps the in-memory store small.
             let service = service(1_000);
             let alice = Principal::new("alice");
-            let start = Instant::now();
-            for _ in 0..iters {
-                submit_inline(&service, &alice).await;
-            }
-            start.elapsed()
-        })
-    });
-    group.finish();
-
-    // Per-operation percentiles, which criterion does not report.
-    rt.block_on(async {
-        let ops = 50_000;
-        let mut base = Vec::with_capacity(ops);
-        for _ in 0..ops {
-            let t = Instant::now();
-            spawn_oneshot().await;
-            base.push(t.elapsed());
-        }
-        let service = service(1_000);
-        let alice = Principal::new("alice");
-        let mut ours = Vec::with_capacity(ops);
-        for _ in 0..ops {
-            let t = Instant::now();
-            submit_inline(&service, &alice).await;
-            ours.push(t.elapsed());
-        }
-        let (b50, b99) = percentiles(&mut base);
-        let (o50, o99) = percentiles(&mut ours);
-        println!(
-            "inline percentiles over {ops} ops: baseline p50 {b50:?} p99 {b99:?}; submit p50 {o50:?} p99 {o99:?}; p50 ratio {:.2}x",
-            o50.as_secs_f64() / b50.as_secs_f64()
-        );
-    });
+            latencies(INLINE_OPS, |_| submit_inline(&service, &alice)).await
+        });
+        ours.push(p50);
+        p99s.2.push(p99);
+    }
+    let (oneshot, record, ours) = (median(oneshot), median(record), median(ours));
+    println!(
+        "\n### inline: submit -> COMPLETE returned by submit ({ROUNDS} rounds x {INLINE_OPS} ops, medians)\n"
+    );
+    println!("| case | p50 | p99 |");
+    println!("|---|---|---|");
+    println!(
+        "| floor: spawn + oneshot | {oneshot:.2} µs | {:.2} µs |",
+        median(p99s.0)
+    );
+    println!(
+        "| floor: spawn + record, 2 updates | {record:.2} µs | {:.2} µs |",
+        median(p99s.1)
+    );
+    println!(
+        "| `submit` -> COMPLETE inline | {ours:.2} µs | {:.2} µs |",
+        median(p99s.2)
+    );
+    println!(
+        "| **ratio** to spawn + record (to spawn + oneshot) | **{:.2}x** ({:.2}x) | |",
+        ours / record,
+        ours / oneshot
+    );
 }
 
-fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
-    samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)];
-    (at(0.50), at(0.99))
-}
-
-async fn many_spawn_oneshot(n: usize) {
+/// Floor: `n` spawned tasks answering on oneshots, awaited afterwards.
+async fn many_oneshots(n: usize) {
     let mut waits = Vec::with_capacity(n);
     for _ in 0..n {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -133,22 +226,16 @@ async fn many_spawn_oneshot(n: usize) {
     }
 }
 
-async fn many_spawn_with_records(n: usize) {
-    let records: Arc<Mutex<HashMap<u64, QueryStatus>>> = Arc::default();
+/// Floor: as above, with a record inserted and updated twice per task.
+async fn many_records(n: usize) {
+    let records = Records::default();
     let mut waits = Vec::with_capacity(n);
     for i in 0..n as u64 {
-        records.lock().expect("lock").insert(i, QueryStatus::Queued);
+        queued(&records, i);
         let (tx, rx) = tokio::sync::oneshot::channel();
         let records = Arc::clone(&records);
         tokio::spawn(async move {
-            records
-                .lock()
-                .expect("lock")
-                .insert(i, QueryStatus::Processing);
-            records
-                .lock()
-                .expect("lock")
-                .insert(i, QueryStatus::Complete);
+            run(&records, i);
             let _ = tx.send(());
         });
         waits.push(rx);
@@ -158,7 +245,18 @@ async fn many_spawn_with_records(n: usize) {
     }
 }
 
-async fn many_jobs(n: usize) {
+async fn await_all(service: &AsyncQueryService, alice: &Principal, ids: Vec<uuid::Uuid>) {
+    for id in ids {
+        let job = service
+            .wait(alice, id, Duration::from_secs(60))
+            .await
+            .expect("wait");
+        assert_eq!(job.status, QueryStatus::Complete);
+    }
+}
+
+/// `n` jobs submitted one by one with async-after 0, then awaited.
+async fn detached(n: usize) {
     let service = service(n);
     let alice = Principal::new("alice");
     let mut ids = Vec::with_capacity(n);
@@ -166,31 +264,107 @@ async fn many_jobs(n: usize) {
         let request = SubmitRequest::query("noop").with_async_after(Duration::ZERO);
         ids.push(service.submit(&alice, request).await.expect("submit").id);
     }
-    for id in ids {
-        let job = service
-            .wait(&alice, id, Duration::from_secs(60))
+    await_all(&service, &alice, ids).await;
+}
+
+/// `n` jobs submitted in batches of [`BATCH`], then awaited.
+async fn submitted_many(n: usize) {
+    let service = service(n);
+    let alice = Principal::new("alice");
+    let mut ids = Vec::with_capacity(n);
+    for _ in 0..n / BATCH {
+        let requests = (0..BATCH).map(|_| SubmitRequest::query("noop")).collect();
+        let jobs = service
+            .submit_many(&alice, requests)
             .await
-            .expect("wait");
-        assert_eq!(job.status, QueryStatus::Complete);
+            .expect("submit_many");
+        ids.extend(jobs.into_iter().map(|job| job.id));
+    }
+    await_all(&service, &alice, ids).await;
+}
+
+/// Jobs per second of `work(JOBS)` in a spawned task, median of the rounds.
+fn rate<Fut: Future<Output = ()> + Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    work: fn(usize) -> Fut,
+) -> f64 {
+    let rates = (0..ROUNDS)
+        .map(|_| {
+            in_task(rt, async move {
+                let t = Instant::now();
+                work(JOBS).await;
+                JOBS as f64 / t.elapsed().as_secs_f64()
+            })
+        })
+        .collect();
+    median(rates)
+}
+
+fn throughput(rt: &tokio::runtime::Runtime) {
+    let oneshot = rate(rt, many_oneshots);
+    let record = rate(rt, many_records);
+    let one_by_one = rate(rt, detached);
+    let many = rate(rt, submitted_many);
+    println!("\n### throughput: {JOBS} no-op jobs, then awaited ({ROUNDS} rounds, medians)\n");
+    println!("| case | jobs/s | ratio to spawn + record |");
+    println!("|---|---|---|");
+    println!(
+        "| floor: spawn + oneshot | {:.0} k | {:.2} |",
+        oneshot / 1e3,
+        oneshot / record
+    );
+    println!(
+        "| floor: spawn + record, 2 updates | {:.0} k | 1.00 |",
+        record / 1e3
+    );
+    println!(
+        "| `submit` (async-after 0), one by one | {:.0} k | **{:.2}** |",
+        one_by_one / 1e3,
+        one_by_one / record
+    );
+    println!(
+        "| `submit_many`, batches of {BATCH} | {:.0} k | **{:.2}** |",
+        many / 1e3,
+        many / record
+    );
+}
+
+/// The old figures: loops on the `block_on` thread.
+fn block_on_figures(rt: &tokio::runtime::Runtime) {
+    let (base, ours) = rt.block_on(async {
+        let base = latencies(INLINE_OPS, |_| spawn_oneshot()).await;
+        let service = service(1_000);
+        let alice = Principal::new("alice");
+        let ours = latencies(INLINE_OPS, |_| submit_inline(&service, &alice)).await;
+        (base, ours)
+    });
+    println!("\n### inline on the block_on thread (old figures)\n");
+    println!("| case | p50 | p99 |");
+    println!("|---|---|---|");
+    println!("| spawn + oneshot | {:.2} µs | {:.2} µs |", base.0, base.1);
+    println!(
+        "| `submit` -> COMPLETE inline | {:.2} µs | {:.2} µs |",
+        ours.0, ours.1
+    );
+    println!("| ratio | {:.2}x | |", ours.0 / base.0);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test --benches` runs benches with `--test`: a smoke run only.
+    if args.iter().any(|a| a == "--test") {
+        let rt = runtime();
+        in_task(&rt, async {
+            let service = service(100);
+            submit_inline(&service, &Principal::new("alice")).await;
+            submitted_many(BATCH).await;
+        });
+        return;
+    }
+    let rt = runtime();
+    inline(&rt);
+    throughput(&rt);
+    if args.iter().any(|a| a == "--block-on") {
+        block_on_figures(&rt);
     }
 }
-
-fn throughput(c: &mut Criterion) {
-    let rt = runtime();
-    let mut group = c.benchmark_group("throughput");
-    group.sample_size(10);
-    group.throughput(Throughput::Elements(JOBS as u64));
-    group.bench_function("baseline: spawn + oneshot", |b| {
-        b.to_async(&rt).iter(|| many_spawn_oneshot(JOBS))
-    });
-    group.bench_function("baseline: spawn + Mutex<HashMap> record, 2 updates", |b| {
-        b.to_async(&rt).iter(|| many_spawn_with_records(JOBS))
-    });
-    group.bench_function("service: submit detached + wait", |b| {
-        b.to_async(&rt).iter(|| many_jobs(JOBS))
-    });
-    group.finish();
-}
-
-criterion_group!(benches, inline, throughput);
-criterion_main!(benches);

@@ -269,6 +269,34 @@ pub trait AsyncApiDao: Send + Sync + 'static {
         Ok(outcomes)
     }
 
+    /// Writes `changes` as [`update_status_many`](Self::update_status_many)
+    /// does and claims up to `limit` of the oldest queued jobs for
+    /// `lease.owner` as [`claim`](Self::claim) does, never one of the jobs
+    /// `changes` names. The service writes the records of jobs that just
+    /// finished this way and claims the next jobs for the slots they freed,
+    /// so that one commit serves both. PostgreSQL does it in one statement;
+    /// the default calls the two methods in turn.
+    ///
+    /// # Errors
+    ///
+    /// As `update_status_many`; when an error is returned, changes and
+    /// claims may or may not have been applied (re-read the records).
+    async fn update_and_claim(
+        &self,
+        changes: &[(Uuid, StatusChange)],
+        lease: &Lease,
+        limit: usize,
+        at: DateTime<Utc>,
+    ) -> Result<(Vec<CasOutcome>, Vec<AsyncQuery>)> {
+        let outcomes = self.update_status_many(changes).await?;
+        let claimed = if limit == 0 {
+            Vec::new()
+        } else {
+            self.claim(lease, limit, at).await?
+        };
+        Ok((outcomes, claimed))
+    }
+
     /// Claims up to `limit` of the oldest queued jobs for `lease.owner`.
     ///
     /// # Errors

@@ -6,7 +6,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::JobSignal;
 
-use super::sql::{SqlBackend, db_error, schema_v1, sql_dao};
+use super::sql::{Claim, SqlBackend, db_error, schema_v1, sql_dao};
 use crate::error::Result;
 
 /// The advisory-lock key concurrent `migrate` calls serialise on (any fixed
@@ -101,36 +101,50 @@ impl SqlBackend for PostgresDao {
         &self.pool
     }
 
-    /// Compare-and-sets a batch in one `UPDATE … FROM UNNEST(…)` statement
-    /// (eight array parameters, whatever the batch size), then reads the
-    /// records of the changes that did not apply. One round trip instead of
-    /// one per change: with `claim_batch` 64 a batch took 64.
-    async fn cas_batch(
+    /// One statement on an autocommit connection, so one round trip and
+    /// one commit: the changes as one `UPDATE … FROM UNNEST(…)` (eight array
+    /// parameters, whatever the batch size) and, with `claim`, the claim as
+    /// a second data-modifying CTE that skips the jobs the batch names. Then
+    /// one read of the records of the changes that did not apply.
+    async fn update_and_claim(
         conn: &mut sqlx::PgConnection,
         changes: &[(uuid::Uuid, super::StatusChange)],
-    ) -> Result<Vec<super::CasOutcome>> {
-        use super::sql::{COLUMNS, RawJob, json, lease_mode, micros};
-        // One change needs no arrays; a repeated id would be matched once
-        // by UPDATE … FROM, so such a batch goes change by change.
-        let repeated = super::first_repeated(changes.iter().map(|(id, _)| *id));
-        if changes.len() < 2 || repeated.is_some() {
-            return Self::cas_each(conn, changes).await;
+        claim: Option<&Claim<'_>>,
+    ) -> Result<(Vec<super::CasOutcome>, Vec<crate::model::AsyncQuery>)> {
+        use super::sql::{COLUMNS, RawJob, claimed, json, lease_mode, micros};
+        use sqlx::{Connection, FromRow, Row};
+        let fail = |e| db_error("changing jobs' statuses", e);
+        let ids: Vec<uuid::Uuid> = changes.iter().map(|(id, _)| *id).collect();
+        let limit = claim.map_or(0, |c| c.limit);
+        if super::first_repeated(ids.iter().copied()).is_some() {
+            // UPDATE … FROM matches a row once: change by change instead,
+            // in one transaction.
+            let mut tx = conn.begin().await.map_err(fail)?;
+            let outcomes = Self::cas_each(&mut tx, changes).await?;
+            let claimed = match claim {
+                Some(claim) => Self::claim_on(&mut tx, claim, &ids).await?,
+                None => Vec::new(),
+            };
+            tx.commit().await.map_err(fail)?;
+            return Ok((outcomes, claimed));
+        }
+        if limit == 0 && changes.len() < 2 {
+            // One change needs no arrays.
+            return Ok((Self::cas_each(conn, changes).await?, Vec::new()));
         }
         let n = changes.len();
-        let (mut ids, mut to, mut at, mut results) = (
+        let (mut to, mut at, mut results, mut modes) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        let (mut modes, mut owners, mut expires, mut from) = (
-            Vec::with_capacity(n),
+        let (mut owners, mut expires, mut from) = (
             Vec::with_capacity(n),
             Vec::with_capacity(n),
             Vec::with_capacity(n),
         );
-        for (id, change) in changes {
-            ids.push(*id);
+        for (_, change) in changes {
             to.push(change.to.as_str());
             at.push(micros(change.at));
             results.push(change.result.as_ref().map(json).transpose()?);
@@ -141,16 +155,22 @@ impl SqlBackend for PostgresDao {
         }
         // `v`'s columns are prefixed so that RETURNING names only the table's.
         let sql = format!(
-            "UPDATE async_query AS a SET status = v.v_to, updated_on = v.v_at, \
+            "WITH done AS (UPDATE async_query AS a SET status = v.v_to, updated_on = v.v_at, \
              result = COALESCE(v.v_result, a.result), \
              lease_owner = CASE v.v_mode WHEN 1 THEN v.v_owner WHEN 2 THEN NULL ELSE a.lease_owner END, \
              lease_expires_at = CASE v.v_mode WHEN 1 THEN v.v_expires WHEN 2 THEN NULL ELSE a.lease_expires_at END \
              FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::uuid[], $7::bigint[], $8::text[]) \
              AS v(v_id, v_to, v_at, v_result, v_mode, v_owner, v_expires, v_from) \
-             WHERE a.id = v.v_id AND a.status = v.v_from RETURNING {COLUMNS}"
+             WHERE a.id = v.v_id AND a.status = v.v_from \
+             RETURNING false AS claimed, a.seq, {COLUMNS}), \
+             taken AS (UPDATE async_query SET status = 'PROCESSING', lease_owner = $9, \
+             lease_expires_at = $10, updated_on = $11 \
+             WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' AND id <> ALL($1) \
+             ORDER BY seq LIMIT $12 FOR UPDATE SKIP LOCKED) \
+             RETURNING true AS claimed, seq, {COLUMNS}) \
+             SELECT * FROM done UNION ALL SELECT * FROM taken"
         );
-        let fail = |e| db_error("changing jobs' statuses", e);
-        let applied: Vec<RawJob> = sqlx::query_as(&sql)
+        let rows = sqlx::query(&sql)
             .bind(&ids)
             .bind(&to)
             .bind(&at)
@@ -159,13 +179,24 @@ impl SqlBackend for PostgresDao {
             .bind(&owners)
             .bind(&expires)
             .bind(&from)
+            .bind(claim.map(|c| c.lease.owner))
+            .bind(claim.map(|c| micros(c.lease.expires_at)))
+            .bind(claim.map(|c| micros(c.at)))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *conn)
             .await
             .map_err(fail)?;
-        let mut applied = applied
+        let (taken, done): (Vec<_>, Vec<_>) = rows
+            .iter()
+            .partition(|row| row.try_get::<bool, _>("claimed").unwrap_or(false));
+        let mut applied = done
             .into_iter()
-            .map(|row| row.into_job().map(|job| (job.id, job)))
+            .map(|row| {
+                let job = RawJob::from_row(row).map_err(fail)?.into_job()?;
+                Ok((job.id, job))
+            })
             .collect::<Result<std::collections::HashMap<_, _>>>()?;
+        let claimed = claimed(taken.into_iter())?;
         // The rest conflicted (or do not exist): their current records.
         let mut current = std::collections::HashMap::new();
         if applied.len() < n {
@@ -185,13 +216,15 @@ impl SqlBackend for PostgresDao {
                 current.insert(job.id, job);
             }
         }
-        ids.iter()
+        let outcomes = ids
+            .iter()
             .map(|id| match (applied.remove(id), current.remove(id)) {
                 (Some(job), _) => Ok(super::CasOutcome::Applied(job)),
                 (None, Some(job)) => Ok(super::CasOutcome::Conflict(job)),
                 (None, None) => Err(crate::error::Error::NotFound { id: *id }),
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        Ok((outcomes, claimed))
     }
 
     /// LISTENs on [`CHANNEL`] on a dedicated connection. sqlx's listener

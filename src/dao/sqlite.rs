@@ -6,7 +6,7 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::sql::{SqlBackend, db_error, schema_v1, sql_dao};
+use super::sql::{Claim, SqlBackend, db_error, schema_v1, sql_dao};
 use crate::error::Result;
 
 /// Job records in SQLite: durable on one host, no server needed.
@@ -86,13 +86,26 @@ impl SqlBackend for SqliteDao {
         &self.pool
     }
 
-    /// One statement per change: SQLite runs in-process, so round trips
-    /// cost little.
-    async fn cas_batch(
+    /// One transaction, one statement per change: SQLite runs in-process,
+    /// so round trips cost little.
+    async fn update_and_claim(
         conn: &mut sqlx::SqliteConnection,
         changes: &[(uuid::Uuid, super::StatusChange)],
-    ) -> Result<Vec<super::CasOutcome>> {
-        Self::cas_each(conn, changes).await
+        claim: Option<&Claim<'_>>,
+    ) -> Result<(Vec<super::CasOutcome>, Vec<crate::model::AsyncQuery>)> {
+        use sqlx::Connection;
+        let fail = |e| db_error("changing jobs' statuses", e);
+        let mut tx = conn.begin().await.map_err(fail)?;
+        let outcomes = Self::cas_each(&mut tx, changes).await?;
+        let claimed = match claim {
+            Some(claim) => {
+                let ids: Vec<uuid::Uuid> = changes.iter().map(|(id, _)| *id).collect();
+                Self::claim_on(&mut tx, claim, &ids).await?
+            }
+            None => Vec::new(),
+        };
+        tx.commit().await.map_err(fail)?;
+        Ok((outcomes, claimed))
     }
 
     /// SQLite cannot push changes to other processes; the service polls.

@@ -234,6 +234,21 @@ impl AsyncApiDao for FaultyDao {
             .await
     }
 
+    async fn update_and_claim(
+        &self,
+        changes: &[(Uuid, StatusChange)],
+        lease: &Lease,
+        limit: usize,
+        at: DateTime<Utc>,
+    ) -> Result<(Vec<CasOutcome>, Vec<AsyncQuery>)> {
+        self.faults
+            .dao(
+                "update_and_claim",
+                self.inner.update_and_claim(changes, lease, limit, at),
+            )
+            .await
+    }
+
     async fn claim(
         &self,
         lease: &Lease,

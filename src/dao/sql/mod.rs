@@ -170,6 +170,33 @@ pub(crate) fn db_error(context: &str, e: sqlx::Error) -> Error {
     Error::dao(context.to_owned(), e)
 }
 
+/// A claim of up to `limit` queued jobs under `lease` at `at`.
+pub(crate) struct Claim<'a> {
+    pub(crate) lease: &'a Lease,
+    pub(crate) limit: usize,
+    pub(crate) at: DateTime<Utc>,
+}
+
+/// Claimed rows (`seq` first, then [`COLUMNS`]) as records, oldest first:
+/// `RETURNING` has no order.
+pub(crate) fn claimed<'r, R>(rows: impl Iterator<Item = &'r R>) -> Result<Vec<AsyncQuery>>
+where
+    R: sqlx::Row + 'r,
+    RawJob: for<'x> sqlx::FromRow<'x, R>,
+    i64: for<'x> sqlx::Decode<'x, R::Database> + sqlx::Type<R::Database>,
+    &'static str: sqlx::ColumnIndex<R>,
+{
+    let mut rows = rows
+        .map(|row| {
+            let seq: i64 = row.try_get("seq")?;
+            Ok((seq, <RawJob as sqlx::FromRow<R>>::from_row(row)?))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()
+        .map_err(|e| db_error("claiming queued jobs", e))?;
+    rows.sort_by_key(|(seq, _)| *seq);
+    rows.into_iter().map(|(_, row)| row.into_job()).collect()
+}
+
 /// What the shared queries ([`sql_dao!`]) need from each SQL back-end.
 pub(crate) trait SqlBackend {
     /// The database.
@@ -183,12 +210,15 @@ pub(crate) trait SqlBackend {
     /// The connection pool every query runs on.
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
 
-    /// Compare-and-sets a batch inside the transaction on `conn`, each
-    /// change with the outcome a lone compare-and-set would give, in order.
-    fn cas_batch(
+    /// Compare-and-sets `changes`, each with the outcome a lone
+    /// compare-and-set would give, in order, and (with `claim`) claims up
+    /// to `claim.limit` queued jobs that `changes` does not name: all in
+    /// one commit.
+    fn update_and_claim(
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         changes: &[(Uuid, StatusChange)],
-    ) -> impl Future<Output = Result<Vec<CasOutcome>>> + Send;
+        claim: Option<&Claim<'_>>,
+    ) -> impl Future<Output = Result<(Vec<CasOutcome>, Vec<AsyncQuery>)>> + Send;
 
     /// Status changes pushed by the database, if it can push them.
     fn signals(&self) -> impl Future<Output = Result<Option<SignalStream>>> + Send;

@@ -134,6 +134,48 @@ macro_rules! sql_dao {
                 }
             }
 
+            /// Claims up to `claim.limit` of the oldest queued jobs on
+            /// `conn`, leaving out the jobs `exclude` names.
+            async fn claim_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                claim: &$crate::dao::sql::Claim<'_>,
+                exclude: &[uuid::Uuid],
+            ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
+                use $crate::dao::sql::micros;
+                if claim.limit == 0 {
+                    return Ok(Vec::new());
+                }
+                let mut query = sqlx::QueryBuilder::<$db>::new(
+                    "UPDATE async_query SET status = 'PROCESSING', lease_owner = ",
+                );
+                query
+                    .push_bind(claim.lease.owner)
+                    .push(", lease_expires_at = ")
+                    .push_bind(micros(claim.lease.expires_at))
+                    .push(", updated_on = ")
+                    .push_bind(micros(claim.at))
+                    .push(" WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED'");
+                if !exclude.is_empty() {
+                    query.push(" AND id NOT IN (");
+                    let mut list = query.separated(", ");
+                    for id in exclude {
+                        list.push_bind(*id);
+                    }
+                    query.push(")");
+                }
+                query
+                    .push(" ORDER BY seq LIMIT ")
+                    .push_bind(i64::try_from(claim.limit).unwrap_or(i64::MAX))
+                    .push(<Self as $crate::dao::sql::SqlBackend>::CLAIM_LOCK)
+                    .push(format!(") RETURNING seq, {}", $crate::dao::sql::COLUMNS));
+                let rows = query
+                    .build()
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?;
+                $crate::dao::sql::claimed(rows.iter())
+            }
+
             /// The record `id` on `conn`, if any.
             async fn read(
                 conn: &mut <$db as sqlx::Database>::Connection,
@@ -236,14 +278,34 @@ macro_rules! sql_dao {
                 for (_, change) in changes {
                     $crate::dao::check_transition(change)?;
                 }
-                let fail = |e| $crate::dao::sql::db_error("changing jobs' statuses", e);
-                // One transaction: one commit (one WAL flush) for the batch.
-                let mut tx = $crate::dao::sql::SqlBackend::pool(self).begin().await.map_err(fail)?;
-                let outcomes = <Self as $crate::dao::sql::SqlBackend>::cas_batch(&mut tx, changes).await?;
-                tx.commit().await.map_err(fail)?;
+                let mut conn = $crate::dao::sql::SqlBackend::pool(self)
+                    .acquire()
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("changing jobs' statuses", e))?;
+                let (outcomes, _) =
+                    <Self as $crate::dao::sql::SqlBackend>::update_and_claim(&mut conn, changes, None)
+                        .await?;
                 Ok(outcomes)
             }
 
+            async fn update_and_claim(
+                &self,
+                changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
+                lease: &$crate::model::Lease,
+                limit: usize,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::Result<(Vec<$crate::dao::CasOutcome>, Vec<$crate::model::AsyncQuery>)> {
+                for (_, change) in changes {
+                    $crate::dao::check_transition(change)?;
+                }
+                let mut conn = $crate::dao::sql::SqlBackend::pool(self)
+                    .acquire()
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("changing jobs' statuses", e))?;
+                let claim = $crate::dao::sql::Claim { lease, limit, at };
+                <Self as $crate::dao::sql::SqlBackend>::update_and_claim(&mut conn, changes, Some(&claim))
+                    .await
+            }
 
             async fn claim(
                 &self,
@@ -251,38 +313,15 @@ macro_rules! sql_dao {
                 limit: usize,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
-                use $crate::dao::sql::micros;
                 if limit == 0 {
                     return Ok(Vec::new());
                 }
-                let sql = format!(
-                    "UPDATE async_query SET status = 'PROCESSING', lease_owner = $1, \
-                     lease_expires_at = $2, updated_on = $3 \
-                     WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' \
-                     ORDER BY seq LIMIT $4{}) RETURNING seq, {}",
-                    <Self as $crate::dao::sql::SqlBackend>::CLAIM_LOCK,
-                    $crate::dao::sql::COLUMNS
-                );
-                let rows: Vec<(i64, $crate::dao::sql::RawJob)> = sqlx::query(&sql)
-                    .bind(lease.owner)
-                    .bind(micros(lease.expires_at))
-                    .bind(micros(at))
-                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                    .fetch_all($crate::dao::sql::SqlBackend::pool(self))
+                let mut conn = $crate::dao::sql::SqlBackend::pool(self)
+                    .acquire()
                     .await
-                    .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?
-                    .into_iter()
-                    .map(|row| {
-                        use sqlx::{FromRow, Row};
-                        let seq: i64 = row.try_get("seq")?;
-                        Ok((seq, $crate::dao::sql::RawJob::from_row(&row)?))
-                    })
-                    .collect::<Result<_, sqlx::Error>>()
                     .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?;
-                let mut rows = rows;
-                // RETURNING has no order; claims are oldest first.
-                rows.sort_by_key(|(seq, _)| *seq);
-                rows.into_iter().map(|(_, row)| row.into_job()).collect()
+                let claim = $crate::dao::sql::Claim { lease, limit, at };
+                Self::claim_on(&mut conn, &claim, &[]).await
             }
 
             async fn renew_leases(

@@ -136,6 +136,10 @@ pub async fn dao_compare_and_set(dao: &dyn AsyncApiDao) {
 /// `update_status_many`: each change is its own compare-and-set, in order,
 /// with the outcome `update_status` would give; an unknown id fails the
 /// batch; one job named twice gets both changes in order.
+/// `update_and_claim`: the same outcomes, and a claim of the oldest queued
+/// jobs that the batch does not name.
+///
+/// Needs a store without other queued jobs.
 ///
 /// # Panics
 ///
@@ -297,6 +301,69 @@ pub async fn dao_batches(dao: &dyn AsyncApiDao) {
         }
         other => panic!("both changes of one job must apply in order, got {other:?}"),
     }
+
+    // update_and_claim: the changes as above, plus the oldest queued jobs
+    // the batch does not name, under the lease.
+    let running = walk(dao, now, &[QueryStatus::Queued, QueryStatus::Processing]).await;
+    let mut queued = Vec::new();
+    for i in 0..4 {
+        let job = record(now + TimeDelta::milliseconds(i), QueryStatus::Queued);
+        dao.create(&job).await.expect("create failed");
+        queued.push(job.id);
+    }
+    created.push(running.id);
+    created.extend(&queued);
+    let claimer = fresh_lease(now);
+    let batch = [
+        (
+            running.id,
+            StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, later)
+                .with_result(QueryResult::message(later, "done")),
+        ),
+        // The oldest queued job is cancelled in the same call: never claimed.
+        (
+            queued[0],
+            StatusChange::new(QueryStatus::Queued, QueryStatus::Cancelled, later),
+        ),
+    ];
+    let (outcomes, claimed) = dao
+        .update_and_claim(&batch, &claimer, 2, later)
+        .await
+        .expect("update_and_claim failed");
+    assert!(
+        matches!(outcomes.as_slice(), [CasOutcome::Applied(a), CasOutcome::Applied(b)]
+            if a.status == QueryStatus::Complete && b.status == QueryStatus::Cancelled),
+        "update_and_claim must apply its changes as update_status_many does, got {outcomes:?}"
+    );
+    let claimed_ids: Vec<Uuid> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(
+        claimed_ids,
+        queued[1..3],
+        "update_and_claim must claim the oldest queued jobs the batch does not name, in order"
+    );
+    for job in &claimed {
+        assert_eq!(
+            (job.status, job.lease.as_ref()),
+            (QueryStatus::Processing, Some(&claimer)),
+            "claimed jobs must be Processing under the lease"
+        );
+    }
+    let stored = dao.get(queued[1]).await.expect("get failed");
+    assert_eq!(stored.as_ref(), claimed.first(), "the claim must be stored");
+    let (outcomes, none) = dao
+        .update_and_claim(&[], &claimer, 0, later)
+        .await
+        .expect("update_and_claim failed");
+    assert!(
+        outcomes.is_empty() && none.is_empty(),
+        "a limit of 0 claims nothing"
+    );
+    let (_, last) = dao
+        .update_and_claim(&[], &claimer, 5, later)
+        .await
+        .expect("update_and_claim failed");
+    let last: Vec<Uuid> = last.iter().map(|j| j.id).collect();
+    assert_eq!(last, queued[3..], "only queued jobs are claimed");
 
     clean_up(dao, &created).await;
 }
