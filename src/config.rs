@@ -34,15 +34,19 @@ pub struct Config {
     /// Jobs waiting `QUEUED` for a slot on this instance before `submit`
     /// returns [`Error::QueueFull`](crate::error::Error::QueueFull). Default 1,000.
     pub max_queued: usize,
-    /// Throughput mode for many short jobs. Default 1: a worker claims one
-    /// queued job at a time and writes each finished job's record before it
-    /// starts the next. Above 1, a worker claims up to this many queued jobs
-    /// in one DAO call (the extra ones are `PROCESSING` under this
-    /// instance's lease while they wait for a slot, and are counted as
-    /// running by `shutdown`), and finished jobs' records are written in
-    /// the background, up to this many at once, while the worker moves on.
-    /// Fewer round trips per job; on PostgreSQL concurrent commits share WAL
-    /// flushes. At most `pool_size` jobs still execute at once.
+    /// How many queued jobs a slot that frees up claims. Default 1: jobs
+    /// that no slot can start stay `QUEUED`, so `PROCESSING` means running.
+    /// Finished jobs' records are always written with group commit: a job
+    /// that finishes alone is written at once, jobs that finish together are
+    /// written together, and the same DAO call claims the next jobs for the
+    /// freed slots (one statement and one commit on PostgreSQL).
+    ///
+    /// Above 1 (throughput mode for many very short jobs), a freed slot
+    /// claims up to this many: the extra ones are `PROCESSING` under this
+    /// instance's lease while they wait for a slot (and are counted as
+    /// running by `shutdown`), and a slot with such a job runs it at once
+    /// while its predecessor's record is written behind it. At most
+    /// `pool_size` jobs execute at once either way.
     pub claim_batch: usize,
     /// Upper bound on a request's async-after wait (Elide
     /// `max-async-after-seconds`). Default 10 s.

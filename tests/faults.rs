@@ -96,7 +96,12 @@ async fn a_failed_create_is_a_typed_error_and_leaks_nothing() {
 
 #[tokio::test(start_paused = true)]
 async fn a_result_that_cannot_be_saved_ends_failure() {
-    let f = failing_once(config(), "update_status"); // the COMPLETE write
+    // The COMPLETE write (with the claim for the freed slot) fails, and so
+    // does writing it again alone: the result cannot be saved.
+    let f = faulty(config());
+    f.dao_faults.only(&["update_and_claim", "update_status"]);
+    f.dao_faults.fail_nth(1);
+    f.dao_faults.fail_nth(2);
     let job = submit(&f.service, SubmitRequest::query("fine")).await;
     assert_eq!(job.status, QueryStatus::Failure);
     let message = job.result.unwrap().message.unwrap();
@@ -104,6 +109,14 @@ async fn a_result_that_cannot_be_saved_ends_failure() {
         message.starts_with("the result could not be saved"),
         "{message}"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_result_whose_write_fails_once_is_written_again() {
+    let f = failing_once(config(), "update_and_claim"); // the COMPLETE write
+    let job = submit(&f.service, SubmitRequest::query("fine")).await;
+    assert_eq!(job.status, QueryStatus::Complete, "{job:?}");
+    assert_eq!(job.result.unwrap().inline_body(), Some("fine"));
 }
 
 #[tokio::test(start_paused = true)]
@@ -279,7 +292,7 @@ fn batching() -> Config {
 #[tokio::test(start_paused = true)]
 async fn a_failed_batched_write_is_retried_job_by_job() {
     let f = faulty(batching());
-    f.dao_faults.only(&["update_status_many"]);
+    f.dao_faults.only(&["update_and_claim"]);
     f.dao_faults.fail_always(true);
     let jobs = batched_exports(&f, 4).await;
     for job in &jobs {
@@ -294,7 +307,7 @@ async fn a_failed_batched_write_is_retried_job_by_job() {
 #[tokio::test(start_paused = true)]
 async fn a_batched_write_whose_reply_was_lost_keeps_its_results() {
     let f = faulty(batching());
-    f.dao_faults.only(&["update_status_many"]);
+    f.dao_faults.only(&["update_and_claim"]);
     f.dao_faults.lose_replies(true);
     f.dao_faults.fail_always(true);
     let jobs = batched_exports(&f, 4).await;
@@ -311,7 +324,7 @@ async fn a_batched_write_whose_reply_was_lost_keeps_its_results() {
 #[tokio::test(start_paused = true)]
 async fn a_job_cancelled_while_its_record_waits_to_be_written_ends_cancel_complete() {
     let f = faulty(batching());
-    f.dao_faults.only(&["update_status_many"]);
+    f.dao_faults.only(&["update_and_claim"]);
     f.dao_faults.delay(SECOND);
     let jobs = batched_exports(&f, 1).await;
     // The export has run; its COMPLETE waits in the (slow) batched write.
@@ -412,7 +425,7 @@ async fn a_cancel_of_a_job_whose_claim_reply_was_lost_still_completes() {
 /// learns the record's real state before it deletes anything.
 #[tokio::test(start_paused = true)]
 async fn an_export_whose_complete_reply_was_lost_keeps_its_result() {
-    let f = failing_once(config(), "update_status"); // the COMPLETE write
+    let f = failing_once(config(), "update_and_claim"); // the COMPLETE write
     f.dao_faults.lose_replies(true);
     let job = submit(
         &f.service,

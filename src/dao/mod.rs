@@ -337,8 +337,10 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     async fn delete(&self, ids: &[Uuid]) -> Result<u64>;
 
     /// Status changes made by any instance, pushed as they commit, if the
-    /// back-end can (PostgreSQL LISTEN/NOTIFY); `Ok(None)` (the default) if
-    /// it cannot, and the service then polls every
+    /// back-end can (PostgreSQL LISTEN/NOTIFY): at least new jobs
+    /// (`QUEUED`), cancellations and endings; claims (`PROCESSING`) need not
+    /// be pushed. `Ok(None)` (the default) if it cannot, and the service
+    /// then polls every
     /// [`Config::poll_interval`](crate::Config::poll_interval). Signals only
     /// make instances react sooner (an idle worker claims a new job, a remote
     /// cancel stops a running job, a remote waiter re-reads); they may be

@@ -27,6 +27,26 @@ const NOTIFY_V2: &[&str] = &[
      FOR EACH ROW EXECUTE FUNCTION async_query_notify()",
 ];
 
+/// Version 3, for throughput:
+/// - claims read a partial index of the queued rows only. The `(status,
+///   seq)` index it replaces let the planner, misled by statistics taken
+///   while most rows were queued, walk the primary key past every finished
+///   row on each claim (4.6 ms per claim with 10,000 finished jobs, against
+///   0.01 ms now);
+/// - a claim (a change to `PROCESSING`) notifies nobody: no instance needs
+///   to react to one (waiters of a queued job learn of its end), and every
+///   notification costs the server work for each listening instance.
+const QUEUE_INDEX_V3: &[&str] = &[
+    "CREATE INDEX IF NOT EXISTS async_query_queued ON async_query (seq) WHERE status = 'QUEUED'",
+    "DROP INDEX IF EXISTS async_query_claim",
+    "CREATE OR REPLACE TRIGGER async_query_notify AFTER INSERT OR UPDATE OF status ON async_query
+     FOR EACH ROW WHEN (NEW.status <> 'PROCESSING') EXECUTE FUNCTION async_query_notify()",
+];
+
+/// The most jobs one statement claims: claim limits are literals (see
+/// `update_and_claim`), so this bounds the number of cached statements.
+const MAX_CLAIM: usize = 256;
+
 /// The LISTEN/NOTIFY channel the schema's trigger notifies.
 pub const CHANNEL: &str = "async_query";
 
@@ -87,7 +107,8 @@ impl PostgresDao {
         let lock = sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(MIGRATION_LOCK);
         let v1 = schema_v1("BIGSERIAL PRIMARY KEY", "UUID", "BIGINT");
         let v2 = NOTIFY_V2.iter().map(|s| s.to_string()).collect();
-        self.apply_migrations(vec![v1, v2], Some(lock)).await
+        let v3 = QUEUE_INDEX_V3.iter().map(|s| s.to_string()).collect();
+        self.apply_migrations(vec![v1, v2, v3], Some(lock)).await
     }
 }
 
@@ -102,10 +123,16 @@ impl SqlBackend for PostgresDao {
     }
 
     /// One statement on an autocommit connection, so one round trip and
-    /// one commit: the changes as one `UPDATE … FROM UNNEST(…)` (eight array
-    /// parameters, whatever the batch size) and, with `claim`, the claim as
-    /// a second data-modifying CTE that skips the jobs the batch names. Then
-    /// one read of the records of the changes that did not apply.
+    /// one commit: the changes as one `UPDATE … FROM (VALUES …)` and, with
+    /// `claim`, the claim as a second data-modifying CTE that skips the jobs
+    /// the batch names. Then one read of the records of the changes that
+    /// did not apply.
+    ///
+    /// The statement is shaped so that PostgreSQL settles on a cached
+    /// generic plan (planning ~0.02 ms instead of ~0.2 ms per call): the
+    /// rows are a `VALUES` list (padded to a power of two with copies of the
+    /// first row, which match nothing twice), and the claim's limit is a
+    /// literal. So there is one cached statement per batch size and limit.
     async fn update_and_claim(
         conn: &mut sqlx::PgConnection,
         changes: &[(uuid::Uuid, super::StatusChange)],
@@ -115,7 +142,7 @@ impl SqlBackend for PostgresDao {
         use sqlx::{Connection, FromRow, Row};
         let fail = |e| db_error("changing jobs' statuses", e);
         let ids: Vec<uuid::Uuid> = changes.iter().map(|(id, _)| *id).collect();
-        let limit = claim.map_or(0, |c| c.limit);
+        let limit = claim.map_or(0, |c| c.limit.min(MAX_CLAIM));
         if super::first_repeated(ids.iter().copied()).is_some() {
             // UPDATE … FROM matches a row once: change by change instead,
             // in one transaction.
@@ -128,64 +155,58 @@ impl SqlBackend for PostgresDao {
             tx.commit().await.map_err(fail)?;
             return Ok((outcomes, claimed));
         }
-        if limit == 0 && changes.len() < 2 {
-            // One change needs no arrays.
-            return Ok((Self::cas_each(conn, changes).await?, Vec::new()));
+        if changes.is_empty() || (limit == 0 && changes.len() == 1) {
+            // Nothing to join, or one change alone: plain statements.
+            let outcomes = Self::cas_each(conn, changes).await?;
+            let claimed = match claim {
+                Some(claim) => Self::claim_on(conn, claim, &[]).await?,
+                None => Vec::new(),
+            };
+            return Ok((outcomes, claimed));
         }
-        let n = changes.len();
-        let (mut to, mut at, mut results, mut modes) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut owners, mut expires, mut from) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for (_, change) in changes {
-            to.push(change.to.as_str());
-            at.push(micros(change.at));
-            results.push(change.result.as_ref().map(json).transpose()?);
-            modes.push(lease_mode(change.to));
-            owners.push(change.lease.as_ref().map(|l| l.owner));
-            expires.push(change.lease.as_ref().map(|l| micros(l.expires_at)));
-            from.push(change.from.as_str());
+        let mut encoded = Vec::with_capacity(changes.len());
+        for (id, change) in changes {
+            encoded.push((*id, change, change.result.as_ref().map(json).transpose()?));
         }
-        // `v`'s columns are prefixed so that RETURNING names only the table's.
-        let sql = format!(
-            "WITH done AS (UPDATE async_query AS a SET status = v.v_to, updated_on = v.v_at, \
+        let rows = changes.len().next_power_of_two();
+        let mut query = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+            "WITH v(v_id, v_to, v_at, v_result, v_mode, v_owner, v_expires, v_from) AS (",
+        );
+        let padded = encoded
+            .iter()
+            .chain(std::iter::repeat_n(&encoded[0], rows - changes.len()));
+        query.push_values(padded, |mut row, (id, change, result)| {
+            row.push_bind(*id)
+                .push_bind(change.to.as_str())
+                .push_bind(micros(change.at))
+                .push_bind(result.clone())
+                .push_bind(lease_mode(change.to))
+                .push_bind(change.lease.as_ref().map(|l| l.owner))
+                .push_bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
+                .push_bind(change.from.as_str());
+        });
+        query.push(format!(
+            "), done AS (UPDATE async_query AS a SET status = v.v_to, updated_on = v.v_at, \
              result = COALESCE(v.v_result, a.result), \
              lease_owner = CASE v.v_mode WHEN 1 THEN v.v_owner WHEN 2 THEN NULL ELSE a.lease_owner END, \
              lease_expires_at = CASE v.v_mode WHEN 1 THEN v.v_expires WHEN 2 THEN NULL ELSE a.lease_expires_at END \
-             FROM UNNEST($1::uuid[], $2::text[], $3::bigint[], $4::text[], $5::bigint[], $6::uuid[], $7::bigint[], $8::text[]) \
-             AS v(v_id, v_to, v_at, v_result, v_mode, v_owner, v_expires, v_from) \
-             WHERE a.id = v.v_id AND a.status = v.v_from \
+             FROM v WHERE a.id = v.v_id AND a.status = v.v_from \
              RETURNING false AS claimed, a.seq, {COLUMNS}), \
-             taken AS (UPDATE async_query SET status = 'PROCESSING', lease_owner = $9, \
-             lease_expires_at = $10, updated_on = $11 \
-             WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' AND id <> ALL($1) \
-             ORDER BY seq LIMIT $12 FOR UPDATE SKIP LOCKED) \
-             RETURNING true AS claimed, seq, {COLUMNS}) \
-             SELECT * FROM done UNION ALL SELECT * FROM taken"
-        );
-        let rows = sqlx::query(&sql)
-            .bind(&ids)
-            .bind(&to)
-            .bind(&at)
-            .bind(&results)
-            .bind(&modes)
-            .bind(&owners)
-            .bind(&expires)
-            .bind(&from)
-            .bind(claim.map(|c| c.lease.owner))
-            .bind(claim.map(|c| micros(c.lease.expires_at)))
-            .bind(claim.map(|c| micros(c.at)))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(fail)?;
+             taken AS (UPDATE async_query SET status = 'PROCESSING', lease_owner = "
+        ));
+        query
+            .push_bind(claim.map(|c| c.lease.owner))
+            .push(", lease_expires_at = ")
+            .push_bind(claim.map(|c| micros(c.lease.expires_at)))
+            .push(", updated_on = ")
+            .push_bind(claim.map(|c| micros(c.at)))
+            .push(format!(
+                " WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' \
+                 AND id NOT IN (SELECT v_id FROM v) ORDER BY seq LIMIT {limit} \
+                 FOR UPDATE SKIP LOCKED) RETURNING true AS claimed, seq, {COLUMNS}) \
+                 SELECT * FROM done UNION ALL SELECT * FROM taken"
+            ));
+        let rows = query.build().fetch_all(&mut *conn).await.map_err(fail)?;
         let (taken, done): (Vec<_>, Vec<_>) = rows
             .iter()
             .partition(|row| row.try_get::<bool, _>("claimed").unwrap_or(false));
@@ -199,7 +220,7 @@ impl SqlBackend for PostgresDao {
         let claimed = claimed(taken.into_iter())?;
         // The rest conflicted (or do not exist): their current records.
         let mut current = std::collections::HashMap::new();
-        if applied.len() < n {
+        if applied.len() < changes.len() {
             let missing: Vec<uuid::Uuid> = ids
                 .iter()
                 .copied()

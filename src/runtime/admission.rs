@@ -196,7 +196,14 @@ impl Runtime {
             (Some(permit), Some(token)) => {
                 let job = Arc::clone(&jobs[0]);
                 let guard = JobGuard::new(&self.jobs, job.id);
-                self.spawn_worker(Claimed { job, token, guard }, permit);
+                let executing = self.dispatch.executing();
+                let claimed = Claimed {
+                    job,
+                    token,
+                    guard,
+                    executing,
+                };
+                self.spawn_worker(claimed, permit);
             }
             // With every slot busy, the next worker to finish claims the
             // job (workers claim before releasing their slot), so waking

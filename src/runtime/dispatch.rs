@@ -2,7 +2,7 @@
 //! ahead), the dispatcher that fills idle slots, and the worker loop.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -20,6 +20,9 @@ pub(super) struct Claimed {
     pub(super) job: Arc<AsyncQuery>,
     pub(super) token: CancellationToken,
     pub(super) guard: JobGuard,
+    /// Counts the job as executing from its claim until its executor
+    /// returns, so that a writer waits for siblings claimed with it.
+    pub(super) executing: Executing,
 }
 
 pub(super) struct Dispatch {
@@ -29,10 +32,24 @@ pub(super) struct Dispatch {
     /// Jobs claimed ahead (`claim_batch > 1`), `PROCESSING` here, waiting
     /// for a worker, oldest first.
     ready: Mutex<VecDeque<Claimed>>,
-    /// How many queued jobs one claim takes.
+    /// How many queued jobs each free slot claims.
     batch: usize,
     /// Set once start-up recovery is done; nothing is claimed before.
     recovered: AtomicBool,
+    /// Another instance queued a job while every slot here was busy: the
+    /// next slot that frees up without work should look for it.
+    remote_work: AtomicBool,
+    /// Jobs claimed here whose executor has not returned yet.
+    executing: Arc<AtomicUsize>,
+}
+
+/// Counts a job as executing while it lives.
+pub(super) struct Executing(Arc<AtomicUsize>);
+
+impl Drop for Executing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
+    }
 }
 
 impl Dispatch {
@@ -43,7 +60,20 @@ impl Dispatch {
             ready: Mutex::default(),
             batch: claim_batch.max(1),
             recovered: AtomicBool::new(false),
+            remote_work: AtomicBool::new(false),
+            executing: Arc::default(),
         }
+    }
+
+    /// Counts a job as executing until the guard is dropped.
+    pub(super) fn executing(&self) -> Executing {
+        self.executing.fetch_add(1, Ordering::Acquire);
+        Executing(Arc::clone(&self.executing))
+    }
+
+    /// Whether a job claimed here has not finished executing.
+    pub(super) fn any_executing(&self) -> bool {
+        self.executing.load(Ordering::Acquire) > 0
     }
 
     /// A free worker slot, if any.
@@ -60,10 +90,33 @@ impl Dispatch {
         self.wake.notify_one();
     }
 
-    /// Whether workers claim several jobs at a time (and records are
-    /// written in batches).
-    pub(super) fn batching(&self) -> bool {
-        self.batch > 1
+    /// A job was queued elsewhere: the dispatcher claims it if a slot is
+    /// free, or the next slot to free up does.
+    pub(super) fn remote_job_queued(&self) {
+        if self.has_free_slot() {
+            self.wake();
+        } else {
+            self.remote_work.store(true, Ordering::Release);
+        }
+    }
+
+    /// Slots were freed without a job to run: wakes the dispatcher if work
+    /// may wait (`local_queued` jobs queued here, or a job queued elsewhere
+    /// while every slot was busy).
+    pub(super) fn wake_if_work_waits(&self, local_queued: usize) {
+        if local_queued > 0 || self.remote_work.swap(false, Ordering::AcqRel) {
+            self.wake();
+        }
+    }
+
+    /// How many queued jobs to claim for `free` slots (none while closing,
+    /// or before start-up recovery is done).
+    pub(super) fn claim_limit(&self, free: usize, accepting: bool) -> usize {
+        if accepting && self.recovered.load(Ordering::Acquire) {
+            free * self.batch
+        } else {
+            0
+        }
     }
 
     fn ready(&self) -> std::sync::MutexGuard<'_, VecDeque<Claimed>> {
@@ -71,9 +124,27 @@ impl Dispatch {
         self.ready.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Up to `n` jobs claimed ahead, oldest first.
+    pub(super) fn take_ready(&self, n: usize) -> Vec<Claimed> {
+        if self.batch == 1 || n == 0 {
+            return Vec::new();
+        }
+        let mut ready = self.ready();
+        let n = n.min(ready.len());
+        ready.drain(..n).collect()
+    }
+
+    /// Jobs claimed ahead of a free slot wait here, oldest first.
+    pub(super) fn park(&self, jobs: impl IntoIterator<Item = Claimed>) {
+        let mut jobs = jobs.into_iter().peekable();
+        if jobs.peek().is_some() {
+            self.ready().extend(jobs);
+        }
+    }
+
     /// The oldest job claimed ahead, if any.
-    fn pop_ready(&self) -> Option<Claimed> {
-        if !self.batching() {
+    pub(super) fn pop_ready(&self) -> Option<Claimed> {
+        if self.batch == 1 {
             return None;
         }
         self.ready().pop_front()
@@ -81,10 +152,6 @@ impl Dispatch {
 
     pub(super) fn mark_recovered(&self) {
         self.recovered.store(true, Ordering::Release);
-    }
-
-    fn is_recovered(&self) -> bool {
-        self.recovered.load(Ordering::Acquire)
     }
 }
 
@@ -97,66 +164,55 @@ impl Runtime {
         }
     }
 
-    /// Runs `first` on a worker task that holds `permit`; when a job has
-    /// settled, the worker claims the next queued job with the same slot,
-    /// so a busy queue needs no dispatcher round trip per job.
+    /// Runs `first` on a worker task that holds `permit`. A worker that
+    /// writes its own job's record also claims the next job for its slot
+    /// in the same call, and runs it.
     pub(super) fn spawn_worker(self: &Arc<Self>, first: Claimed, permit: OwnedSemaphorePermit) {
         let runtime = Arc::clone(self);
-        self.tasks.spawn(async move {
-            let mut next = Some(first);
-            while let Some(Claimed { job, token, guard }) = next.take() {
-                // `None`: the service stopped; the guard lets the job go.
-                let Some(outcome) = runtime.execute(&job, token).await else {
-                    break;
-                };
-                if !runtime.settle_or_hand_over(job, outcome, guard).await {
-                    break;
-                }
-                next = runtime.claim_one().await;
-            }
-            drop(permit);
-            runtime.dispatch.wake();
-        });
+        self.tasks
+            .spawn(async move { runtime.work(first, permit).await });
     }
 
-    /// Claims the oldest queued job for this instance, if any (with
-    /// `claim_batch > 1`, from the jobs claimed ahead first, and claiming a
-    /// batch when none are left).
-    async fn claim_one(&self) -> Option<Claimed> {
-        if self.tasks.is_stopped() {
-            return None;
+    async fn work(self: Arc<Self>, first: Claimed, permit: OwnedSemaphorePermit) {
+        let mut next = Some((first, permit));
+        while let Some((claimed, permit)) = next.take() {
+            let Claimed {
+                job,
+                token,
+                guard,
+                executing,
+            } = claimed;
+            let outcome = self.execute(&job, token).await;
+            drop(executing);
+            // `None`: the service stopped; the guard lets the job go.
+            let Some(outcome) = outcome else {
+                return;
+            };
+            let Some((settlement, change)) = self.settlement(job, outcome, guard) else {
+                continue;
+            };
+            next = self.finish(settlement, change, permit).await;
         }
-        // Claimed ahead, so they run even while shutting down (within its
-        // grace period), like the jobs already running.
-        if let Some(next) = self.dispatch.pop_ready() {
-            return Some(next);
-        }
-        if !self.tasks.accepting() || !self.dispatch.is_recovered() {
-            return None;
-        }
-        let now = self.clock.now();
-        let claimed = match self
-            .dao
-            .claim(&self.lease(now), self.dispatch.batch, now)
-            .await
-        {
-            Ok(claimed) => claimed,
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming queued jobs failed; retrying at the next poll");
-                return None;
-            }
-        };
-        let mut adopted = claimed.into_iter().filter_map(|job| {
-            let job = Arc::new(job);
-            let token = self.mirror(Some(QueryStatus::Queued), Arc::clone(&job), Mirror::Claim)?;
-            let guard = JobGuard::new(&self.jobs, job.id);
-            Some(Claimed { job, token, guard })
-        });
-        let first = adopted.next();
-        if self.dispatch.batching() {
-            self.dispatch.ready().extend(adopted);
-        }
-        first
+    }
+
+    /// Claimed records as jobs to run here.
+    pub(super) fn adopt(&self, claimed: Vec<AsyncQuery>) -> Vec<Claimed> {
+        claimed
+            .into_iter()
+            .filter_map(|job| {
+                let job = Arc::new(job);
+                let token =
+                    self.mirror(Some(QueryStatus::Queued), Arc::clone(&job), Mirror::Claim)?;
+                let guard = JobGuard::new(&self.jobs, job.id);
+                let executing = self.dispatch.executing();
+                Some(Claimed {
+                    job,
+                    token,
+                    guard,
+                    executing,
+                })
+            })
+            .collect()
     }
 
     /// Recovers this instance's interrupted jobs, then claims queued jobs
@@ -193,12 +249,42 @@ impl Runtime {
         }
     }
 
+    /// Claims jobs for every free slot in one DAO call and starts them,
+    /// until no slot is free or nothing is queued.
     async fn fill_slots(self: &Arc<Self>) {
-        while let Some(permit) = self.dispatch.try_slot() {
-            let Some(claimed) = self.claim_one().await else {
+        loop {
+            let mut permits: Vec<_> = std::iter::from_fn(|| self.dispatch.try_slot()).collect();
+            if permits.is_empty() {
                 return;
-            };
-            self.spawn_worker(claimed, permit);
+            }
+            let mut jobs = self.dispatch.take_ready(permits.len());
+            let limit = self
+                .dispatch
+                .claim_limit(permits.len() - jobs.len(), self.tasks.accepting());
+            if limit > 0 {
+                let now = self.clock.now();
+                match self.dao.claim(&self.lease(now), limit, now).await {
+                    Ok(claimed) => jobs.extend(self.adopt(claimed)),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming queued jobs failed; retrying at the next poll");
+                    }
+                }
+            }
+            if jobs.is_empty() {
+                return;
+            }
+            let idle = permits.len() > jobs.len();
+            let mut jobs = jobs.into_iter();
+            // Permits first: `zip` takes from its first iterator before it
+            // finds the second empty, and a surplus permit is only dropped
+            // (a slot freed) where a surplus job would be lost.
+            for (permit, claimed) in permits.drain(..).zip(jobs.by_ref()) {
+                self.spawn_worker(claimed, permit);
+            }
+            self.dispatch.park(jobs);
+            if idle {
+                return;
+            }
         }
     }
 }

@@ -34,9 +34,7 @@ impl Runtime {
             match signal {
                 Some(Ok(signal)) => {
                     match signal.status {
-                        QueryStatus::Queued if self.dispatch.has_free_slot() => {
-                            self.dispatch.wake();
-                        }
+                        QueryStatus::Queued => self.dispatch.remote_job_queued(),
                         QueryStatus::Cancelled if self.jobs.runs(signal.id) => {
                             self.jobs.fire(signal.id);
                         }

@@ -93,6 +93,11 @@ impl LocalJobs {
         self.lock().is_queued(id)
     }
 
+    /// Jobs waiting for a slot here.
+    pub(super) fn queued(&self) -> usize {
+        self.lock().queued()
+    }
+
     pub(super) fn running(&self) -> Vec<Uuid> {
         self.lock().running()
     }

@@ -13,10 +13,10 @@
 //! | `transition` | — | the one way a status changes: compare-and-set, then mirror |
 //! | `admission` | — | `submit`, `submit_many` |
 //! | `waiting`, `cancel` | the remote-change signal | `get`, `wait`, `cancel` |
-//! | `dispatch` | slots, the claimed-ahead queue | claims, the dispatcher, the worker loop |
+//! | `dispatch` | slots, the claimed-ahead queue | claims for idle slots, the dispatcher, the worker loop |
 //! | `execution`, `export` | — | one executor call; streaming exports; `download` |
 //! | `ending` | — | the one ending policy |
-//! | `settle`, `batcher` | the batch queue | writing how a job ended |
+//! | `writer`, `settle` | the queue of finished jobs | writing how jobs ended, with group commit, and claiming for the freed slots |
 //! | `heartbeat`, `listener`, `cleaner`, `shutdown` | — | the background loops and shutdown |
 //!
 //! Every status change is a compare-and-set in the DAO; the local table
@@ -34,7 +34,6 @@ use crate::executor::QueryExecutor;
 use crate::storage::ResultStorageEngine;
 
 mod admission;
-mod batcher;
 mod cancel;
 mod cleaner;
 mod clock;
@@ -53,6 +52,7 @@ mod table;
 mod tasks;
 mod transition;
 mod waiting;
+mod writer;
 
 pub(crate) struct Runtime {
     config: Config,
@@ -65,7 +65,7 @@ pub(crate) struct Runtime {
     events: events::EventHub,
     dispatch: dispatch::Dispatch,
     waiters: waiting::Waiters,
-    batcher: batcher::Batcher,
+    writer: writer::Writer,
 }
 
 impl Runtime {
@@ -85,7 +85,7 @@ impl Runtime {
             events: events::EventHub::new(config.event_capacity, config.admin_role.clone()),
             dispatch: dispatch::Dispatch::new(config.pool_size, config.claim_batch),
             waiters: waiting::Waiters::default(),
-            batcher: batcher::Batcher::new(config.claim_batch),
+            writer: writer::Writer::default(),
             config,
             dao,
             storage,
@@ -94,18 +94,14 @@ impl Runtime {
     }
 
     /// Starts the dispatcher (which first recovers this instance's
-    /// interrupted jobs), the heartbeat, the cleaner, the listener and,
-    /// with `claim_batch > 1`, the batcher.
+    /// interrupted jobs), the writer, the heartbeat, the cleaner and the
+    /// listener.
     pub(crate) fn start(self: &Arc<Self>) {
         self.tasks.spawn(Arc::clone(self).dispatcher());
+        self.tasks.spawn(Arc::clone(self).writer());
         self.tasks.spawn(Arc::clone(self).heartbeat());
         self.tasks.spawn(Arc::clone(self).cleaner());
         self.tasks.spawn(Arc::clone(self).listener());
-        if self.dispatch.batching()
-            && let Some(queue) = self.batcher.take_receiver()
-        {
-            self.tasks.spawn(Arc::clone(self).batcher(queue));
-        }
     }
 
     pub(crate) fn config(&self) -> &Config {

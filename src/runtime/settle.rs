@@ -1,8 +1,8 @@
 //! Settling: writing how a job ended. "Settle" means this and nothing
-//! else. One path serves the worker's own write and the batcher's: a
-//! compare-and-set, conflicts followed by the ending policy, and a result
-//! deleted only once the record's real state shows that no record points
-//! at it.
+//! else. The writer makes the first attempt for a batch of jobs; each job
+//! then goes through this one path: its outcome mirrored, conflicts
+//! followed by the ending policy, and a result deleted only once the
+//! record's real state shows that no record points at it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,27 +36,9 @@ impl Settlement {
 }
 
 impl Runtime {
-    /// Settles a finished run, or hands it to the batcher when records are
-    /// written in batches. Returns false when the service is gone and the
-    /// worker should stop.
-    pub(super) async fn settle_or_hand_over(
-        &self,
-        job: Arc<AsyncQuery>,
-        outcome: Outcome,
-        guard: JobGuard,
-    ) -> bool {
-        let Some((settlement, change)) = self.settlement(job, outcome, guard) else {
-            return true;
-        };
-        if self.dispatch.batching() {
-            return self.batcher.hand_over(settlement, change).await;
-        }
-        self.settle(settlement, change, None).await;
-        true
-    }
-
-    /// The settlement of a run and the first change that records it.
-    fn settlement(
+    /// The settlement of a run and the first change that records it;
+    /// `None` if the run cannot end so (its guard then lets the job go).
+    pub(super) fn settlement(
         &self,
         job: Arc<AsyncQuery>,
         outcome: Outcome,
@@ -77,8 +59,9 @@ impl Runtime {
         Some((settlement, change))
     }
 
-    /// Writes `change` (or takes `first`, the outcome of an attempt already
-    /// made in a batch) and follows up until the record's state is known:
+    /// Writes `change` (or takes `first`, the outcome of the attempt the
+    /// writer made in a batch) and follows up until the record's state is
+    /// known:
     ///
     /// - a conflict with a status that one of these writes was going to set
     ///   means that write was applied after all (its reply was lost): it is

@@ -163,9 +163,10 @@ macro_rules! sql_dao {
                     }
                     query.push(")");
                 }
+                // A literal limit: with a parameter, PostgreSQL keeps
+                // planning each call anew instead of caching a plan.
                 query
-                    .push(" ORDER BY seq LIMIT ")
-                    .push_bind(i64::try_from(claim.limit).unwrap_or(i64::MAX))
+                    .push(format!(" ORDER BY seq LIMIT {}", claim.limit))
                     .push(<Self as $crate::dao::sql::SqlBackend>::CLAIM_LOCK)
                     .push(format!(") RETURNING seq, {}", $crate::dao::sql::COLUMNS));
                 let rows = query

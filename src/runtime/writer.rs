@@ -1,0 +1,269 @@
+//! The writer: finished jobs' records written with group commit. A job
+//! that finishes while no write is in flight is written at once by its own
+//! task (no added latency for a lone job); jobs that finish during a write
+//! wait and are written together by the next one. Each write also claims
+//! queued jobs for the slots the finished jobs free, in the same DAO call
+//! ([`update_and_claim`](crate::AsyncApiDao::update_and_claim)): on
+//! PostgreSQL one statement and one commit per batch.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
+
+use super::Runtime;
+use super::dispatch::Claimed;
+use super::settle::Settlement;
+use crate::dao::{CasOutcome, StatusChange};
+
+/// How long a writer may wait for sibling jobs that are still executing,
+/// so that jobs which started together are written together (like
+/// PostgreSQL's `commit_delay`, which applies only with `commit_siblings`
+/// active). A writer with no sibling executing never waits.
+const LINGER: std::time::Duration = std::time::Duration::from_micros(30);
+
+/// What a slot runs next: a claimed job, or nothing (the slot is free).
+type Next = Option<(Claimed, OwnedSemaphorePermit)>;
+
+/// A finished run on its way to the job store, with the slot it ran in
+/// (`None` when the slot already runs the next job, claimed ahead).
+struct Finished {
+    settlement: Settlement,
+    change: StatusChange,
+    slot: Option<Slot>,
+}
+
+/// A slot freed by a finished run, and where to send its next job: the
+/// task that ran the job waits for it.
+struct Slot {
+    permit: OwnedSemaphorePermit,
+    reply: oneshot::Sender<Next>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<Finished>,
+    /// A write is in flight.
+    writing: bool,
+}
+
+#[derive(Default)]
+pub(super) struct Writer {
+    queue: Mutex<Queue>,
+    /// Wakes the writer task: jobs wait and nobody is writing.
+    wake: Notify,
+}
+
+/// A write in flight: the jobs it writes. Dropped (however the write
+/// ends, a panicking DAO included), it lets the next write start, and wakes
+/// the writer task if jobs finished meanwhile.
+struct Write<'a> {
+    writer: &'a Writer,
+    jobs: Vec<Finished>,
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        let more = {
+            let mut queue = self.writer.lock();
+            queue.writing = false;
+            !queue.waiting.is_empty()
+        };
+        if more {
+            self.writer.wake.notify_one();
+        }
+    }
+}
+
+impl Writer {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // Pushes and takes cannot panic half-way.
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `finished`; if no write is in flight, starts one of everything
+    /// waiting, for the caller to make.
+    fn add(&self, finished: Finished) -> Option<Write<'_>> {
+        let mut queue = self.lock();
+        queue.waiting.push(finished);
+        if queue.writing {
+            return None;
+        }
+        queue.writing = true;
+        let jobs = std::mem::take(&mut queue.waiting);
+        Some(Write { writer: self, jobs })
+    }
+
+    /// Adds `finished` for the writer task to write, waking it unless a
+    /// write is in flight (whose end wakes it).
+    fn hand_off(&self, finished: Finished) {
+        let idle = {
+            let mut queue = self.lock();
+            queue.waiting.push(finished);
+            !queue.writing
+        };
+        if idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// What finished since the write in flight started.
+    fn drain_waiting(&self) -> Vec<Finished> {
+        std::mem::take(&mut self.lock().waiting)
+    }
+
+    /// Starts a write of everything waiting, unless one is in flight or
+    /// nothing waits.
+    fn take(&self) -> Option<Write<'_>> {
+        let mut queue = self.lock();
+        if queue.writing || queue.waiting.is_empty() {
+            return None;
+        }
+        queue.writing = true;
+        let jobs = std::mem::take(&mut queue.waiting);
+        Some(Write { writer: self, jobs })
+    }
+}
+
+impl Runtime {
+    /// Hands a finished run to the writer and returns the job claimed for
+    /// its slot, if any, to run next. If no write was in flight, this task
+    /// writes (with whatever else waits, and with sibling jobs that finish
+    /// within [`LINGER`]); otherwise it waits for the write that follows
+    /// the one in flight. A job claimed ahead runs at once, its
+    /// predecessor's record written behind it by the writer task.
+    pub(super) async fn finish(
+        self: &Arc<Self>,
+        settlement: Settlement,
+        change: StatusChange,
+        permit: OwnedSemaphorePermit,
+    ) -> Next {
+        if let Some(next) = self.dispatch.pop_ready() {
+            self.writer.hand_off(Finished {
+                settlement,
+                change,
+                slot: None,
+            });
+            return Some((next, permit));
+        }
+        let (reply, next) = oneshot::channel();
+        let finished = Finished {
+            settlement,
+            change,
+            slot: Some(Slot { permit, reply }),
+        };
+        if let Some(mut write) = self.writer.add(finished) {
+            let start = std::time::Instant::now();
+            while self.dispatch.any_executing() && start.elapsed() < LINGER {
+                tokio::task::yield_now().await;
+                write.jobs.extend(self.writer.drain_waiting());
+            }
+            write.jobs.extend(self.writer.drain_waiting());
+            self.write(std::mem::take(&mut write.jobs)).await;
+        }
+        // Nothing sent: the write failed before its slots were handed out
+        // (a panicking DAO), and the slot went with it.
+        next.await.unwrap_or(None)
+    }
+
+    /// The writer task: writes the jobs that finished during another write.
+    /// A write that panics (a host's DAO) is logged, its jobs are let go
+    /// (their leases expire), and the writer goes on.
+    pub(super) async fn writer(self: Arc<Self>) {
+        use futures::FutureExt;
+        loop {
+            tokio::select! {
+                () = self.tasks.stopped() => return,
+                () = self.writer.wake.notified() => {}
+            }
+            while let Some(mut write) = self.writer.take() {
+                let jobs = std::mem::take(&mut write.jobs);
+                let written = std::panic::AssertUnwindSafe(self.write(jobs))
+                    .catch_unwind()
+                    .await;
+                drop(write);
+                if written.is_err() {
+                    tracing::error!("writing finished jobs panicked; they are left to the cleaner");
+                }
+            }
+        }
+    }
+
+    /// Writes a batch of finished runs and claims jobs for their slots in
+    /// one DAO call, hands each slot its next job (or frees it), then
+    /// settles each run with its outcome: an applied change is mirrored
+    /// here; a conflict or a failed call is followed up by the settle path
+    /// in a task of its own, so one troubled job never holds up the others.
+    async fn write(self: &Arc<Self>, batch: Vec<Finished>) {
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut settlements = Vec::with_capacity(batch.len());
+        let mut slots = Vec::with_capacity(batch.len());
+        for Finished {
+            settlement,
+            change,
+            slot,
+        } in batch
+        {
+            changes.push((settlement.id(), change));
+            settlements.push(settlement);
+            slots.extend(slot);
+        }
+        // Jobs claimed ahead (`claim_batch > 1`) take freed slots first.
+        let mut jobs = self.dispatch.take_ready(slots.len());
+        let limit = self
+            .dispatch
+            .claim_limit(slots.len() - jobs.len(), self.tasks.accepting());
+        let now = self.clock.now();
+        let written = self
+            .dao
+            .update_and_claim(&changes, &self.lease(now), limit, now)
+            .await;
+        let (outcomes, claimed) = match written {
+            Ok((outcomes, claimed)) if outcomes.len() == changes.len() => (outcomes, claimed),
+            // Some may have been applied (an applied one then conflicts
+            // with its own status): each is tried again alone.
+            _ => (Vec::new(), Vec::new()),
+        };
+        // Slots first: a waiter woken below must find its slot free.
+        jobs.extend(self.adopt(claimed));
+        self.hand_out(jobs, slots);
+        let mut outcomes = outcomes.into_iter();
+        for ((_, change), settlement) in changes.into_iter().zip(settlements) {
+            match outcomes.next() {
+                Some(outcome @ CasOutcome::Applied(_)) => {
+                    self.settle(settlement, change, Some(outcome)).await;
+                }
+                first => {
+                    let runtime = Arc::clone(self);
+                    self.tasks
+                        .spawn(async move { runtime.settle(settlement, change, first).await });
+                }
+            }
+        }
+    }
+
+    /// Gives each slot a job: to the task waiting on the slot, or to a new
+    /// worker if that task is gone. Slots left over are freed; jobs left
+    /// over (claimed ahead) wait for one.
+    fn hand_out(self: &Arc<Self>, jobs: Vec<Claimed>, slots: Vec<Slot>) {
+        let mut jobs = jobs.into_iter();
+        let mut freed = false;
+        for Slot { permit, reply } in slots {
+            match jobs.next() {
+                Some(claimed) => {
+                    if let Err(Some((claimed, permit))) = reply.send(Some((claimed, permit))) {
+                        self.spawn_worker(claimed, permit);
+                    }
+                }
+                None => {
+                    drop(permit);
+                    freed = true;
+                    let _ = reply.send(None);
+                }
+            }
+        }
+        self.dispatch.park(jobs);
+        if freed {
+            self.dispatch.wake_if_work_waits(self.jobs.queued());
+        }
+    }
+}
