@@ -5,7 +5,6 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::DropGuard;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -15,7 +14,7 @@ use crate::event::{EventPage, Subscription};
 use crate::executor::QueryExecutor;
 use crate::model::{AsyncQuery, Principal};
 use crate::request::{CancelOutcome, ShutdownReport, SubmitRequest};
-use crate::runtime::Runtime;
+use crate::runtime::{Runtime, StopOnDrop};
 use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
 
 /// Runs queries asynchronously: the library's one entry point.
@@ -46,7 +45,7 @@ use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
 #[derive(Clone)]
 pub struct AsyncQueryService {
     inner: Arc<Runtime>,
-    _stop_on_drop: Arc<DropGuard>,
+    _stop_on_drop: Arc<StopOnDrop>,
 }
 
 impl std::fmt::Debug for AsyncQueryService {
@@ -113,8 +112,8 @@ impl AsyncQueryServiceBuilder {
             executor,
             handle,
         );
-        let guard = inner.stop_on_drop();
         inner.start();
+        let guard = StopOnDrop(Arc::clone(&inner));
         Ok(AsyncQueryService {
             inner,
             _stop_on_drop: Arc::new(guard),

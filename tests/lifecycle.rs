@@ -232,9 +232,13 @@ async fn max_run_time_times_out_and_requests_may_only_lower_it() {
         ..config()
     });
     let start = tokio::time::Instant::now();
+    // Async-after 1 s: submit returns well before the limit (with the
+    // default of 10 s both would fall on the same instant).
     let job = submit(
         &h.service,
-        SubmitRequest::query("block").with_max_run_time(Duration::from_secs(3600)),
+        SubmitRequest::query("block")
+            .with_max_run_time(Duration::from_secs(3600))
+            .with_async_after(Duration::from_secs(1)),
     )
     .await;
     assert_eq!(
@@ -598,4 +602,24 @@ async fn claim_batches_keep_order_pool_size_and_cancellation() {
     let started = h.executor.started();
     assert!(!started.contains(&"sleep 1".to_string()), "{started:?}");
     assert!(started.contains(&"sleep 2".to_string()));
+}
+
+/// `submit` runs a job that starts at once in the caller's own task. A
+/// caller that goes away while it runs (an HTTP client that disconnects)
+/// does not take the job with it: the job moves to a task of its own and
+/// runs to its end.
+#[tokio::test(start_paused = true)]
+async fn a_caller_that_goes_away_does_not_stop_its_job() {
+    let h = harness(config());
+    let id = uuid::Uuid::new_v4();
+    let request = SubmitRequest::query("sleep 5000")
+        .with_id(id)
+        .with_async_after(Duration::from_secs(10));
+    let gave_up = tokio::time::timeout(SECOND, h.service.submit(&alice(), request)).await;
+    assert!(gave_up.is_err(), "the caller gave up while the job ran");
+    let running = h.service.get(&alice(), id).await.unwrap();
+    assert_eq!(running.status, QueryStatus::Processing);
+    let done = h.service.wait(&alice(), id, 60 * SECOND).await.unwrap();
+    assert_eq!(done.status, QueryStatus::Complete);
+    assert_eq!(h.executor.started(), ["sleep 5000"]);
 }

@@ -5,14 +5,15 @@
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::Runtime;
-use super::dispatch::Claimed;
+use super::dispatch::{Claimed, Siblings};
 use super::local::JobGuard;
 use super::table::Place;
+use super::tasks::Detached;
 use super::waiting::follow_local;
 use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, Principal, QueryStatus};
@@ -33,8 +34,12 @@ struct Admitted {
     jobs: Vec<Arc<AsyncQuery>>,
     /// Copies stored side by side for `create_many` (empty for one job).
     stored: Vec<AsyncQuery>,
-    /// The first job's record as it changes, for a caller that waits.
+    /// The first job's record as it changes, for a caller that waits for a
+    /// queued job.
     follow: Option<watch::Receiver<Arc<AsyncQuery>>>,
+    /// The first job with its slot, for a caller that waits to run it in
+    /// its own task.
+    run: Option<(Claimed, OwnedSemaphorePermit)>,
 }
 
 impl Runtime {
@@ -46,12 +51,28 @@ impl Runtime {
         let now = self.clock.now();
         let job = self.new_record(principal, request, now)?;
         let (id, async_after) = (job.id, job.async_after);
-        let Admitted { jobs, follow, .. } = self.admit(vec![job], Start::RunIfFree, now).await?;
+        let Admitted {
+            jobs, follow, run, ..
+        } = self.admit(vec![job], Start::RunIfFree, now).await?;
+        let deadline = Instant::now() + async_after;
+        if let Some((claimed, permit)) = run {
+            drop(jobs);
+            match self.run_inline(claimed, permit, deadline).await {
+                Some(record) if record.status.is_terminal() => {
+                    return Ok(Arc::try_unwrap(record).unwrap_or_else(|r| AsyncQuery::clone(&r)));
+                }
+                // Still running at the deadline, or its ending is being
+                // written elsewhere: as it is by then.
+                _ => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    return self.wait(principal, id, left).await;
+                }
+            }
+        }
         let Some(mut follow) = follow else {
             return Ok(AsyncQuery::clone(&jobs[0]));
         };
         drop(jobs);
-        let deadline = Instant::now() + async_after;
         match follow_local(&mut follow, deadline).await {
             Some(latest) => Ok(latest),
             // Another instance took the job (this one is submit-only or
@@ -59,6 +80,38 @@ impl Runtime {
             None => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 self.wait(principal, id, left).await
+            }
+        }
+    }
+
+    /// Runs a job that `submit` started in the caller's own task, until it
+    /// ends or `deadline` passes; then (or if the caller goes away first)
+    /// it moves on to a task of its own. A job that ends within its
+    /// async-after so costs no task and no timer. Returns its final record
+    /// when known.
+    async fn run_inline(
+        self: &Arc<Self>,
+        claimed: Claimed,
+        permit: OwnedSemaphorePermit,
+        deadline: Instant,
+    ) -> Option<Arc<AsyncQuery>> {
+        let runtime = Arc::clone(self);
+        let work = self.tasks.track(async move {
+            let ran = runtime.run_one(claimed, permit).await;
+            // The caller waits for its own job only; the slot's next job
+            // runs on a worker.
+            if let Some((next, permit)) = ran.next {
+                runtime.spawn_worker(next, permit);
+            }
+            ran.record
+        });
+        let mut inline = Detached::new(Box::pin(work), Arc::clone(self));
+        tokio::select! {
+            biased;
+            record = &mut inline => record,
+            () = tokio::time::sleep_until(deadline) => {
+                inline.detach();
+                None
             }
         }
     }
@@ -175,9 +228,12 @@ impl Runtime {
                 };
                 table.insert(Arc::clone(job), cancel, place);
             }
-            // Follow the job from before it can change, unless not waiting.
+            // Follow a queued job from before it can change, unless not
+            // waiting (a job started here is run by the caller itself).
             let follow = match start {
-                Start::RunIfFree if !jobs[0].async_after.is_zero() => table.subscribe(jobs[0].id),
+                Start::RunIfFree if permit.is_none() && !jobs[0].async_after.is_zero() => {
+                    table.subscribe(jobs[0].id)
+                }
                 _ => None,
             };
             (permit, jobs, follow, token)
@@ -192,22 +248,26 @@ impl Runtime {
             }
         };
         self.announce(jobs.iter().map(|job| &**job));
+        let mut run = None;
         match (permit, token) {
             (Some(permit), Some(token)) => {
                 let job = Arc::clone(&jobs[0]);
                 let guard = JobGuard::new(&self.jobs, job.id);
-                let executing = self.dispatch.executing();
                 let claimed = Claimed {
                     job,
                     token,
                     guard,
-                    executing,
+                    siblings: Siblings::none(),
                 };
-                self.spawn_worker(claimed, permit);
+                if claimed.job.async_after.is_zero() {
+                    self.spawn_worker(claimed, permit);
+                } else {
+                    run = Some((claimed, permit));
+                }
             }
-            // With every slot busy, the next worker to finish claims the
-            // job (workers claim before releasing their slot), so waking
-            // the dispatcher would be a wasted hand-off.
+            // With every slot busy, the next job to finish claims one for
+            // its slot in the same write, so waking the dispatcher would be
+            // a wasted hand-off.
             _ if self.dispatch.has_free_slot() => self.dispatch.wake(),
             _ => {}
         }
@@ -215,6 +275,7 @@ impl Runtime {
             jobs,
             stored,
             follow,
+            run,
         })
     }
 

@@ -13,6 +13,7 @@ use super::Runtime;
 use super::clock::to_delta;
 use super::local::JobGuard;
 use super::table::Mirror;
+use super::writer::Ran;
 use crate::model::{AsyncQuery, Lease, QueryStatus};
 
 /// A job this instance runs (or is about to), with what its worker needs.
@@ -20,9 +21,8 @@ pub(super) struct Claimed {
     pub(super) job: Arc<AsyncQuery>,
     pub(super) token: CancellationToken,
     pub(super) guard: JobGuard,
-    /// Counts the job as executing from its claim until its executor
-    /// returns, so that a writer waits for siblings claimed with it.
-    pub(super) executing: Executing,
+    /// The jobs claimed in the same DAO call, while they execute.
+    pub(super) siblings: Siblings,
 }
 
 pub(super) struct Dispatch {
@@ -39,16 +39,53 @@ pub(super) struct Dispatch {
     /// Another instance queued a job while every slot here was busy: the
     /// next slot that frees up without work should look for it.
     remote_work: AtomicBool,
-    /// Jobs claimed here whose executor has not returned yet.
-    executing: Arc<AtomicUsize>,
 }
 
-/// Counts a job as executing while it lives.
-pub(super) struct Executing(Arc<AtomicUsize>);
+/// Counts the jobs of one claim that are still executing, so that a writer
+/// waits for the siblings of the job it writes: jobs that start together
+/// tend to finish together, and then share one write.
+pub(super) struct Siblings {
+    count: Option<Arc<AtomicUsize>>,
+    executing: bool,
+}
 
-impl Drop for Executing {
+impl Siblings {
+    /// A job claimed alone (or started by `submit`).
+    pub(super) fn none() -> Self {
+        Siblings {
+            count: None,
+            executing: false,
+        }
+    }
+
+    fn of(count: &Arc<AtomicUsize>) -> Self {
+        Siblings {
+            count: Some(Arc::clone(count)),
+            executing: true,
+        }
+    }
+
+    /// This job's executor has returned.
+    pub(super) fn finished(&mut self) {
+        if std::mem::take(&mut self.executing)
+            && let Some(count) = &self.count
+        {
+            count.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether another job of the claim still executes.
+    pub(super) fn others_executing(&self) -> bool {
+        let own = usize::from(self.executing);
+        self.count
+            .as_ref()
+            .is_some_and(|count| count.load(Ordering::Acquire) > own)
+    }
+}
+
+impl Drop for Siblings {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Release);
+        self.finished();
     }
 }
 
@@ -61,19 +98,7 @@ impl Dispatch {
             batch: claim_batch.max(1),
             recovered: AtomicBool::new(false),
             remote_work: AtomicBool::new(false),
-            executing: Arc::default(),
         }
-    }
-
-    /// Counts a job as executing until the guard is dropped.
-    pub(super) fn executing(&self) -> Executing {
-        self.executing.fetch_add(1, Ordering::Acquire);
-        Executing(Arc::clone(&self.executing))
-    }
-
-    /// Whether a job claimed here has not finished executing.
-    pub(super) fn any_executing(&self) -> bool {
-        self.executing.load(Ordering::Acquire) > 0
     }
 
     /// A free worker slot, if any.
@@ -176,27 +201,39 @@ impl Runtime {
     async fn work(self: Arc<Self>, first: Claimed, permit: OwnedSemaphorePermit) {
         let mut next = Some((first, permit));
         while let Some((claimed, permit)) = next.take() {
-            let Claimed {
-                job,
-                token,
-                guard,
-                executing,
-            } = claimed;
-            let outcome = self.execute(&job, token).await;
-            drop(executing);
-            // `None`: the service stopped; the guard lets the job go.
-            let Some(outcome) = outcome else {
-                return;
-            };
-            let Some((settlement, change)) = self.settlement(job, outcome, guard) else {
-                continue;
-            };
-            next = self.finish(settlement, change, permit).await;
+            next = self.run_one(claimed, permit).await.next;
+        }
+    }
+
+    /// Runs one job in the slot `permit` holds and writes how it ended.
+    /// Returns the job its slot runs next, if any, and the job's final
+    /// record when this write learnt it.
+    pub(super) async fn run_one(
+        self: &Arc<Self>,
+        claimed: Claimed,
+        permit: OwnedSemaphorePermit,
+    ) -> Ran {
+        let Claimed {
+            job,
+            token,
+            guard,
+            mut siblings,
+        } = claimed;
+        let outcome = self.execute(&job, token).await;
+        siblings.finished();
+        // `None`: the service stopped; the guard lets the job go.
+        let Some(outcome) = outcome else {
+            return Ran::default();
+        };
+        match self.settlement(job, outcome, guard) {
+            Some((settlement, change)) => self.finish(settlement, change, permit, &siblings).await,
+            None => Ran::default(),
         }
     }
 
     /// Claimed records as jobs to run here.
     pub(super) fn adopt(&self, claimed: Vec<AsyncQuery>) -> Vec<Claimed> {
+        let count = (claimed.len() > 1).then(|| Arc::new(AtomicUsize::new(claimed.len())));
         claimed
             .into_iter()
             .filter_map(|job| {
@@ -204,12 +241,15 @@ impl Runtime {
                 let token =
                     self.mirror(Some(QueryStatus::Queued), Arc::clone(&job), Mirror::Claim)?;
                 let guard = JobGuard::new(&self.jobs, job.id);
-                let executing = self.dispatch.executing();
+                let siblings = match &count {
+                    Some(count) => Siblings::of(count),
+                    None => Siblings::none(),
+                };
                 Some(Claimed {
                     job,
                     token,
                     guard,
-                    executing,
+                    siblings,
                 })
             })
             .collect()

@@ -46,6 +46,10 @@ impl Runtime {
         job: &AsyncQuery,
         cancel: CancellationToken,
     ) -> Option<Outcome> {
+        // Claimed by a write that was in flight when the service stopped.
+        if self.tasks.is_stopped() {
+            return None;
+        }
         let ctx = ExecutionContext::new(cancel.clone(), job.principal.clone());
         let work = AssertUnwindSafe(async {
             let output = self

@@ -83,6 +83,11 @@ impl LocalJobs {
         }
     }
 
+    /// Fires the cancellation token of every local job (the service stops).
+    pub(super) fn fire_all(&self) {
+        self.lock().fire_all();
+    }
+
     /// Whether this instance is running the job right now.
     pub(super) fn runs(&self, id: Uuid) -> bool {
         self.lock().runs(id)

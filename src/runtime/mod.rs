@@ -26,7 +26,6 @@
 use std::sync::Arc;
 
 use tokio::runtime::Handle;
-use tokio_util::sync::DropGuard;
 
 use crate::config::Config;
 use crate::dao::AsyncApiDao;
@@ -108,9 +107,20 @@ impl Runtime {
         &self.config
     }
 
-    /// Stops every task when dropped, as a crash would: running jobs are
-    /// abandoned and their leases expire.
-    pub(crate) fn stop_on_drop(&self) -> DropGuard {
-        self.tasks.stop_on_drop()
+    /// Stops every task and abandons the jobs running here, as a crash
+    /// would: nothing more is written, their leases expire.
+    fn stop_now(&self) {
+        self.tasks.stop();
+        self.jobs.fire_all();
+    }
+}
+
+/// Held by every clone of the service; the last one dropped stops the
+/// runtime (see [`Runtime::stop_now`]).
+pub(crate) struct StopOnDrop(pub(crate) Arc<Runtime>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.stop_now();
     }
 }

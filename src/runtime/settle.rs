@@ -76,13 +76,14 @@ impl Runtime {
     ///   whoever ends it (the cleaner) deletes its export.
     ///
     /// The published export is deleted only when the record is known not
-    /// to point at it.
+    /// to point at it. Returns the job's record as the store last showed it
+    /// (`None` if the store never answered).
     pub(super) async fn settle(
         &self,
         settlement: Settlement,
         mut change: StatusChange,
         mut first: Option<CasOutcome>,
-    ) {
+    ) -> Option<Arc<AsyncQuery>> {
         let Settlement {
             job,
             mut ending,
@@ -143,9 +144,9 @@ impl Runtime {
                 }
             }
         };
-        match record {
+        match &record {
             Some(record) => match stored {
-                Some(name) if !points_at(&record, &name) => self.discard_output(&name).await,
+                Some(name) if !points_at(record, &name) => self.discard_output(&name).await,
                 Some(_) => {}
                 None if dropped_work => self.discard_export_of(&job).await,
                 None => {}
@@ -156,6 +157,7 @@ impl Runtime {
             None => self.jobs.forget(job.id),
         }
         guard.release();
+        record
     }
 }
 

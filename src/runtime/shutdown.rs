@@ -17,10 +17,14 @@ impl Runtime {
     pub(crate) async fn shutdown(&self, grace: Duration) -> Result<ShutdownReport> {
         self.tasks.close();
         self.jobs.drain(Instant::now() + grace).await;
+        // What still runs is abandoned first (its executor stops, nothing
+        // more is written by it), then ended here.
+        let running = self.jobs.running();
+        self.stop_now();
         let marked = async {
             let mut stopped = Vec::new();
             let now = self.clock.now();
-            for id in self.jobs.running() {
+            for id in running {
                 let Some(job) = self.dao.get(id).await? else {
                     continue;
                 };
@@ -35,9 +39,7 @@ impl Runtime {
             Ok::<_, Error>(stopped)
         }
         .await;
-        // Stop every task (and abandon whatever still runs) even if
-        // marking failed.
-        self.tasks.stop().await;
+        self.tasks.wait().await;
         Ok(ShutdownReport { stopped: marked? })
     }
 }

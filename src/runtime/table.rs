@@ -145,6 +145,13 @@ impl JobTable {
         self.jobs.get(&id).map(|job| &job.cancel)
     }
 
+    /// Fires every job's cancellation token.
+    pub(super) fn fire_all(&self) {
+        for job in self.jobs.values() {
+            job.cancel.cancel();
+        }
+    }
+
     /// Whether the job is running here.
     pub(super) fn runs(&self, id: Uuid) -> bool {
         self.jobs.get(&id).is_some_and(|job| !job.queued)

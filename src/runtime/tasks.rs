@@ -3,16 +3,19 @@
 //! and stopped by one token.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use tokio::runtime::Handle;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub(super) struct Tasks {
     tracker: TaskTracker,
     handle: Handle,
-    /// Fires when the service stops: background tasks end, running jobs
-    /// are abandoned (their tokens are children of this one).
+    /// Fires when the service stops: background tasks end, and running
+    /// jobs are abandoned (the runtime fires their tokens too).
     stop: CancellationToken,
     /// Fires when `shutdown` starts: no new submissions or claims.
     closing: CancellationToken,
@@ -36,15 +39,18 @@ impl Tasks {
         self.tracker.spawn_on(task, &self.handle);
     }
 
-    /// A new job's cancellation token: fires on cancel, or when the service
-    /// stops.
-    pub(super) fn job_token(&self) -> CancellationToken {
-        self.stop.child_token()
+    /// `work`, counted as one of the service's tasks while it lives, so
+    /// that shutdown waits for it wherever it runs.
+    pub(super) fn track<F: Future>(&self, work: F) -> impl Future<Output = F::Output> + use<F> {
+        self.tracker.track_future(work)
     }
 
-    /// Stops everything when dropped (the last service clone holds it).
-    pub(super) fn stop_on_drop(&self) -> DropGuard {
-        self.stop.clone().drop_guard()
+    /// A new job's cancellation token. Not a child of the stop token: a
+    /// child takes the parent's lock when it is created and dropped, and
+    /// every job would contend for it. The runtime fires local jobs'
+    /// tokens itself when it stops.
+    pub(super) fn job_token(&self) -> CancellationToken {
+        CancellationToken::new()
     }
 
     pub(super) fn is_stopped(&self) -> bool {
@@ -67,10 +73,69 @@ impl Tasks {
         self.tracker.close();
     }
 
-    /// Stops every task and waits until all have ended.
-    pub(super) async fn stop(&self) {
+    /// Refuses new work and tells every task to stop.
+    pub(super) fn stop(&self) {
         self.close();
         self.stop.cancel();
+    }
+
+    /// Waits until every task has ended (after [`stop`](Self::stop)).
+    pub(super) async fn wait(&self) {
         self.tracker.wait().await;
+    }
+}
+
+/// Work polled in the caller's task that moves to a task of its own when
+/// [`detach`](Self::detach)ed, or when dropped unfinished (the caller went
+/// away): it always runs to its end.
+pub(super) struct Detached<T: Send + 'static> {
+    work: Option<Pin<Box<dyn Future<Output = T> + Send>>>,
+    runtime: Arc<super::Runtime>,
+}
+
+impl<T: Send + 'static> Detached<T> {
+    pub(super) fn new(
+        work: Pin<Box<dyn Future<Output = T> + Send>>,
+        runtime: Arc<super::Runtime>,
+    ) -> Self {
+        Detached {
+            work: Some(work),
+            runtime,
+        }
+    }
+
+    /// Moves the work to a task of its own.
+    pub(super) fn detach(&mut self) {
+        if let Some(work) = self.work.take() {
+            self.runtime.tasks.spawn(async move {
+                work.await;
+            });
+        }
+    }
+}
+
+impl<T: Send + 'static> Future for Detached<T> {
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let Some(work) = self.work.as_mut() else {
+            // Detached: whoever polls this has stopped caring.
+            return Poll::Pending;
+        };
+        let done = work.as_mut().poll(cx);
+        if done.is_ready() {
+            self.work = None;
+        }
+        done
+    }
+}
+
+impl<T: Send + 'static> Drop for Detached<T> {
+    fn drop(&mut self) {
+        if let Some(work) = self.work.take() {
+            self.runtime.tasks.spawn(async move {
+                work.await;
+            });
+        }
     }
 }

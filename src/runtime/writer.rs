@@ -11,9 +11,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 
 use super::Runtime;
-use super::dispatch::Claimed;
+use super::dispatch::{Claimed, Siblings};
 use super::settle::Settlement;
 use crate::dao::{CasOutcome, StatusChange};
+use crate::model::AsyncQuery;
 
 /// How long a writer may wait for sibling jobs that are still executing,
 /// so that jobs which started together are written together (like
@@ -22,7 +23,17 @@ use crate::dao::{CasOutcome, StatusChange};
 const LINGER: std::time::Duration = std::time::Duration::from_micros(30);
 
 /// What a slot runs next: a claimed job, or nothing (the slot is free).
-type Next = Option<(Claimed, OwnedSemaphorePermit)>;
+pub(super) type Next = Option<(Claimed, OwnedSemaphorePermit)>;
+
+/// What the write of a finished run tells the task that ran it.
+#[derive(Default)]
+pub(super) struct Ran {
+    /// The job its slot runs next.
+    pub(super) next: Next,
+    /// The job's final record, when the write applied it (`None` when its
+    /// ending is being followed up elsewhere, or was not written).
+    pub(super) record: Option<Arc<AsyncQuery>>,
+}
 
 /// A finished run on its way to the job store, with the slot it ran in
 /// (`None` when the slot already runs the next job, claimed ahead).
@@ -32,11 +43,11 @@ struct Finished {
     slot: Option<Slot>,
 }
 
-/// A slot freed by a finished run, and where to send its next job: the
-/// task that ran the job waits for it.
+/// A slot freed by a finished run, and where to send its next job (and
+/// the run's final record): the task that ran the job waits for it.
 struct Slot {
     permit: OwnedSemaphorePermit,
-    reply: oneshot::Sender<Next>,
+    reply: oneshot::Sender<Ran>,
 }
 
 #[derive(Default)]
@@ -126,26 +137,31 @@ impl Writer {
 
 impl Runtime {
     /// Hands a finished run to the writer and returns the job claimed for
-    /// its slot, if any, to run next. If no write was in flight, this task
-    /// writes (with whatever else waits, and with sibling jobs that finish
-    /// within [`LINGER`]); otherwise it waits for the write that follows
-    /// the one in flight. A job claimed ahead runs at once, its
-    /// predecessor's record written behind it by the writer task.
+    /// its slot, if any, to run next, with the run's final record. If no
+    /// write was in flight, this task writes (with whatever else waits, and
+    /// with sibling jobs that finish within [`LINGER`]); otherwise it waits
+    /// for the write that follows the one in flight. A job claimed ahead
+    /// runs at once, its predecessor's record written behind it by the
+    /// writer task.
     pub(super) async fn finish(
         self: &Arc<Self>,
         settlement: Settlement,
         change: StatusChange,
         permit: OwnedSemaphorePermit,
-    ) -> Next {
+        siblings: &Siblings,
+    ) -> Ran {
         if let Some(next) = self.dispatch.pop_ready() {
             self.writer.hand_off(Finished {
                 settlement,
                 change,
                 slot: None,
             });
-            return Some((next, permit));
+            return Ran {
+                next: Some((next, permit)),
+                record: None,
+            };
         }
-        let (reply, next) = oneshot::channel();
+        let (reply, ran) = oneshot::channel();
         let finished = Finished {
             settlement,
             change,
@@ -153,7 +169,7 @@ impl Runtime {
         };
         if let Some(mut write) = self.writer.add(finished) {
             let start = std::time::Instant::now();
-            while self.dispatch.any_executing() && start.elapsed() < LINGER {
+            while siblings.others_executing() && start.elapsed() < LINGER {
                 tokio::task::yield_now().await;
                 write.jobs.extend(self.writer.drain_waiting());
             }
@@ -162,7 +178,7 @@ impl Runtime {
         }
         // Nothing sent: the write failed before its slots were handed out
         // (a panicking DAO), and the slot went with it.
-        next.await.unwrap_or(None)
+        ran.await.unwrap_or_default()
     }
 
     /// The writer task: writes the jobs that finished during another write.
@@ -189,14 +205,15 @@ impl Runtime {
     }
 
     /// Writes a batch of finished runs and claims jobs for their slots in
-    /// one DAO call, hands each slot its next job (or frees it), then
-    /// settles each run with its outcome: an applied change is mirrored
-    /// here; a conflict or a failed call is followed up by the settle path
-    /// in a task of its own, so one troubled job never holds up the others.
+    /// one DAO call. Then, in this order: frees the slots no job was claimed
+    /// for (a waiter woken below must find its slot free); settles each run
+    /// with its outcome (an applied change is mirrored here; a conflict or
+    /// a failed call is followed up by the settle path in a task of its
+    /// own, so one troubled job never holds up the others); and tells each
+    /// run's task what its slot runs next, with its final record.
     async fn write(self: &Arc<Self>, batch: Vec<Finished>) {
         let mut changes = Vec::with_capacity(batch.len());
-        let mut settlements = Vec::with_capacity(batch.len());
-        let mut slots = Vec::with_capacity(batch.len());
+        let mut runs = Vec::with_capacity(batch.len());
         for Finished {
             settlement,
             change,
@@ -204,14 +221,14 @@ impl Runtime {
         } in batch
         {
             changes.push((settlement.id(), change));
-            settlements.push(settlement);
-            slots.extend(slot);
+            runs.push((settlement, slot));
         }
+        let slots = runs.iter().filter(|(_, slot)| slot.is_some()).count();
         // Jobs claimed ahead (`claim_batch > 1`) take freed slots first.
-        let mut jobs = self.dispatch.take_ready(slots.len());
+        let mut jobs = self.dispatch.take_ready(slots);
         let limit = self
             .dispatch
-            .claim_limit(slots.len() - jobs.len(), self.tasks.accepting());
+            .claim_limit(slots - jobs.len(), self.tasks.accepting());
         let now = self.clock.now();
         let written = self
             .dao
@@ -223,47 +240,51 @@ impl Runtime {
             // with its own status): each is tried again alone.
             _ => (Vec::new(), Vec::new()),
         };
-        // Slots first: a waiter woken below must find its slot free.
         jobs.extend(self.adopt(claimed));
-        self.hand_out(jobs, slots);
-        let mut outcomes = outcomes.into_iter();
-        for ((_, change), settlement) in changes.into_iter().zip(settlements) {
-            match outcomes.next() {
-                Some(outcome @ CasOutcome::Applied(_)) => {
-                    self.settle(settlement, change, Some(outcome)).await;
-                }
-                first => {
-                    let runtime = Arc::clone(self);
-                    self.tasks
-                        .spawn(async move { runtime.settle(settlement, change, first).await });
-                }
-            }
-        }
-    }
-
-    /// Gives each slot a job: to the task waiting on the slot, or to a new
-    /// worker if that task is gone. Slots left over are freed; jobs left
-    /// over (claimed ahead) wait for one.
-    fn hand_out(self: &Arc<Self>, jobs: Vec<Claimed>, slots: Vec<Slot>) {
         let mut jobs = jobs.into_iter();
         let mut freed = false;
-        for Slot { permit, reply } in slots {
-            match jobs.next() {
-                Some(claimed) => {
-                    if let Err(Some((claimed, permit))) = reply.send(Some((claimed, permit))) {
-                        self.spawn_worker(claimed, permit);
+        let runs: Vec<_> = runs
+            .into_iter()
+            .map(|(settlement, slot)| {
+                let slot = slot.map(|Slot { permit, reply }| match jobs.next() {
+                    Some(job) => (Some((job, permit)), reply),
+                    None => {
+                        drop(permit);
+                        freed = true;
+                        (None, reply)
                     }
-                }
-                None => {
-                    drop(permit);
-                    freed = true;
-                    let _ = reply.send(None);
-                }
-            }
-        }
+                });
+                (settlement, slot)
+            })
+            .collect();
         self.dispatch.park(jobs);
         if freed {
             self.dispatch.wake_if_work_waits(self.jobs.queued());
+        }
+        let mut outcomes = outcomes.into_iter();
+        for ((_, change), (settlement, slot)) in changes.into_iter().zip(runs) {
+            let record = match outcomes.next() {
+                Some(outcome @ CasOutcome::Applied(_)) => {
+                    self.settle(settlement, change, Some(outcome)).await
+                }
+                first => {
+                    let runtime = Arc::clone(self);
+                    self.tasks.spawn(async move {
+                        runtime.settle(settlement, change, first).await;
+                    });
+                    None
+                }
+            };
+            if let Some((next, reply)) = slot
+                && let Err(Ran {
+                    next: Some((job, permit)),
+                    ..
+                }) = reply.send(Ran { next, record })
+            {
+                // The task that ran the job is gone: the next job gets a
+                // worker of its own.
+                self.spawn_worker(job, permit);
+            }
         }
     }
 }
