@@ -51,31 +51,91 @@ impl MemoryDao {
     }
 }
 
-#[async_trait]
-impl AsyncApiDao for MemoryDao {
-    async fn create(&self, job: &AsyncQuery) -> Result<()> {
-        self.create_many(std::slice::from_ref(job)).await
-    }
-
-    async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
+impl State {
+    fn insert(&mut self, jobs: &[AsyncQuery]) -> Result<()> {
         if let Some(id) = super::first_repeated_job(jobs) {
             return Err(Error::DuplicateId { id });
         }
-        let mut state = self.lock();
-        if let Some(job) = jobs.iter().find(|j| state.jobs.contains_key(&j.id)) {
+        if let Some(job) = jobs.iter().find(|j| self.jobs.contains_key(&j.id)) {
             return Err(Error::DuplicateId { id: job.id });
         }
-        state.jobs.reserve(jobs.len());
+        self.jobs.reserve(jobs.len());
         for job in jobs {
-            let seq = state.next_seq;
-            state.next_seq += 1;
+            let seq = self.next_seq;
+            self.next_seq += 1;
             if job.status == QueryStatus::Queued {
-                state.queue.insert(seq, job.id);
+                self.queue.insert(seq, job.id);
             }
-            let job = job.clone();
-            state.jobs.insert(job.id, Entry { seq, job });
+            self.jobs.insert(
+                job.id,
+                Entry {
+                    seq,
+                    job: job.clone(),
+                },
+            );
         }
         Ok(())
+    }
+
+    fn cas(&mut self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
+        check_transition(&change)?;
+        let entry = self.jobs.get_mut(&id).ok_or(Error::NotFound { id })?;
+        if entry.job.status != change.from {
+            return Ok(CasOutcome::Conflict(entry.job.clone()));
+        }
+        if change.from == QueryStatus::Queued {
+            self.queue.remove(&entry.seq);
+        }
+        apply_change(&mut entry.job, change);
+        Ok(CasOutcome::Applied(entry.job.clone()))
+    }
+
+    fn cas_many(&mut self, changes: &[(Uuid, StatusChange)]) -> Result<Vec<CasOutcome>> {
+        changes
+            .iter()
+            .map(|(id, change)| self.cas(*id, change.clone()))
+            .collect()
+    }
+
+    /// Claims up to `limit` of the oldest queued jobs, leaving `exclude`
+    /// queued.
+    fn claim(
+        &mut self,
+        lease: &Lease,
+        limit: usize,
+        at: DateTime<Utc>,
+        exclude: &[(Uuid, StatusChange)],
+    ) -> Vec<AsyncQuery> {
+        let mut claimed = Vec::with_capacity(limit.min(self.queue.len()));
+        let mut skipped = Vec::new();
+        while claimed.len() < limit {
+            let Some((seq, id)) = self.queue.pop_first() else {
+                break;
+            };
+            if exclude.iter().any(|(named, _)| *named == id) {
+                skipped.push((seq, id));
+                continue;
+            }
+            if let Some(entry) = self.jobs.get_mut(&id) {
+                let change = StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, at)
+                    .with_lease(lease.clone());
+                apply_change(&mut entry.job, change);
+                claimed.push(entry.job.clone());
+            }
+        }
+        self.queue.extend(skipped);
+        claimed
+    }
+}
+
+#[async_trait]
+impl AsyncApiDao for MemoryDao {
+    async fn create(&self, job: &AsyncQuery) -> Result<()> {
+        self.lock().insert(std::slice::from_ref(job))
+    }
+
+    async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
+        self.lock().insert(jobs)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>> {
@@ -83,18 +143,27 @@ impl AsyncApiDao for MemoryDao {
     }
 
     async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
-        check_transition(&change)?;
+        self.lock().cas(id, change)
+    }
+
+    async fn update_status_many(
+        &self,
+        changes: &[(Uuid, StatusChange)],
+    ) -> Result<Vec<CasOutcome>> {
+        self.lock().cas_many(changes)
+    }
+
+    async fn update_and_claim(
+        &self,
+        changes: &[(Uuid, StatusChange)],
+        lease: &Lease,
+        limit: usize,
+        at: DateTime<Utc>,
+    ) -> Result<(Vec<CasOutcome>, Vec<AsyncQuery>)> {
         let mut state = self.lock();
-        let state = &mut *state;
-        let entry = state.jobs.get_mut(&id).ok_or(Error::NotFound { id })?;
-        if entry.job.status != change.from {
-            return Ok(CasOutcome::Conflict(entry.job.clone()));
-        }
-        if change.from == QueryStatus::Queued {
-            state.queue.remove(&entry.seq);
-        }
-        apply_change(&mut entry.job, change);
-        Ok(CasOutcome::Applied(entry.job.clone()))
+        let outcomes = state.cas_many(changes)?;
+        let claimed = state.claim(lease, limit, at, changes);
+        Ok((outcomes, claimed))
     }
 
     async fn claim(
@@ -103,20 +172,7 @@ impl AsyncApiDao for MemoryDao {
         limit: usize,
         at: DateTime<Utc>,
     ) -> Result<Vec<AsyncQuery>> {
-        let mut state = self.lock();
-        let mut claimed = Vec::with_capacity(limit.min(state.queue.len()));
-        while claimed.len() < limit {
-            let Some((_, id)) = state.queue.pop_first() else {
-                break;
-            };
-            if let Some(entry) = state.jobs.get_mut(&id) {
-                let change = StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, at)
-                    .with_lease(lease.clone());
-                apply_change(&mut entry.job, change);
-                claimed.push(entry.job.clone());
-            }
-        }
-        Ok(claimed)
+        Ok(self.lock().claim(lease, limit, at, &[]))
     }
 
     async fn renew_leases(

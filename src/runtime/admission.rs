@@ -53,7 +53,9 @@ impl Runtime {
         let (id, async_after) = (job.id, job.async_after);
         let Admitted {
             jobs, follow, run, ..
-        } = self.admit(vec![job], Start::RunIfFree, now).await?;
+        } = self
+            .admit(vec![Arc::new(job)], Start::RunIfFree, now)
+            .await?;
         let deadline = Instant::now() + async_after;
         if let Some((claimed, permit)) = run {
             drop(jobs);
@@ -135,6 +137,7 @@ impl Runtime {
                     })
             })
             .collect::<Result<Vec<_>>>()?;
+        let records = records.into_iter().map(Arc::new).collect();
         let Admitted { jobs, stored, .. } = self.admit(records, Start::Queue, now).await?;
         if stored.len() == jobs.len() {
             return Ok(stored);
@@ -185,19 +188,19 @@ impl Runtime {
     /// nothing is stored and nothing is kept.
     async fn admit(
         self: &Arc<Self>,
-        mut records: Vec<AsyncQuery>,
+        mut jobs: Vec<Arc<AsyncQuery>>,
         start: Start,
         now: DateTime<Utc>,
     ) -> Result<Admitted> {
         if !self.tasks.accepting() {
             return Err(Error::ShuttingDown);
         }
-        if let Some(id) = crate::dao::first_repeated_job(&records) {
+        if let Some(id) = crate::dao::first_repeated(jobs.iter().map(|job| job.id)) {
             return Err(Error::DuplicateId { id });
         }
-        let (permit, jobs, follow, token) = {
+        let (permit, follow, token) = {
             let mut table = self.jobs.lock();
-            if let Some(job) = records.iter().find(|job| table.contains(job.id)) {
+            if let Some(job) = jobs.iter().find(|job| table.contains(job.id)) {
                 return Err(Error::DuplicateId { id: job.id });
             }
             // A slot only when nobody older waits, to keep FIFO.
@@ -205,18 +208,21 @@ impl Runtime {
                 Start::RunIfFree if table.queued() == 0 => self.dispatch.try_slot(),
                 _ => None,
             };
-            let queued = records.len() - usize::from(permit.is_some());
+            let queued = jobs.len() - usize::from(permit.is_some());
             if queued > 0 && table.queued() + queued > self.config.max_queued {
                 return Err(Error::QueueFull {
                     limit: self.config.max_queued,
                 });
             }
-            if permit.is_some() {
+            // The records were wrapped by the caller and are shared with
+            // nobody yet, so `get_mut` succeeds.
+            if permit.is_some()
+                && let Some(first) = jobs.first_mut().and_then(Arc::get_mut)
+            {
                 // Created directly as PROCESSING: no extra round trip to claim it.
-                records[0].status = QueryStatus::Processing;
-                records[0].lease = Some(self.lease(now));
+                first.status = QueryStatus::Processing;
+                first.lease = Some(self.lease(now));
             }
-            let jobs: Vec<Arc<AsyncQuery>> = records.into_iter().map(Arc::new).collect();
             let mut token = None;
             for (i, job) in jobs.iter().enumerate() {
                 let cancel = self.tasks.job_token();
@@ -236,7 +242,7 @@ impl Runtime {
                 }
                 _ => None,
             };
-            (permit, jobs, follow, token)
+            (permit, follow, token)
         };
         let stored = match self.store(&jobs).await {
             Ok(stored) => stored,

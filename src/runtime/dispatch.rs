@@ -231,28 +231,24 @@ impl Runtime {
         }
     }
 
-    /// Claimed records as jobs to run here.
-    pub(super) fn adopt(&self, claimed: Vec<AsyncQuery>) -> Vec<Claimed> {
+    /// Claimed records as jobs to run here, mirrored as they are taken.
+    pub(super) fn adopt(&self, claimed: Vec<AsyncQuery>) -> impl Iterator<Item = Claimed> + '_ {
         let count = (claimed.len() > 1).then(|| Arc::new(AtomicUsize::new(claimed.len())));
-        claimed
-            .into_iter()
-            .filter_map(|job| {
-                let job = Arc::new(job);
-                let token =
-                    self.mirror(Some(QueryStatus::Queued), Arc::clone(&job), Mirror::Claim)?;
-                let guard = JobGuard::new(&self.jobs, job.id);
-                let siblings = match &count {
-                    Some(count) => Siblings::of(count),
-                    None => Siblings::none(),
-                };
-                Some(Claimed {
-                    job,
-                    token,
-                    guard,
-                    siblings,
-                })
+        claimed.into_iter().filter_map(move |job| {
+            let job = Arc::new(job);
+            let token = self.mirror(Some(QueryStatus::Queued), Arc::clone(&job), Mirror::Claim)?;
+            let guard = JobGuard::new(&self.jobs, job.id);
+            let siblings = match &count {
+                Some(count) => Siblings::of(count),
+                None => Siblings::none(),
+            };
+            Some(Claimed {
+                job,
+                token,
+                guard,
+                siblings,
             })
-            .collect()
+        })
     }
 
     /// Recovers this instance's interrupted jobs, then claims queued jobs

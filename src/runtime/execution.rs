@@ -94,8 +94,10 @@ impl Runtime {
                     truncated: false,
                 })
             }
+            // Boxed: the export's state (encoder, writer, stream) is large,
+            // and every job's future would carry it otherwise.
             (JobKind::TableExport { format }, QueryOutput::Records(records)) => {
-                self.export(job, format, records).await
+                Box::pin(self.export(job, format, records)).await
             }
             (JobKind::Query, QueryOutput::Records(_)) => Err(
                 "the executor returned records for a query job; return QueryOutput::Body".into(),

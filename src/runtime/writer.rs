@@ -1,7 +1,8 @@
-//! The writer: finished jobs' records written with group commit. A job
-//! that finishes while no write is in flight is written at once by its own
-//! task (no added latency for a lone job); jobs that finish during a write
-//! wait and are written together by the next one. Each write also claims
+//! The writer: finished jobs' records written with group commit when the
+//! store is slow (see [`BATCH_ABOVE`]). A job that finishes while no write
+//! is in flight is written at once by its own task (no added latency for a
+//! lone job); jobs that finish during a write wait and are written together
+//! by the next one. With a fast store every job is written at once. Each write also claims
 //! queued jobs for the slots the finished jobs free, in the same DAO call
 //! ([`update_and_claim`](crate::AsyncApiDao::update_and_claim)): on
 //! PostgreSQL one statement and one commit per batch.
@@ -53,15 +54,34 @@ struct Slot {
 #[derive(Default)]
 struct Queue {
     waiting: Vec<Finished>,
+    /// The vector of the last write, emptied, for the next one to take
+    /// (so that steady state allocates nothing).
+    spare: Vec<Finished>,
     /// A write is in flight.
     writing: bool,
 }
+
+impl Queue {
+    /// Everything waiting, leaving the spare vector in its place.
+    fn take(&mut self) -> Vec<Finished> {
+        let spare = std::mem::take(&mut self.spare);
+        std::mem::replace(&mut self.waiting, spare)
+    }
+}
+
+/// Writes faster than this on average are not batched: every job is
+/// written at once by its own task, concurrently. Group commit pays only
+/// when a write takes long enough for others to queue up behind it (a
+/// database round trip), and costs task hand-offs otherwise.
+const BATCH_ABOVE: std::time::Duration = std::time::Duration::from_micros(50);
 
 #[derive(Default)]
 pub(super) struct Writer {
     queue: Mutex<Queue>,
     /// Wakes the writer task: jobs wait and nobody is writing.
     wake: Notify,
+    /// Moving average of how long a write takes, in nanoseconds.
+    write_nanos: std::sync::atomic::AtomicU64,
 }
 
 /// A write in flight: the jobs it writes. Dropped (however the write
@@ -74,9 +94,14 @@ struct Write<'a> {
 
 impl Drop for Write<'_> {
     fn drop(&mut self) {
+        let mut jobs = std::mem::take(&mut self.jobs);
+        jobs.clear();
         let more = {
             let mut queue = self.writer.lock();
             queue.writing = false;
+            if queue.spare.capacity() < jobs.capacity() {
+                queue.spare = jobs;
+            }
             !queue.waiting.is_empty()
         };
         if more {
@@ -86,6 +111,23 @@ impl Drop for Write<'_> {
 }
 
 impl Writer {
+    /// Whether writes are slow enough to batch (see [`BATCH_ABOVE`]).
+    fn batching(&self) -> bool {
+        let average = self.write_nanos.load(std::sync::atomic::Ordering::Relaxed);
+        u128::from(average) > BATCH_ABOVE.as_nanos()
+    }
+
+    /// Adds a write's duration to the moving average (weight 1/8).
+    fn record(&self, took: std::time::Duration) {
+        use std::sync::atomic::Ordering;
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let _ = self
+            .write_nanos
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |average| {
+                Some(average - average / 8 + took / 8)
+            });
+    }
+
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // Pushes and takes cannot panic half-way.
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
@@ -104,6 +146,20 @@ impl Writer {
         Some(Write { writer: self, jobs })
     }
 
+    /// Starts a write for a lone job if none is in flight and nothing
+    /// waits (the caller writes its job alone).
+    fn start_alone(&self) -> Option<Write<'_>> {
+        let mut queue = self.lock();
+        if queue.writing || !queue.waiting.is_empty() {
+            return None;
+        }
+        queue.writing = true;
+        Some(Write {
+            writer: self,
+            jobs: Vec::new(),
+        })
+    }
+
     /// Adds `finished` for the writer task to write, waking it unless a
     /// write is in flight (whose end wakes it).
     fn hand_off(&self, finished: Finished) {
@@ -117,9 +173,9 @@ impl Writer {
         }
     }
 
-    /// What finished since the write in flight started.
-    fn drain_waiting(&self) -> Vec<Finished> {
-        std::mem::take(&mut self.lock().waiting)
+    /// Moves what finished since the write in flight started into it.
+    fn drain_into(&self, jobs: &mut Vec<Finished>) {
+        jobs.append(&mut self.lock().waiting);
     }
 
     /// Starts a write of everything waiting, unless one is in flight or
@@ -130,7 +186,7 @@ impl Writer {
             return None;
         }
         queue.writing = true;
-        let jobs = std::mem::take(&mut queue.waiting);
+        let jobs = queue.take();
         Some(Write { writer: self, jobs })
     }
 }
@@ -161,6 +217,16 @@ impl Runtime {
                 record: None,
             };
         }
+        if !self.writer.batching() {
+            return self.write_alone(settlement, change, permit).await;
+        }
+        if !siblings.others_executing()
+            && let Some(write) = self.writer.start_alone()
+        {
+            let ran = self.write_alone(settlement, change, permit).await;
+            drop(write);
+            return ran;
+        }
         let (reply, ran) = oneshot::channel();
         let finished = Finished {
             settlement,
@@ -171,10 +237,12 @@ impl Runtime {
             let start = std::time::Instant::now();
             while siblings.others_executing() && start.elapsed() < LINGER {
                 tokio::task::yield_now().await;
-                write.jobs.extend(self.writer.drain_waiting());
+                self.writer.drain_into(&mut write.jobs);
             }
-            write.jobs.extend(self.writer.drain_waiting());
-            self.write(std::mem::take(&mut write.jobs)).await;
+            self.writer.drain_into(&mut write.jobs);
+            // Boxed: a batch write's state is large, and every job's future
+            // (even one written alone) would carry it otherwise.
+            Box::pin(self.write(&mut write.jobs)).await;
         }
         // Nothing sent: the write failed before its slots were handed out
         // (a panicking DAO), and the slot went with it.
@@ -192,14 +260,74 @@ impl Runtime {
                 () = self.writer.wake.notified() => {}
             }
             while let Some(mut write) = self.writer.take() {
-                let jobs = std::mem::take(&mut write.jobs);
-                let written = std::panic::AssertUnwindSafe(self.write(jobs))
+                let written = std::panic::AssertUnwindSafe(self.write(&mut write.jobs))
                     .catch_unwind()
                     .await;
                 drop(write);
                 if written.is_err() {
                     tracing::error!("writing finished jobs panicked; they are left to the cleaner");
                 }
+            }
+        }
+    }
+
+    /// [`write`](Self::write) for one job and its own slot, without the
+    /// batch's bookkeeping: the common case when jobs finish apart.
+    async fn write_alone(
+        self: &Arc<Self>,
+        settlement: Settlement,
+        change: StatusChange,
+        permit: OwnedSemaphorePermit,
+    ) -> Ran {
+        let ready = self.dispatch.take_ready(1).pop();
+        let free = usize::from(ready.is_none());
+        let limit = self.dispatch.claim_limit(free, self.tasks.accepting());
+        let now = self.clock.now();
+        let pair = [(settlement.id(), change)];
+        let start = std::time::Instant::now();
+        let written = self
+            .dao
+            .update_and_claim(&pair, &self.lease(now), limit, now)
+            .await;
+        self.writer.record(start.elapsed());
+        let [(_, change)] = pair;
+        let (outcome, claimed) = match written {
+            Ok((mut outcomes, claimed)) if outcomes.len() == 1 => (outcomes.pop(), claimed),
+            _ => (None, Vec::new()),
+        };
+        let mut jobs = ready.into_iter().chain(self.adopt(claimed));
+        let next = match jobs.next() {
+            Some(job) => Some((job, permit)),
+            None => {
+                drop(permit);
+                self.dispatch.wake_if_work_waits(self.jobs.queued());
+                None
+            }
+        };
+        self.dispatch.park(jobs);
+        let record = self.settle_written(settlement, change, outcome).await;
+        Ran { next, record }
+    }
+
+    /// Settles a run whose change was tried in a write: an applied change
+    /// here (it costs no DAO call); anything else in a task of its own, so
+    /// one troubled job never holds up the others.
+    async fn settle_written(
+        self: &Arc<Self>,
+        settlement: Settlement,
+        change: StatusChange,
+        outcome: Option<CasOutcome>,
+    ) -> Option<Arc<AsyncQuery>> {
+        match outcome {
+            Some(outcome @ CasOutcome::Applied(_)) => {
+                self.settle(settlement, change, Some(outcome)).await
+            }
+            first => {
+                let runtime = Arc::clone(self);
+                self.tasks.spawn(async move {
+                    runtime.settle(settlement, change, first).await;
+                });
+                None
             }
         }
     }
@@ -211,14 +339,14 @@ impl Runtime {
     /// a failed call is followed up by the settle path in a task of its
     /// own, so one troubled job never holds up the others); and tells each
     /// run's task what its slot runs next, with its final record.
-    async fn write(self: &Arc<Self>, batch: Vec<Finished>) {
+    async fn write(self: &Arc<Self>, batch: &mut Vec<Finished>) {
         let mut changes = Vec::with_capacity(batch.len());
         let mut runs = Vec::with_capacity(batch.len());
         for Finished {
             settlement,
             change,
             slot,
-        } in batch
+        } in batch.drain(..)
         {
             changes.push((settlement.id(), change));
             runs.push((settlement, slot));
@@ -230,10 +358,12 @@ impl Runtime {
             .dispatch
             .claim_limit(slots - jobs.len(), self.tasks.accepting());
         let now = self.clock.now();
+        let start = std::time::Instant::now();
         let written = self
             .dao
             .update_and_claim(&changes, &self.lease(now), limit, now)
             .await;
+        self.writer.record(start.elapsed());
         let (outcomes, claimed) = match written {
             Ok((outcomes, claimed)) if outcomes.len() == changes.len() => (outcomes, claimed),
             // Some may have been applied (an applied one then conflicts
@@ -263,18 +393,9 @@ impl Runtime {
         }
         let mut outcomes = outcomes.into_iter();
         for ((_, change), (settlement, slot)) in changes.into_iter().zip(runs) {
-            let record = match outcomes.next() {
-                Some(outcome @ CasOutcome::Applied(_)) => {
-                    self.settle(settlement, change, Some(outcome)).await
-                }
-                first => {
-                    let runtime = Arc::clone(self);
-                    self.tasks.spawn(async move {
-                        runtime.settle(settlement, change, first).await;
-                    });
-                    None
-                }
-            };
+            let record = self
+                .settle_written(settlement, change, outcomes.next())
+                .await;
             if let Some((next, reply)) = slot
                 && let Err(Ran {
                     next: Some((job, permit)),
