@@ -16,7 +16,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_query::dao::PostgresDao;
+use async_query::dao::{AsyncApiDao, PostgresDao};
 use async_query::{
     AsyncQuery, AsyncQueryService, BoxError, Config, ExecutionContext, Principal, QueryExecutor,
     QueryOutput, QueryStatus, SubmitRequest,
@@ -66,6 +66,42 @@ async fn bare_job(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
         .execute(pool)
         .await?;
     Ok(())
+}
+
+/// The most 2 slots can do when nothing is claimed ahead: each DAO call
+/// writes the 2 finished jobs and claims the next 2, one commit per call,
+/// with no runtime around it. 20,000 queued jobs, then deleted.
+async fn two_slot_ceiling(dao: &PostgresDao) -> Result<f64, Box<dyn std::error::Error>> {
+    use async_query::dao::StatusChange;
+    use async_query::model::Lease;
+    let now = chrono::Utc::now();
+    let jobs: Vec<AsyncQuery> = (0..JOBS)
+        .map(|_| async_query::testing::sample_job(now))
+        .collect();
+    for chunk in jobs.chunks(1_000) {
+        dao.create_many(chunk).await?;
+    }
+    let lease = Lease {
+        owner: uuid::Uuid::new_v4(),
+        expires_at: now,
+    };
+    let t = Instant::now();
+    let mut running = dao.claim(&lease, 2, now).await?;
+    while !running.is_empty() {
+        let done: Vec<_> = running
+            .iter()
+            .map(|job| {
+                let change = StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, now)
+                    .with_result(async_query::QueryResult::message(now, "[]"));
+                (job.id, change)
+            })
+            .collect();
+        running = dao.update_and_claim(&done, &lease, 2, now).await?.1;
+    }
+    let rate = JOBS as f64 / t.elapsed().as_secs_f64();
+    let ids: Vec<uuid::Uuid> = jobs.iter().map(|job| job.id).collect();
+    dao.delete(&ids).await?;
+    Ok(rate)
 }
 
 async fn service(
@@ -142,6 +178,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let base_rate = JOBS as f64 / t.elapsed().as_secs_f64();
     println!("baseline 2 connections: {base_rate:.0} jobs/s");
+    let ceiling = two_slot_ceiling(&dao).await?;
+    println!(
+        "floor for 2 slots that claim nothing ahead (bare update_and_claim loop, 2 finished + 2 claimed per call): {ceiling:.0} jobs/s"
+    );
 
     // Sequential submit -> completion seen (inline path).
     let svc = service(&dao, 1).await?;
