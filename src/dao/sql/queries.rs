@@ -55,6 +55,23 @@ macro_rules! sql_dao {
         }
 
         impl $dao {
+            /// Checks every change against the transition table, then
+            /// applies them (and the claim, if any) on one connection.
+            async fn write_batch(
+                &self,
+                changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
+                claim: Option<&$crate::dao::sql::Claim<'_>>,
+            ) -> $crate::Result<(Vec<$crate::dao::CasOutcome>, Vec<$crate::model::AsyncQuery>)> {
+                for (_, change) in changes {
+                    $crate::dao::check_transition(change)?;
+                }
+                let mut conn = $crate::dao::sql::SqlBackend::pool(self)
+                    .acquire()
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("changing jobs' statuses", e))?;
+                <Self as $crate::dao::sql::SqlBackend>::update_and_claim(&mut conn, changes, claim).await
+            }
+
             /// One multi-row `INSERT` of encoded records (record, kind,
             /// roles, result).
             async fn insert_rows(
@@ -276,16 +293,7 @@ macro_rules! sql_dao {
                 &self,
                 changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
             ) -> $crate::Result<Vec<$crate::dao::CasOutcome>> {
-                for (_, change) in changes {
-                    $crate::dao::check_transition(change)?;
-                }
-                let mut conn = $crate::dao::sql::SqlBackend::pool(self)
-                    .acquire()
-                    .await
-                    .map_err(|e| $crate::dao::sql::db_error("changing jobs' statuses", e))?;
-                let (outcomes, _) =
-                    <Self as $crate::dao::sql::SqlBackend>::update_and_claim(&mut conn, changes, None)
-                        .await?;
+                let (outcomes, _) = self.write_batch(changes, None).await?;
                 Ok(outcomes)
             }
 
@@ -296,16 +304,8 @@ macro_rules! sql_dao {
                 limit: usize,
                 at: chrono::DateTime<chrono::Utc>,
             ) -> $crate::Result<(Vec<$crate::dao::CasOutcome>, Vec<$crate::model::AsyncQuery>)> {
-                for (_, change) in changes {
-                    $crate::dao::check_transition(change)?;
-                }
-                let mut conn = $crate::dao::sql::SqlBackend::pool(self)
-                    .acquire()
-                    .await
-                    .map_err(|e| $crate::dao::sql::db_error("changing jobs' statuses", e))?;
                 let claim = $crate::dao::sql::Claim { lease, limit, at };
-                <Self as $crate::dao::sql::SqlBackend>::update_and_claim(&mut conn, changes, Some(&claim))
-                    .await
+                self.write_batch(changes, Some(&claim)).await
             }
 
             async fn claim(
