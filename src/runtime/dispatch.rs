@@ -13,8 +13,20 @@ use super::Runtime;
 use super::clock::to_delta;
 use super::local::JobGuard;
 use super::table::Mirror;
-use super::writer::Ran;
 use crate::model::{AsyncQuery, Lease, QueryStatus};
+
+/// What a slot runs next: a claimed job, or nothing (the slot is free).
+pub(super) type Next = Option<(Claimed, OwnedSemaphorePermit)>;
+
+/// What the write of a finished run tells the task that ran it.
+#[derive(Default)]
+pub(super) struct Ran {
+    /// The job its slot runs next.
+    pub(super) next: Next,
+    /// The job's final record, when the write applied it (`None` when its
+    /// ending is being followed up elsewhere, or was not written).
+    pub(super) record: Option<Arc<AsyncQuery>>,
+}
 
 /// A job this instance runs (or is about to), with what its worker needs.
 pub(super) struct Claimed {

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{Notify, OwnedSemaphorePermit, oneshot};
 
 use super::Runtime;
-use super::dispatch::{Claimed, Siblings};
+use super::dispatch::{Ran, Siblings};
 use super::settle::Settlement;
 use crate::dao::{CasOutcome, StatusChange};
 use crate::model::AsyncQuery;
@@ -22,19 +22,6 @@ use crate::model::AsyncQuery;
 /// PostgreSQL's `commit_delay`, which applies only with `commit_siblings`
 /// active). A writer with no sibling executing never waits.
 const LINGER: std::time::Duration = std::time::Duration::from_micros(30);
-
-/// What a slot runs next: a claimed job, or nothing (the slot is free).
-pub(super) type Next = Option<(Claimed, OwnedSemaphorePermit)>;
-
-/// What the write of a finished run tells the task that ran it.
-#[derive(Default)]
-pub(super) struct Ran {
-    /// The job its slot runs next.
-    pub(super) next: Next,
-    /// The job's final record, when the write applied it (`None` when its
-    /// ending is being followed up elsewhere, or was not written).
-    pub(super) record: Option<Arc<AsyncQuery>>,
-}
 
 /// A finished run on its way to the job store, with the slot it ran in
 /// (`None` when the slot already runs the next job, claimed ahead).
