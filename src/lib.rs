@@ -90,6 +90,10 @@ pub mod testing;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+/// The `object_store` crate that [`ObjectStoreStorage`] is built on, so that a
+/// host builds its store with the same version.
+#[cfg(feature = "object-store")]
+pub use ::object_store;
 pub use async_trait::async_trait;
 pub use config::Config;
 pub use dao::{AsyncApiDao, MemoryDao};
@@ -101,4 +105,6 @@ pub use model::{
 };
 pub use request::{CancelOutcome, ShutdownReport, SubmitRequest};
 pub use service::{AsyncQueryService, AsyncQueryServiceBuilder};
+#[cfg(feature = "object-store")]
+pub use storage::ObjectStoreStorage;
 pub use storage::{Download, FileSystemStorage, MemoryStorage, ResultStorageEngine};

@@ -40,7 +40,7 @@ impl Runtime {
             .storage
             .create(&name)
             .await
-            .map_err(|e| format!("could not store the export: {e}"))?;
+            .map_err(|e| storage_failed(job, &e, format!("could not store the export: {e}")))?;
         let RecordStream {
             columns,
             records: mut rows,
@@ -63,10 +63,9 @@ impl Runtime {
                     };
                 }
                 if let Some(chunk) = encoder.push(&row).map_err(|e| e.to_string())? {
-                    writer
-                        .write(chunk)
-                        .await
-                        .map_err(|e| format!("could not store the export: {e}"))?;
+                    writer.write(chunk).await.map_err(|e| {
+                        storage_failed(job, &e, format!("could not store the export: {e}"))
+                    })?;
                 }
             }
             Ok(None)
@@ -75,11 +74,9 @@ impl Runtime {
         let record_count = encoder.records();
         let written = match written {
             Ok(truncated) => match encoder.finish() {
-                Ok(tail) => writer
-                    .write(tail)
-                    .await
-                    .map(|()| truncated)
-                    .map_err(|e| format!("could not store the export: {e}")),
+                Ok(tail) => writer.write(tail).await.map(|()| truncated).map_err(|e| {
+                    storage_failed(job, &e, format!("could not store the export: {e}"))
+                }),
                 Err(e) => Err(e.to_string()),
             },
             Err(e) => Err(e),
@@ -96,7 +93,7 @@ impl Runtime {
         let content_length = writer
             .publish()
             .await
-            .map_err(|e| format!("could not publish the export: {e}"))?;
+            .map_err(|e| storage_failed(job, &e, format!("could not publish the export: {e}")))?;
         Ok(QueryResult {
             record_count: Some(record_count),
             content_length: Some(content_length),
@@ -199,4 +196,19 @@ impl Runtime {
             stream,
         })
     }
+}
+
+/// The job's message for a storage error `e`. The record says what failed
+/// and the log has the whole chain of causes: a back-end's own errors can
+/// name buckets, hosts or credentials, which the job's owner need not see.
+fn storage_failed(job: &AsyncQuery, e: &Error, message: String) -> String {
+    let mut causes = String::new();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        causes.push_str(": ");
+        causes.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    tracing::warn!(job = %job.id, error = %e, causes = %causes, "storing an export failed");
+    message
 }

@@ -1,7 +1,8 @@
 //! Byte storage of export results: the [`ResultStorageEngine`] trait and its
 //! contract.
 //!
-//! Built in: [`MemoryStorage`] and [`FileSystemStorage`].
+//! Built in: [`MemoryStorage`] and [`FileSystemStorage`]; with the
+//! `object-store` feature, `ObjectStoreStorage` (S3, GCS, Azure, local, memory).
 
 use std::ops::Range;
 
@@ -14,7 +15,11 @@ use crate::model::ExportFormat;
 
 mod fs;
 mod memory;
+#[cfg(feature = "object-store")]
+mod object_store;
 
+#[cfg(feature = "object-store")]
+pub use self::object_store::ObjectStoreStorage;
 pub use fs::FileSystemStorage;
 pub use memory::MemoryStorage;
 

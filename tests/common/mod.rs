@@ -56,6 +56,9 @@ pub fn harness(config: Config) -> Harness {
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
+#[cfg(feature = "s3")]
+pub mod moto;
+
 /// A fresh PostgreSQL database for one test, from
 /// `ASYNC_QUERY_TEST_POSTGRES_URL`; `None` (and a loud message) without it.
 #[cfg(feature = "postgres")]
