@@ -94,6 +94,8 @@ struct ReadmeDoctests;
 /// host builds its store with the same version.
 #[cfg(feature = "object-store")]
 pub use ::object_store;
+#[cfg(feature = "redis")]
+pub use ::redis;
 pub use async_trait::async_trait;
 pub use config::Config;
 pub use dao::{AsyncApiDao, MemoryDao};
@@ -107,4 +109,6 @@ pub use request::{CancelOutcome, ShutdownReport, SubmitRequest};
 pub use service::{AsyncQueryService, AsyncQueryServiceBuilder};
 #[cfg(feature = "object-store")]
 pub use storage::ObjectStoreStorage;
+#[cfg(feature = "redis")]
+pub use storage::RedisStorage;
 pub use storage::{Download, FileSystemStorage, MemoryStorage, ResultStorageEngine};

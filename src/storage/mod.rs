@@ -2,7 +2,8 @@
 //! contract.
 //!
 //! Built in: [`MemoryStorage`] and [`FileSystemStorage`]; with the
-//! `object-store` feature, `ObjectStoreStorage` (S3, GCS, Azure, local, memory).
+//! `object-store` feature, `ObjectStoreStorage` (S3, GCS, Azure, local, memory);
+//! with `redis`, `RedisStorage`.
 
 use std::ops::Range;
 
@@ -17,9 +18,13 @@ mod fs;
 mod memory;
 #[cfg(feature = "object-store")]
 mod object_store;
+#[cfg(feature = "redis")]
+mod redis;
 
 #[cfg(feature = "object-store")]
 pub use self::object_store::ObjectStoreStorage;
+#[cfg(feature = "redis")]
+pub use self::redis::RedisStorage;
 pub use fs::FileSystemStorage;
 pub use memory::MemoryStorage;
 
