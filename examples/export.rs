@@ -4,6 +4,9 @@
 //! ```text
 //! cargo run --release --example export              # 1,000,000 rows
 //! cargo run --release --example export -- 10000000  # any row count
+//! # to an S3-compatible server (bucket must exist) or to Redis:
+//! cargo run --release --example export --features s3 -- 1000000 s3=http://127.0.0.1:9000/exports
+//! cargo run --release --example export --features redis -- 1000000 redis=redis://127.0.0.1:6379
 //! ```
 //!
 //! Memory stays flat whatever the row count: rows are encoded one at a time
@@ -14,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use async_query::{
     AsyncQuery, AsyncQueryService, BoxError, Config, ExecutionContext, ExportFormat,
-    FileSystemStorage, Principal, QueryExecutor, QueryOutput, QueryStatus, SubmitRequest,
+    FileSystemStorage, Principal, QueryExecutor, QueryOutput, QueryStatus, ResultStorageEngine,
+    SubmitRequest,
 };
 
 #[path = "support/table.rs"]
@@ -44,6 +48,46 @@ impl QueryExecutor for DemoTable {
     }
 }
 
+/// The result storage named by the second argument, and where it puts
+/// objects (for the message).
+async fn storage(
+    arg: Option<&str>,
+) -> Result<(Arc<dyn ResultStorageEngine>, String), Box<dyn std::error::Error>> {
+    match arg.map(|a| a.split_once('=').unwrap_or((a, ""))) {
+        None | Some(("fs", "")) => {
+            let dir = std::env::temp_dir().join("async-query-export-example");
+            let storage = FileSystemStorage::new(&dir).await?;
+            Ok((Arc::new(storage), format!("{}/", dir.display())))
+        }
+        #[cfg(feature = "s3")]
+        Some(("s3", url)) => {
+            let (endpoint, bucket) = url
+                .rsplit_once('/')
+                .ok_or("s3=<endpoint>/<bucket>, e.g. s3=http://127.0.0.1:9000/exports")?;
+            let store = async_query::object_store::aws::AmazonS3Builder::from_env()
+                .with_endpoint(endpoint)
+                .with_allow_http(true)
+                .with_bucket_name(bucket)
+                .with_region("us-east-1")
+                .with_access_key_id("test")
+                .with_secret_access_key("test")
+                .build()?;
+            let storage = async_query::ObjectStoreStorage::new(Arc::new(store));
+            Ok((Arc::new(storage), format!("{url}/")))
+        }
+        #[cfg(feature = "redis")]
+        Some(("redis", url)) => {
+            let storage = async_query::RedisStorage::connect(url).await?;
+            Ok((Arc::new(storage), format!("Redis at {url}, object ")))
+        }
+        Some((kind, _)) => Err(format!(
+            "unknown storage {kind:?}: fs, s3=<endpoint>/<bucket> (feature s3) or \
+             redis=<url> (feature redis)"
+        )
+        .into()),
+    }
+}
+
 /// Peak resident memory of this process (Linux), in KiB.
 fn peak_rss_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -57,15 +101,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(arg) => arg.parse().map_err(|_| format!("not a row count: {arg}"))?,
         None => 1_000_000,
     };
-    let dir = std::env::temp_dir().join("async-query-export-example");
-    let storage = FileSystemStorage::new(&dir).await?;
+    let (storage, place) = storage(std::env::args().nth(2).as_deref()).await?;
     let service = AsyncQueryService::builder()
         .config(Config {
             append_file_extension: true,
             max_async_after: Duration::from_secs(3600),
             ..Config::default()
         })
-        .storage(Arc::new(storage.clone()))
+        .storage(Arc::clone(&storage))
         .executor(Arc::new(DemoTable))
         .build()?;
 
@@ -84,9 +127,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let bytes = result.content_length.unwrap_or(0);
     println!(
-        "exported {} rows to {}",
+        "exported {} rows to {place}{name}",
         result.record_count.unwrap_or(0),
-        storage.root().join(&name).display()
     );
     println!(
         "size {bytes} bytes ({:.1} MiB) in {:.2?}: {:.0} rows/s",
@@ -100,5 +142,3 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     storage.delete(&name).await?;
     Ok(())
 }
-
-use async_query::ResultStorageEngine as _;
