@@ -15,7 +15,7 @@ use super::execution::Outcome;
 use super::local::JobGuard;
 use super::table::Mirror;
 use crate::dao::{CasOutcome, StatusChange};
-use crate::model::{AsyncQuery, ResultBody};
+use crate::model::{AsyncQuery, QueryStatus, ResultBody};
 
 /// A finished run whose ending is being written.
 pub(super) struct Settlement {
@@ -73,7 +73,11 @@ impl Runtime {
     ///   that fails too, it is retried with backoff until the store answers,
     ///   for at most one lease: after that the job's lease cannot be alive
     ///   and it is not this worker's to settle. The job is then let go, and
-    ///   whoever ends it (the cleaner) deletes its export.
+    ///   whoever ends it (the cleaner) deletes its export. If this run
+    ///   published an export, the worker still reads the record until the
+    ///   store answers: a terminal record (one of the writes landed with its
+    ///   reply lost) that does not point at the export means nobody else
+    ///   would delete it.
     ///
     /// The published export is deleted only when the record is known not
     /// to point at it. Returns the job's record as the store last showed it
@@ -131,7 +135,14 @@ impl Runtime {
                             *give_up_at.get_or_insert_with(|| Instant::now() + self.config.lease);
                         if !self.pause(&mut delay, give_up).await {
                             tracing::error!(job = %job.id, "saving the job's outcome failed for a whole lease; it is left to the cleaner");
-                            break None;
+                            // An export this run published must not be
+                            // forgotten: if one of the writes landed with its
+                            // reply lost, the record is terminal, does not
+                            // point at it, and nobody else knows it exists.
+                            break match &stored {
+                                Some(_) => self.ended_elsewhere(&job, &mut delay).await,
+                                None => None,
+                            };
                         }
                     } else {
                         tracing::warn!(job = %job.id, error = %e, "saving the job's outcome failed; marking it FAILURE");
@@ -158,6 +169,38 @@ impl Runtime {
         }
         guard.release();
         record
+    }
+}
+
+impl Runtime {
+    /// Reads the record of a job this worker stopped settling until the
+    /// store answers (or the service stops): the record if it is terminal,
+    /// `None` if it is still the cleaner's to end (or unknown).
+    async fn ended_elsewhere(
+        &self,
+        job: &AsyncQuery,
+        delay: &mut Duration,
+    ) -> Option<Arc<AsyncQuery>> {
+        loop {
+            match self.dao.get(job.id).await {
+                Ok(Some(record)) if record.status.is_terminal() => {
+                    let record = Arc::new(record);
+                    self.mirror(
+                        Some(QueryStatus::Processing),
+                        Arc::clone(&record),
+                        Mirror::Follow,
+                    );
+                    return Some(record);
+                }
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::debug!(job = %job.id, error = %e, "reading the job's record failed");
+                    if !self.pause(delay, Instant::now() + RETRY_MAX * 2).await {
+                        return None;
+                    }
+                }
+            }
+        }
     }
 }
 
