@@ -162,3 +162,80 @@ async fn an_outage_gives_typed_errors_and_the_service_recovers_by_itself() {
     );
     db.drop_db().await;
 }
+
+/// After an outage the LISTEN stream is opened again, so a job cancelled
+/// through another instance stops at once, although this instance polls
+/// and checks cancellations only every two minutes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_listener_recovers_after_an_outage() {
+    let Some(db) = pg::fresh().await else { return };
+    let direct = PgConnectOptions::from_str(&db.url).unwrap();
+    let proxy = Proxy::start((direct.get_host().to_string(), direct.get_port())).await;
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_with(direct.clone().host("127.0.0.1").port(proxy.port))
+        .await
+        .unwrap();
+    let slow = Config {
+        pool_size: 1,
+        // The heartbeat (a third of the lease), polling and the cleaner's
+        // cancellation check are all far slower than the bound below.
+        lease: Duration::from_secs(360),
+        poll_interval: Duration::from_secs(120),
+        cancellation_check_interval: Duration::from_secs(120),
+        cleaner_interval: Duration::from_secs(120),
+        ..Config::default()
+    };
+    let worker = AsyncQueryService::builder()
+        .config(slow.clone())
+        .dao(Arc::new(PostgresDao::from_pool(pool)))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let other = AsyncQueryService::builder()
+        .config(Config {
+            pool_size: 0,
+            // Another instance: with the same id, its start-up recovery
+            // would end the worker's job.
+            instance_id: uuid::Uuid::new_v4(),
+            ..slow
+        })
+        .dao(Arc::new(db.dao.clone()))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+
+    let job = worker
+        .submit(
+            &alice(),
+            SubmitRequest::query("block").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap();
+    assert_eq!(job.status, QueryStatus::Processing);
+
+    proxy.down();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    proxy.restore();
+
+    // Cancelled at once, perhaps before the listener is back (it tries
+    // again after 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5, 5 … s): then the look at
+    // its jobs' statuses it takes on coming back finds the cancellation.
+    let cancelled_at = std::time::Instant::now();
+    other.cancel(&alice(), job.id).await.unwrap();
+    let ended = worker
+        .wait(&alice(), job.id, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let took = cancelled_at.elapsed();
+    assert_eq!(ended.status, QueryStatus::CancelComplete, "{ended:?}");
+    println!("a remote cancel after the outage stopped the job in {took:?}");
+    assert!(
+        took < Duration::from_secs(20),
+        "the cancel took {took:?}: only polling saw it, so the listener did not come back"
+    );
+    let _ = worker.shutdown(Duration::from_secs(1)).await;
+    let _ = other.shutdown(Duration::from_secs(1)).await;
+    db.drop_db().await;
+}

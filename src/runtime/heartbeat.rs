@@ -19,34 +19,44 @@ impl Runtime {
                 () = self.tasks.stopped() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            // Running jobs get their leases renewed; queued ones are checked
-            // too, so a job another instance claimed leaves this instance's
-            // queue count (a submit-only instance never claims its own).
-            let (running, queued) = self.jobs.running_and_queued();
-            if running.is_empty() && queued.is_empty() {
-                continue;
-            }
-            let all: Vec<Uuid> = running.iter().chain(&queued).copied().collect();
-            let expires_at = self.clock.now() + to_delta(self.config.lease);
-            match self
-                .dao
-                .renew_leases(self.config.instance_id, &all, expires_at)
-                .await
-            {
-                Ok(statuses) => {
-                    for (id, status) in statuses {
-                        if status == QueryStatus::Cancelled {
-                            self.jobs.fire(id);
-                        }
-                        if status != QueryStatus::Queued
-                            && queued.contains(&id)
-                            && !self.jobs.runs(id)
-                        {
-                            self.jobs.forget(id);
-                        }
+            self.beat().await;
+        }
+    }
+
+    /// One beat: renews the leases of the running jobs and learns the
+    /// status of every local job; false if the store failed. The listener
+    /// also calls it when its stream comes back, for the cancellations it
+    /// missed meanwhile.
+    pub(super) async fn beat(&self) -> bool {
+        // Running jobs get their leases renewed; queued ones are checked
+        // too, so a job another instance claimed leaves this instance's
+        // queue count (a submit-only instance never claims its own).
+        let (running, queued) = self.jobs.running_and_queued();
+        if running.is_empty() && queued.is_empty() {
+            return true;
+        }
+        let all: Vec<Uuid> = running.iter().chain(&queued).copied().collect();
+        let expires_at = self.clock.now() + to_delta(self.config.lease);
+        match self
+            .dao
+            .renew_leases(self.config.instance_id, &all, expires_at)
+            .await
+        {
+            Ok(statuses) => {
+                for (id, status) in statuses {
+                    if status == QueryStatus::Cancelled {
+                        self.jobs.fire(id);
+                    }
+                    if status != QueryStatus::Queued && queued.contains(&id) && !self.jobs.runs(id)
+                    {
+                        self.jobs.forget(id);
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "renewing job leases failed"),
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "renewing job leases failed");
+                false
             }
         }
     }
