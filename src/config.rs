@@ -117,8 +117,15 @@ pub struct Config {
     /// Status-change events kept for slow subscribers before they lag.
     /// Default 1,024.
     pub event_capacity: usize,
-    /// This instance's id, recorded as the owner of the jobs it runs. Default:
-    /// a new random id per service.
+    /// This instance's id, recorded as the owner of the jobs it runs.
+    /// Default: a new random id each time `Config::default()` is called.
+    ///
+    /// A cloned `Config` keeps the id: give every service that shares a job
+    /// store its own (for example `instance_id: Uuid::new_v4()`). Two
+    /// services with one id treat each other's jobs as their own, and the
+    /// start-up recovery of one ends the jobs the other is running. Keep an
+    /// id across restarts of the same instance to have its interrupted jobs
+    /// ended at start-up instead of after their lease.
     pub instance_id: Uuid,
 }
 
