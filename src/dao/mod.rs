@@ -129,6 +129,56 @@ impl JobSignal {
 /// A stream of [`JobSignal`]s, from [`AsyncApiDao::watch`].
 pub type SignalStream = futures::stream::BoxStream<'static, Result<JobSignal>>;
 
+/// A record past retention, as [`AsyncApiDao::delete_expired`] hands it
+/// out: its id and the name of its stored result, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExpiredRecord {
+    /// The job.
+    pub id: Uuid,
+    /// Its stored export's name ([`ResultBody::Stored`](crate::model::ResultBody::Stored)).
+    pub stored: Option<String>,
+}
+
+impl ExpiredRecord {
+    /// The expired record `id`, whose stored result is `stored`.
+    pub fn new(id: Uuid, stored: Option<String>) -> Self {
+        ExpiredRecord { id, stored }
+    }
+
+    /// What [`AsyncApiDao::delete_expired`] hands out for `job`.
+    pub fn of(job: &AsyncQuery) -> Self {
+        let stored = match job.result.as_ref().map(|r| &r.body) {
+            Some(crate::model::ResultBody::Stored(name)) => Some(name.clone()),
+            _ => None,
+        };
+        ExpiredRecord { id: job.id, stored }
+    }
+}
+
+/// Deletes the results of expired records and returns the ids whose
+/// records may be deleted; see [`AsyncApiDao::delete_expired`].
+pub type Reaper<'a> = &'a mut (
+            dyn FnMut(Vec<ExpiredRecord>) -> futures::future::BoxFuture<'static, Vec<Uuid>> + Send
+        );
+
+/// What one [`AsyncApiDao::delete_expired`] call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Purged {
+    /// Expired records handed to the reaper.
+    pub found: usize,
+    /// Records deleted.
+    pub deleted: u64,
+}
+
+impl Purged {
+    /// `found` records handed out, `deleted` deleted.
+    pub fn new(found: usize, deleted: u64) -> Self {
+        Purged { found, deleted }
+    }
+}
+
 /// Which records [`AsyncApiDao::list`] returns. Every condition that is set
 /// must hold.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -335,6 +385,49 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn delete(&self, ids: &[Uuid]) -> Result<u64>;
+
+    /// Retention: finds up to `limit` terminal records last updated before
+    /// `before`, oldest first, and hands them to `reap` as ids and stored
+    /// result names (no bodies). `reap` deletes their results and returns
+    /// the ids whose records may go (a result that could not be deleted
+    /// keeps its record); those records are deleted.
+    ///
+    /// Concurrent calls on a store that several instances share should
+    /// hand each caller different records, so that instances share the
+    /// work instead of repeating it: `PostgresDao` locks the rows it
+    /// hands out (`FOR UPDATE SKIP LOCKED`) until it has deleted them. The
+    /// default finds them with [`list`](Self::list) and deletes them with
+    /// [`delete`](Self::delete).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
+    async fn delete_expired(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+        reap: Reaper<'_>,
+    ) -> Result<Purged> {
+        let filter = ListFilter {
+            statuses: QueryStatus::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect(),
+            updated_before: Some(before),
+            limit,
+            ..ListFilter::default()
+        };
+        let expired: Vec<ExpiredRecord> = self
+            .list(&filter)
+            .await?
+            .into_iter()
+            .map(|job| ExpiredRecord::of(&job))
+            .collect();
+        let found = expired.len();
+        let ids = reap(expired).await;
+        let deleted = self.delete(&ids).await?;
+        Ok(Purged { found, deleted })
+    }
 
     /// Status changes made by any instance, pushed as they commit, if the
     /// back-end can (PostgreSQL LISTEN/NOTIFY): at least new jobs

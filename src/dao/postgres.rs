@@ -117,6 +117,8 @@ impl SqlBackend for PostgresDao {
 
     /// Concurrent claimers skip each other's rows instead of waiting.
     const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+    const STORED_NAME: &'static str = "CASE WHEN result::jsonb -> 'body' ->> 'type' = 'stored' \
+        THEN result::jsonb -> 'body' ->> 'value' END";
 
     fn pool(&self) -> &PgPool {
         &self.pool

@@ -81,6 +81,8 @@ impl SqlBackend for SqliteDao {
 
     /// A write locks the whole database: claims need no row locks.
     const CLAIM_LOCK: &'static str = "";
+    const STORED_NAME: &'static str = "CASE WHEN json_extract(result, '$.body.type') = 'stored' \
+        THEN json_extract(result, '$.body.value') END";
 
     fn pool(&self) -> &SqlitePool {
         &self.pool

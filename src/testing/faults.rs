@@ -282,6 +282,20 @@ impl AsyncApiDao for FaultyDao {
         self.faults.dao("delete", self.inner.delete(ids)).await
     }
 
+    async fn delete_expired(
+        &self,
+        before: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+        reap: crate::dao::Reaper<'_>,
+    ) -> Result<crate::dao::Purged> {
+        self.faults
+            .dao(
+                "delete_expired",
+                self.inner.delete_expired(before, limit, reap),
+            )
+            .await
+    }
+
     async fn watch(&self) -> Result<Option<crate::dao::SignalStream>> {
         self.faults.dao("watch", self.inner.watch()).await
     }

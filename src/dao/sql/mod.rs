@@ -207,6 +207,11 @@ pub(crate) trait SqlBackend {
     /// whole database (SQLite).
     const CLAIM_LOCK: &'static str;
 
+    /// An SQL expression for the stored result's name of a row (the
+    /// `value` of a `stored` result body in the `result` JSON), `NULL`
+    /// otherwise.
+    const STORED_NAME: &'static str;
+
     /// The connection pool every query runs on.
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
 

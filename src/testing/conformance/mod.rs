@@ -20,7 +20,7 @@ pub use storage::{
     storage_conformance, storage_delete, storage_names, storage_publish, storage_ranges,
     storage_stale_partials,
 };
-pub use writes::{dao_create_and_get, dao_delete};
+pub use writes::{dao_create_and_get, dao_delete, dao_delete_expired};
 
 use crate::dao::AsyncApiDao;
 
@@ -42,5 +42,6 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_leases(dao).await;
     dao_list(dao).await;
     dao_delete(dao).await;
+    dao_delete_expired(dao).await;
     dao_watch(dao).await;
 }

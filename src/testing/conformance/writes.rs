@@ -1,10 +1,12 @@
 //! Creating, reading and deleting records.
 
+use chrono::{DateTime, TimeDelta, Utc};
+use futures::FutureExt;
 use uuid::Uuid;
 
-use crate::dao::AsyncApiDao;
+use crate::dao::{AsyncApiDao, CasOutcome, ExpiredRecord, StatusChange};
 use crate::error::Error;
-use crate::model::{AsyncQuery, QueryStatus};
+use crate::model::{AsyncQuery, QueryResult, QueryStatus, ResultBody};
 
 use super::records::*;
 
@@ -127,4 +129,123 @@ pub async fn dao_delete(dao: &dyn AsyncApiDao) {
     assert_eq!(dao.delete(&ids[..2]).await.expect("delete failed"), 0);
     assert_eq!(dao.delete(&[]).await.expect("delete failed"), 0);
     clean_up(dao, &ids[2..]).await;
+}
+
+/// A record moved to `Complete` at `at`, with `body` as its result.
+async fn completed(dao: &dyn AsyncApiDao, at: DateTime<Utc>, body: ResultBody) -> AsyncQuery {
+    let running = walk(dao, at, &path_to(QueryStatus::Processing)).await;
+    let result = QueryResult {
+        record_count: Some(1),
+        content_length: Some(1),
+        completed_on: at,
+        body,
+        message: None,
+        truncated: false,
+    };
+    let done =
+        StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, at).with_result(result);
+    match dao.update_status(running.id, done).await {
+        Ok(CasOutcome::Applied(job)) => job,
+        other => panic!("Processing -> Complete must apply, got {other:?}"),
+    }
+}
+
+/// `delete_expired`: hands out only terminal records updated before the
+/// cut-off, oldest first, at most `limit`, with their stored result's name
+/// (none for inline bodies and failures); deletes exactly the ids the
+/// reaper returns, and reports what it found and deleted.
+///
+/// # Panics
+///
+/// On the first broken rule, with a message that names it.
+pub async fn dao_delete_expired(dao: &dyn AsyncApiDao) {
+    let now = now();
+    let old = now - TimeDelta::hours(2);
+    let cut_off = now - TimeDelta::hours(1);
+    let stored = format!("expired-{}.csv", Uuid::new_v4().simple());
+    let kept_stored = format!("kept-{}.csv", Uuid::new_v4().simple());
+    let with_export = completed(dao, old, ResultBody::Stored(stored.clone())).await;
+    let inline = completed(dao, old, ResultBody::Inline("[1]".into())).await;
+    let failed = walk(dao, old, &path_to(QueryStatus::Failure)).await;
+    let refused = completed(dao, old, ResultBody::Stored(kept_stored.clone())).await;
+    let running = walk(dao, old, &path_to(QueryStatus::Processing)).await;
+    let recent = completed(dao, now, ResultBody::Stored("recent.csv".into())).await;
+    let ours = [with_export.id, inline.id, failed.id, refused.id];
+    let all = [&ours[..], &[running.id, recent.id]].concat();
+
+    // The limit holds.
+    let mut seen = Vec::new();
+    let mut keep_all = |expired: Vec<ExpiredRecord>| {
+        seen.push(expired.len());
+        futures::future::ready(Vec::new()).boxed()
+    };
+    let purged = dao
+        .delete_expired(cut_off, 1, &mut keep_all)
+        .await
+        .expect("delete_expired failed");
+    assert!(
+        purged.found <= 1,
+        "delete_expired must hand out at most `limit` records"
+    );
+    assert_eq!(purged.deleted, 0, "records the reaper keeps must stay");
+
+    let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut reap = {
+        let handed = std::sync::Arc::clone(&handed);
+        move |expired: Vec<ExpiredRecord>| {
+            let allowed: Vec<Uuid> = expired
+                .iter()
+                .map(|r| r.id)
+                .filter(|id| ours.contains(id) && *id != refused.id)
+                .collect();
+            handed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(expired);
+            futures::future::ready(allowed).boxed()
+        }
+    };
+    let purged = dao
+        .delete_expired(cut_off, 1_000, &mut reap)
+        .await
+        .expect("delete_expired failed");
+    let handed = handed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let find = |id: Uuid| handed.iter().find(|r| r.id == id);
+    for (job, name) in [
+        (&with_export, Some(stored.as_str())),
+        (&inline, None),
+        (&failed, None),
+        (&refused, Some(kept_stored.as_str())),
+    ] {
+        let record = find(job.id)
+            .unwrap_or_else(|| panic!("an expired {} record must be handed out", job.status));
+        assert_eq!(
+            record.stored.as_deref(),
+            name,
+            "the stored name must be the result's, and none for other bodies"
+        );
+    }
+    assert!(find(running.id).is_none(), "a running job is not expired");
+    assert!(
+        find(recent.id).is_none(),
+        "a record updated after the cut-off is not expired"
+    );
+    assert_eq!(purged.found, handed.len());
+    assert_eq!(
+        purged.deleted, 3,
+        "exactly the ids the reaper returns are deleted"
+    );
+    for id in &ours[..3] {
+        assert!(
+            dao.get(*id).await.expect("get failed").is_none(),
+            "reaped records must be gone"
+        );
+    }
+    for id in [refused.id, running.id, recent.id] {
+        assert!(
+            dao.get(id).await.expect("get failed").is_some(),
+            "other records must stay"
+        );
+    }
+    clean_up(dao, &all).await;
 }
