@@ -59,18 +59,24 @@ impl S3Server {
         (bucket, Arc::new(store))
     }
 
-    /// The multipart uploads still open in `bucket` (S3's
-    /// `ListMultipartUploads`), as their keys.
-    pub async fn open_uploads(&self, bucket: &str) -> Vec<String> {
-        let xml = reqwest::Client::new()
-            .get(format!("{}/{bucket}?uploads", self.endpoint))
+    /// The XML of `GET /<bucket>?<query>`.
+    async fn listing(&self, bucket: &str, query: &str) -> String {
+        reqwest::Client::new()
+            .get(format!("{}/{bucket}?{query}", self.endpoint))
             .send()
             .await
             .expect("the S3 server answers")
             .text()
             .await
-            .expect("a listing");
-        xml.split("<Upload>")
+            .expect("a listing")
+    }
+
+    /// The multipart uploads still open in `bucket` (S3's
+    /// `ListMultipartUploads`), as their keys.
+    pub async fn open_uploads(&self, bucket: &str) -> Vec<String> {
+        self.listing(bucket, "uploads")
+            .await
+            .split("<Upload>")
             .skip(1)
             .filter_map(|upload| {
                 let start = upload.find("<Key>")? + "<Key>".len();
@@ -82,15 +88,9 @@ impl S3Server {
 
     /// The keys of the objects in `bucket`.
     pub async fn keys(&self, bucket: &str) -> Vec<String> {
-        let xml = reqwest::Client::new()
-            .get(format!("{}/{bucket}?list-type=2", self.endpoint))
-            .send()
+        self.listing(bucket, "list-type=2")
             .await
-            .expect("the S3 server answers")
-            .text()
-            .await
-            .expect("a listing");
-        xml.split("<Key>")
+            .split("<Key>")
             .skip(1)
             .filter_map(|rest| Some(rest[..rest.find("</Key>")?].to_owned()))
             .collect()
