@@ -463,15 +463,16 @@ macro_rules! sql_dao {
                 }
                 .map_err(fail)?;
                 let found = rows.len();
-                if found == 0 {
-                    return Ok($crate::dao::Purged::new(0, 0));
-                }
                 let expired = rows
                     .into_iter()
                     .map(|(id, stored)| $crate::dao::ExpiredRecord::new(id, stored))
                     .collect();
                 let ids = reap(expired).await;
                 if ids.is_empty() {
+                    // Release the row locks now, not when the pool gets to it.
+                    if let Some(tx) = tx {
+                        tx.rollback().await.map_err(fail)?;
+                    }
                     return Ok($crate::dao::Purged::new(found, 0));
                 }
                 let mut delete =
