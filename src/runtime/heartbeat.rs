@@ -19,6 +19,8 @@ impl Runtime {
                 () = self.tasks.stopped() => return,
                 () = tokio::time::sleep(period) => {}
             }
+            // Follow corrections of the system clock (NTP).
+            self.clock.resync();
             self.beat().await;
         }
     }

@@ -6,7 +6,7 @@
 //!
 //! | part | owns | does |
 //! |---|---|---|
-//! | `clock` | wall time at start + Tokio time | timestamps and leases |
+//! | `clock` | wall time at start + Tokio time + a correction the heartbeat resyncs | timestamps and leases |
 //! | `tasks` | the task tracker, runtime handle, stop and closing tokens | spawning and stopping every task |
 //! | `table`, `local` | the local job table (pure) and its lock | mirroring changes in lifecycle order, the queued count, `JobGuard` |
 //! | `events`, `event_log` | broadcast, subscriber count, the log | `subscribe`, `events_after` |
