@@ -9,6 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use super::Runtime;
+use super::tasks::Backoff;
 use crate::dao::SignalStream;
 use crate::model::QueryStatus;
 
@@ -29,7 +30,7 @@ impl Runtime {
     /// DAO's signal stream, follows it, and opens it again after it ends,
     /// waiting 0.1 s, then twice as long after each failure, up to 5 s.
     pub(super) async fn listener(self: Arc<Self>) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         // Whether signals may have been missed: the stream ended, or an
         // attempt to open it failed.
         let mut missed = false;
@@ -61,7 +62,7 @@ impl Runtime {
                         }
                     };
                     failures = 0;
-                    backoff = MIN_BACKOFF;
+                    backoff.reset();
                     let (followed, ()) = tokio::join!(self.follow(signals), catch_up);
                     match followed {
                         Followed::Stopped => return,
@@ -81,26 +82,20 @@ impl Runtime {
                     }
                 }
             }
-            tokio::select! {
-                biased;
-                () = self.tasks.stopped() => return,
-                () = tokio::time::sleep(backoff) => {}
+            if !self.tasks.pause(&mut backoff, None).await {
+                return;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
     /// Reads the local jobs' statuses (a heartbeat's beat) until it
     /// succeeds or the service stops, with the listener's backoff.
     async fn catch_up(&self) {
-        let mut backoff = MIN_BACKOFF;
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         while !self.beat().await {
-            tokio::select! {
-                biased;
-                () = self.tasks.stopped() => return,
-                () = tokio::time::sleep(backoff) => {}
+            if !self.tasks.pause(&mut backoff, None).await {
+                return;
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 

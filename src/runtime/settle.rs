@@ -14,6 +14,7 @@ use super::ending::{Ending, change as ending_change};
 use super::execution::Outcome;
 use super::local::JobGuard;
 use super::table::Mirror;
+use super::tasks::Backoff;
 use crate::dao::{CasOutcome, StatusChange};
 use crate::model::{AsyncQuery, QueryStatus, ResultBody};
 
@@ -97,7 +98,7 @@ impl Runtime {
         let dropped_work = ending.dropped_work();
         let now = change.at;
         let first_try = (change.from, change.to);
-        let mut delay = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         // Retries stop when the job's lease can no longer be alive: then it
         // is not this worker's to settle any more.
         let mut give_up_at = None;
@@ -130,17 +131,17 @@ impl Runtime {
                         // Nothing is known to have landed: keep trying the
                         // last write, which also tells whether an earlier
                         // one did, while the service runs.
-                        tracing::warn!(job = %job.id, error = %e, retry_in = ?delay, "saving the job's outcome failed again; retrying");
+                        tracing::warn!(job = %job.id, error = %e, retry_in = ?backoff.next(), "saving the job's outcome failed again; retrying");
                         let give_up =
                             *give_up_at.get_or_insert_with(|| Instant::now() + self.config.lease);
-                        if !self.pause(&mut delay, give_up).await {
+                        if !self.tasks.pause(&mut backoff, Some(give_up)).await {
                             tracing::error!(job = %job.id, "saving the job's outcome failed for a whole lease; it is left to the cleaner");
                             // An export this run published must not be
                             // forgotten: if one of the writes landed with its
                             // reply lost, the record is terminal, does not
                             // point at it, and nobody else knows it exists.
                             break match &stored {
-                                Some(_) => self.ended_elsewhere(&job, &mut delay).await,
+                                Some(_) => self.ended_elsewhere(&job, &mut backoff).await,
                                 None => None,
                             };
                         }
@@ -179,7 +180,7 @@ impl Runtime {
     async fn ended_elsewhere(
         &self,
         job: &AsyncQuery,
-        delay: &mut Duration,
+        backoff: &mut Backoff,
     ) -> Option<Arc<AsyncQuery>> {
         loop {
             match self.dao.get(job.id).await {
@@ -195,7 +196,7 @@ impl Runtime {
                 Ok(_) => return None,
                 Err(e) => {
                     tracing::debug!(job = %job.id, error = %e, "reading the job's record failed");
-                    if !self.pause(delay, Instant::now() + RETRY_MAX * 2).await {
+                    if !self.tasks.pause(backoff, None).await {
                         return None;
                     }
                 }
@@ -208,23 +209,6 @@ impl Runtime {
 /// to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_MAX: Duration = Duration::from_secs(5);
-
-impl Runtime {
-    /// Sleeps `delay` (then doubles it, up to [`RETRY_MAX`]); false if the
-    /// service stopped meanwhile, or if the pause would end after
-    /// `give_up`.
-    async fn pause(&self, delay: &mut Duration, give_up: Instant) -> bool {
-        let wake = Instant::now() + *delay;
-        *delay = (*delay * 2).min(RETRY_MAX);
-        if wake > give_up {
-            return false;
-        }
-        tokio::select! {
-            () = self.tasks.stopped() => false,
-            () = tokio::time::sleep_until(wake) => true,
-        }
-    }
-}
 
 impl Ending {
     /// Whether the executor's work was dropped half-way (an export may

@@ -6,8 +6,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -82,6 +84,50 @@ impl Tasks {
     /// Waits until every task has ended (after [`stop`](Self::stop)).
     pub(super) async fn wait(&self) {
         self.tracker.wait().await;
+    }
+
+    /// Sleeps `backoff`'s next pause (and doubles it); false if the service
+    /// stopped meanwhile, or if the pause would end after `give_up`.
+    pub(super) async fn pause(&self, backoff: &mut Backoff, give_up: Option<Instant>) -> bool {
+        let wake = Instant::now() + backoff.next;
+        backoff.next = (backoff.next * 2).min(backoff.max);
+        if give_up.is_some_and(|give_up| wake > give_up) {
+            return false;
+        }
+        tokio::select! {
+            biased;
+            () = self.stopped() => false,
+            () = tokio::time::sleep_until(wake) => true,
+        }
+    }
+}
+
+/// Pauses between retries: from `first`, doubling up to `max`; see
+/// [`Tasks::pause`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Backoff {
+    first: Duration,
+    next: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(super) fn new(first: Duration, max: Duration) -> Self {
+        Backoff {
+            first,
+            next: first,
+            max,
+        }
+    }
+
+    /// The next pause.
+    pub(super) fn next(&self) -> Duration {
+        self.next
+    }
+
+    /// Starts again from the first pause (after a success).
+    pub(super) fn reset(&mut self) {
+        self.next = self.first;
     }
 }
 
