@@ -183,16 +183,14 @@ impl ResultWriter for ObjectWriter {
                 chunks.push(chunk);
                 self.buffered += len;
                 if self.buffered >= self.part_size {
-                    let State::Buffering(chunks) = self.take() else {
-                        unreachable!("matched above")
-                    };
+                    // A full part: from now on, upload in parts.
                     let upload = self
                         .store
                         .put_multipart(&self.key)
                         .await
                         .map_err(|e| failed("starting an upload of", &self.key, e))?;
                     let mut upload = WriteMultipart::new_with_chunk_size(upload, self.part_size);
-                    for chunk in chunks {
+                    for chunk in chunks.drain(..) {
                         upload.put(chunk);
                     }
                     self.buffered = 0;

@@ -2,6 +2,7 @@
 //! with an expiry, as Elide's `RedisResultStorageEngine`.
 
 use std::ops::Range;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
@@ -38,6 +39,11 @@ if redis.call('LINDEX', KEYS[1], 0) ~= ARGV[1] then
 end
 return redis.call('LINDEX', KEYS[1], ARGV[2])
 ";
+
+/// The scripts, hashed once (`Script::new` computes the SHA-1 that
+/// `EVALSHA` sends; reads call it once per chunk).
+static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH));
+static READ_CHUNK_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ_CHUNK));
 
 /// Stores export results in Redis, so that several instances can serve
 /// each other's downloads.
@@ -299,7 +305,7 @@ impl ResultWriter for RedisWriter {
         let expiry = self.expiry.map_or(0, |e| {
             u64::try_from(e.as_millis()).unwrap_or(u64::MAX).max(1)
         });
-        let published = Script::new(PUBLISH)
+        let published = PUBLISH_SCRIPT
             .key(&self.partial)
             .key(&self.key)
             .arg(self.chunks)
@@ -388,16 +394,19 @@ impl ResultStorageEngine for RedisStorage {
         };
         let connection = self.connection.clone();
         let wanted = range.clone();
+        // Shared by every chunk's read instead of copied into each.
+        let key: Arc<str> = key.into();
+        let header: Arc<[u8]> = header.raw.into();
         let body = futures::stream::iter(chunks)
             .then(move |index| {
                 let mut connection = connection.clone();
-                let key = key.clone();
-                let header = header.raw.clone();
+                let key = Arc::clone(&key);
+                let header = Arc::clone(&header);
                 let wanted = wanted.clone();
                 async move {
-                    let chunk: Option<Vec<u8>> = Script::new(READ_CHUNK)
-                        .key(&key)
-                        .arg(header)
+                    let chunk: Option<Vec<u8>> = READ_CHUNK_SCRIPT
+                        .key(&*key)
+                        .arg(&*header)
                         .arg(index + 1)
                         .invoke_async(&mut connection)
                         .await
