@@ -7,7 +7,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::{AsyncApiDao, CasOutcome, ListFilter, StatusChange, apply_change, check_transition};
+use super::{
+    AsyncApiDao, CasOutcome, ExpiredRecord, ListFilter, Purged, Reaper, StatusChange, apply_change,
+    check_transition,
+};
 use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, Lease, QueryStatus};
 
@@ -52,6 +55,20 @@ impl MemoryDao {
 }
 
 impl State {
+    /// The entries `filter` selects, oldest first, at most its limit.
+    fn matching(&self, filter: &ListFilter) -> impl Iterator<Item = &Entry> {
+        let mut found: Vec<&Entry> = self
+            .jobs
+            .values()
+            .filter(|entry| filter.matches(&entry.job))
+            .collect();
+        found.sort_by_key(|entry| entry.seq);
+        if filter.limit > 0 {
+            found.truncate(filter.limit);
+        }
+        found.into_iter()
+    }
+
     fn insert(&mut self, jobs: &[AsyncQuery]) -> Result<()> {
         if let Some(id) = super::first_repeated_job(jobs) {
             return Err(Error::DuplicateId { id });
@@ -200,16 +217,27 @@ impl AsyncApiDao for MemoryDao {
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>> {
         let state = self.lock();
-        let mut found: Vec<&Entry> = state
-            .jobs
-            .values()
-            .filter(|entry| filter.matches(&entry.job))
+        Ok(state
+            .matching(filter)
+            .map(|entry| entry.job.clone())
+            .collect())
+    }
+
+    /// As the default, without copying the records (and their bodies).
+    async fn delete_expired(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+        reap: Reaper<'_>,
+    ) -> Result<Purged> {
+        let expired: Vec<ExpiredRecord> = self
+            .lock()
+            .matching(&ListFilter::expired(before, limit))
+            .map(|entry| ExpiredRecord::of(&entry.job))
             .collect();
-        found.sort_by_key(|entry| entry.seq);
-        if filter.limit > 0 {
-            found.truncate(filter.limit);
-        }
-        Ok(found.into_iter().map(|entry| entry.job.clone()).collect())
+        let found = expired.len();
+        let ids = reap(expired).await;
+        Ok(Purged::new(found, self.delete(&ids).await?))
     }
 
     async fn delete(&self, ids: &[Uuid]) -> Result<u64> {

@@ -197,6 +197,21 @@ pub struct ListFilter {
 }
 
 impl ListFilter {
+    /// Terminal records last updated before `before`, at most `limit`.
+    pub(crate) fn expired(before: DateTime<Utc>, limit: usize) -> Self {
+        ListFilter {
+            statuses: QueryStatus::ALL
+                .into_iter()
+                .filter(|s| s.is_terminal())
+                .collect(),
+            updated_before: Some(before),
+            limit,
+            ..ListFilter::default()
+        }
+    }
+}
+
+impl ListFilter {
     /// Records in any of `statuses`.
     pub fn statuses(statuses: impl IntoIterator<Item = QueryStatus>) -> Self {
         ListFilter {
@@ -408,17 +423,8 @@ pub trait AsyncApiDao: Send + Sync + 'static {
         limit: usize,
         reap: Reaper<'_>,
     ) -> Result<Purged> {
-        let filter = ListFilter {
-            statuses: QueryStatus::ALL
-                .into_iter()
-                .filter(|s| s.is_terminal())
-                .collect(),
-            updated_before: Some(before),
-            limit,
-            ..ListFilter::default()
-        };
         let expired: Vec<ExpiredRecord> = self
-            .list(&filter)
+            .list(&ListFilter::expired(before, limit))
             .await?
             .into_iter()
             .map(|job| ExpiredRecord::of(&job))
