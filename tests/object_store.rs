@@ -35,13 +35,7 @@ async fn read_all(
     name: &str,
     range: Option<Range<u64>>,
 ) -> Vec<u8> {
-    let stream = storage
-        .open(name, range)
-        .await
-        .unwrap()
-        .expect("object exists");
-    let chunks: Vec<Bytes> = stream.body.try_collect().await.unwrap();
-    chunks.concat()
+    read_object(storage, name, range).await
 }
 
 /// `len` bytes that differ from part to part.
@@ -51,17 +45,13 @@ fn big_body(len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// Writes `body` in 256 KiB chunks, returning the unpublished writer.
+/// Writes `body` in 256 KiB pieces, returning the unpublished writer.
 async fn write(
     storage: &dyn ResultStorageEngine,
     name: &str,
     body: &[u8],
 ) -> Box<dyn async_query::storage::ResultWriter> {
-    let mut writer = storage.create(name).await.unwrap();
-    for chunk in body.chunks(256 * 1024) {
-        writer.write(Bytes::copy_from_slice(chunk)).await.unwrap();
-    }
-    writer
+    write_object(storage, name, body, 256 * 1024).await
 }
 
 #[tokio::test]

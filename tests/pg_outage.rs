@@ -67,19 +67,25 @@ impl Proxy {
     fn restore(&self) {
         self.up.store(true, Ordering::SeqCst);
     }
+
+    /// A proxy to the database at `url`, and a pool that goes through it.
+    async fn pool_for(url: &str) -> (Proxy, sqlx::PgPool) {
+        let direct = PgConnectOptions::from_str(url).unwrap();
+        let proxy = Proxy::start((direct.get_host().to_string(), direct.get_port())).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_millis(500))
+            .connect_with(direct.host("127.0.0.1").port(proxy.port))
+            .await
+            .unwrap();
+        (proxy, pool)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_gives_typed_errors_and_the_service_recovers_by_itself() {
     let Some(db) = pg::fresh().await else { return };
-    let direct = PgConnectOptions::from_str(&db.url).unwrap();
-    let proxy = Proxy::start((direct.get_host().to_string(), direct.get_port())).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_with(direct.clone().host("127.0.0.1").port(proxy.port))
-        .await
-        .unwrap();
+    let (proxy, pool) = Proxy::pool_for(&db.url).await;
     let service = AsyncQueryService::builder()
         .config(Config {
             pool_size: 2,
@@ -169,14 +175,7 @@ async fn an_outage_gives_typed_errors_and_the_service_recovers_by_itself() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_listener_recovers_after_an_outage() {
     let Some(db) = pg::fresh().await else { return };
-    let direct = PgConnectOptions::from_str(&db.url).unwrap();
-    let proxy = Proxy::start((direct.get_host().to_string(), direct.get_port())).await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .acquire_timeout(Duration::from_millis(500))
-        .connect_with(direct.clone().host("127.0.0.1").port(proxy.port))
-        .await
-        .unwrap();
+    let (proxy, pool) = Proxy::pool_for(&db.url).await;
     let slow = Config {
         pool_size: 1,
         // The heartbeat (a third of the lease), polling and the cleaner's

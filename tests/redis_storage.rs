@@ -50,13 +50,7 @@ async fn keys(
 }
 
 async fn read_all(storage: &RedisStorage, name: &str) -> Vec<u8> {
-    let stream = storage
-        .open(name, None)
-        .await
-        .unwrap()
-        .expect("object exists");
-    let chunks: Vec<Bytes> = stream.body.try_collect().await.unwrap();
-    chunks.concat()
+    read_object(storage, name, None).await
 }
 
 fn body(len: usize) -> Vec<u8> {
@@ -68,11 +62,7 @@ async fn write(
     name: &str,
     body: &[u8],
 ) -> Box<dyn async_query::storage::ResultWriter> {
-    let mut writer = storage.create(name).await.unwrap();
-    for piece in body.chunks(10_000) {
-        writer.write(Bytes::copy_from_slice(piece)).await.unwrap();
-    }
-    writer
+    write_object(storage, name, body, 10_000).await
 }
 
 #[tokio::test]
@@ -282,4 +272,22 @@ async fn an_export_through_the_service_downloads_the_same_rows() {
     let _report = service.shutdown(SECOND).await;
     let left = keys(&mut redis, &prefix).await;
     let _: () = redis.del(left).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_key_that_is_not_ours_is_a_storage_error_not_a_panic() {
+    let Some((storage, mut redis, prefix)) = storage().await else {
+        return;
+    };
+    let key = storage.key("foreign.csv").unwrap();
+    let _: () = redis.rpush(&key, "not a header").await.unwrap();
+    for err in [
+        storage.len("foreign.csv").await.unwrap_err(),
+        storage.open("foreign.csv", None).await.unwrap_err(),
+    ] {
+        assert!(matches!(err, Error::Storage { .. }), "{err:?}");
+        assert!(format!("{err:?}").contains("header"), "{err:?}");
+    }
+    assert!(storage.delete("foreign.csv").await.unwrap());
+    assert_eq!(keys(&mut redis, &prefix).await, Vec::<String>::new());
 }

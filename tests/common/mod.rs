@@ -56,6 +56,41 @@ pub fn harness(config: Config) -> Harness {
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
+/// The object `name` of `storage` (or its `range`), read whole; it must
+/// exist.
+pub async fn read_object(
+    storage: &dyn async_query::ResultStorageEngine,
+    name: &str,
+    range: Option<std::ops::Range<u64>>,
+) -> Vec<u8> {
+    use futures::TryStreamExt;
+    let stream = storage
+        .open(name, range)
+        .await
+        .expect("open")
+        .expect("object exists");
+    let chunks: Vec<bytes::Bytes> = stream.body.try_collect().await.expect("read");
+    chunks.concat()
+}
+
+/// A writer for `name` that has written `body` in pieces of `piece` bytes,
+/// not published yet.
+pub async fn write_object(
+    storage: &dyn async_query::ResultStorageEngine,
+    name: &str,
+    body: &[u8],
+    piece: usize,
+) -> Box<dyn async_query::storage::ResultWriter> {
+    let mut writer = storage.create(name).await.expect("create");
+    for piece in body.chunks(piece) {
+        writer
+            .write(bytes::Bytes::copy_from_slice(piece))
+            .await
+            .expect("write");
+    }
+    writer
+}
+
 #[cfg(feature = "s3")]
 pub mod moto;
 

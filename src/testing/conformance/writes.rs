@@ -187,6 +187,11 @@ pub async fn dao_delete_expired(dao: &dyn AsyncApiDao) {
         purged.found <= 1,
         "delete_expired must hand out at most `limit` records"
     );
+    assert_eq!(
+        seen,
+        vec![purged.found],
+        "the reaper gets what was found, in one call"
+    );
     assert_eq!(purged.deleted, 0, "records the reaper keeps must stay");
 
     let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
