@@ -64,14 +64,19 @@ async fn storage(
             let (endpoint, bucket) = url
                 .rsplit_once('/')
                 .ok_or("s3=<endpoint>/<bucket>, e.g. s3=http://127.0.0.1:9000/exports")?;
-            let store = async_query::object_store::aws::AmazonS3Builder::from_env()
+            // Credentials and region from the AWS_* variables; without
+            // them, the dummy ones a local test server (moto) accepts.
+            let mut builder = async_query::object_store::aws::AmazonS3Builder::from_env()
                 .with_endpoint(endpoint)
                 .with_allow_http(true)
-                .with_bucket_name(bucket)
-                .with_region("us-east-1")
-                .with_access_key_id("test")
-                .with_secret_access_key("test")
-                .build()?;
+                .with_bucket_name(bucket);
+            if std::env::var_os("AWS_ACCESS_KEY_ID").is_none() {
+                builder = builder
+                    .with_region("us-east-1")
+                    .with_access_key_id("test")
+                    .with_secret_access_key("test");
+            }
+            let store = builder.build()?;
             let storage = async_query::ObjectStoreStorage::new(Arc::new(store));
             Ok((Arc::new(storage), format!("{url}/")))
         }
