@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::Result;
-use crate::model::{AsyncQuery, Lease, QueryResult, QueryStatus};
+use crate::model::{AsyncQuery, Lease, QueryStatus};
 
 mod memory;
 #[cfg(feature = "postgres")]
@@ -18,221 +18,16 @@ mod postgres;
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod types;
 
 pub use memory::MemoryDao;
 #[cfg(feature = "postgres")]
 pub use postgres::PostgresDao;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteDao;
-
-/// A compare-and-set status change: applied only if the stored status is
-/// still `from`.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub struct StatusChange {
-    /// The status the caller believes the job has.
-    pub from: QueryStatus,
-    /// The status to move to; must be allowed by
-    /// [`QueryStatus::can_transition_to`].
-    pub to: QueryStatus,
-    /// When the change happens; becomes `updated_on`.
-    pub at: DateTime<Utc>,
-    /// The result to store with the change (normally with a terminal `to`).
-    pub result: Option<QueryResult>,
-    /// The lease to set when `to` is `Processing`.
-    pub lease: Option<Lease>,
-}
-
-impl StatusChange {
-    /// A change from `from` to `to` at `at`, with no result and no lease.
-    pub fn new(from: QueryStatus, to: QueryStatus, at: DateTime<Utc>) -> Self {
-        StatusChange {
-            from,
-            to,
-            at,
-            result: None,
-            lease: None,
-        }
-    }
-
-    /// Stores `result` with the change.
-    pub fn with_result(mut self, result: QueryResult) -> Self {
-        self.result = Some(result);
-        self
-    }
-
-    /// Sets the lease the job holds after the change.
-    pub fn with_lease(mut self, lease: Lease) -> Self {
-        self.lease = Some(lease);
-        self
-    }
-}
-
-/// The answer to a compare-and-set, carrying the record as `R` (the DAO
-/// answers with an [`AsyncQuery`]; the service shares it as an
-/// `Arc<AsyncQuery>`, see [`map`](Self::map)).
-#[derive(Debug, Clone, PartialEq)]
-pub enum CasOutcome<R = AsyncQuery> {
-    /// The change was applied; this is the record after it.
-    Applied(R),
-    /// The stored status was no longer `from`: somebody else decided first.
-    /// This is the record as it is now. Not an error.
-    Conflict(R),
-}
-
-impl<R> CasOutcome<R> {
-    /// Whether the change was applied.
-    pub fn is_applied(&self) -> bool {
-        matches!(self, CasOutcome::Applied(_))
-    }
-
-    /// The record, applied or not.
-    pub fn record(&self) -> &R {
-        match self {
-            CasOutcome::Applied(record) | CasOutcome::Conflict(record) => record,
-        }
-    }
-
-    /// The same outcome with the record transformed.
-    ///
-    /// ```
-    /// use async_query::dao::CasOutcome;
-    /// let outcome: CasOutcome<u32> = CasOutcome::Conflict(7);
-    /// assert_eq!(outcome.map(|n| n * 2), CasOutcome::Conflict(14));
-    /// ```
-    pub fn map<S>(self, f: impl FnOnce(R) -> S) -> CasOutcome<S> {
-        match self {
-            CasOutcome::Applied(record) => CasOutcome::Applied(f(record)),
-            CasOutcome::Conflict(record) => CasOutcome::Conflict(f(record)),
-        }
-    }
-}
-
-/// A status change pushed by a back-end that can (PostgreSQL's
-/// LISTEN/NOTIFY), from any instance.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct JobSignal {
-    /// The job.
-    pub id: Uuid,
-    /// Its status after the change.
-    pub status: QueryStatus,
-}
-
-impl JobSignal {
-    /// A signal that `id` now has `status`.
-    pub fn new(id: Uuid, status: QueryStatus) -> Self {
-        JobSignal { id, status }
-    }
-}
-
-/// A stream of [`JobSignal`]s, from [`AsyncApiDao::watch`].
-pub type SignalStream = futures::stream::BoxStream<'static, Result<JobSignal>>;
-
-/// A record past retention, as [`AsyncApiDao::delete_expired`] hands it
-/// out: its id and the name of its stored result, if any.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ExpiredRecord {
-    /// The job.
-    pub id: Uuid,
-    /// Its stored export's name ([`ResultBody::Stored`](crate::model::ResultBody::Stored)).
-    pub stored: Option<String>,
-}
-
-impl ExpiredRecord {
-    /// The expired record `id`, whose stored result is `stored`.
-    pub fn new(id: Uuid, stored: Option<String>) -> Self {
-        ExpiredRecord { id, stored }
-    }
-
-    /// What [`AsyncApiDao::delete_expired`] hands out for `job`.
-    pub fn of(job: &AsyncQuery) -> Self {
-        let stored = match job.result.as_ref().map(|r| &r.body) {
-            Some(crate::model::ResultBody::Stored(name)) => Some(name.clone()),
-            _ => None,
-        };
-        ExpiredRecord { id: job.id, stored }
-    }
-}
-
-/// Deletes the results of expired records and returns the ids whose
-/// records may be deleted; see [`AsyncApiDao::delete_expired`].
-pub type Reaper<'a> = &'a mut (
-            dyn FnMut(Vec<ExpiredRecord>) -> futures::future::BoxFuture<'static, Vec<Uuid>> + Send
-        );
-
-/// What one [`AsyncApiDao::delete_expired`] call did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub struct Purged {
-    /// Expired records handed to the reaper.
-    pub found: usize,
-    /// Records deleted.
-    pub deleted: u64,
-}
-
-impl Purged {
-    /// `found` records handed out, `deleted` deleted.
-    pub fn new(found: usize, deleted: u64) -> Self {
-        Purged { found, deleted }
-    }
-}
-
-/// Which records [`AsyncApiDao::list`] returns. Every condition that is set
-/// must hold.
-#[derive(Debug, Clone, PartialEq, Default)]
-#[non_exhaustive]
-pub struct ListFilter {
-    /// Status is one of these (empty: any status).
-    pub statuses: Vec<QueryStatus>,
-    /// `updated_on` is strictly before this.
-    pub updated_before: Option<DateTime<Utc>>,
-    /// The job has a lease that expires strictly before this.
-    pub lease_expired_before: Option<DateTime<Utc>>,
-    /// The lease is held by this instance.
-    pub owner: Option<Uuid>,
-    /// At most this many records, oldest `created_on` first. `0` means no limit.
-    pub limit: usize,
-}
-
-impl ListFilter {
-    /// Terminal records last updated before `before`, at most `limit`.
-    pub(crate) fn expired(before: DateTime<Utc>, limit: usize) -> Self {
-        ListFilter {
-            statuses: QueryStatus::ALL
-                .into_iter()
-                .filter(|s| s.is_terminal())
-                .collect(),
-            updated_before: Some(before),
-            limit,
-            ..ListFilter::default()
-        }
-    }
-}
-
-impl ListFilter {
-    /// Records in any of `statuses`.
-    pub fn statuses(statuses: impl IntoIterator<Item = QueryStatus>) -> Self {
-        ListFilter {
-            statuses: statuses.into_iter().collect(),
-            ..ListFilter::default()
-        }
-    }
-
-    /// Whether `job` matches every condition (not the limit). Back-ends that
-    /// filter in memory use this; SQL back-ends translate it.
-    pub fn matches(&self, job: &AsyncQuery) -> bool {
-        (self.statuses.is_empty() || self.statuses.contains(&job.status))
-            && self.updated_before.is_none_or(|t| job.updated_on < t)
-            && self
-                .lease_expired_before
-                .is_none_or(|t| job.lease.as_ref().is_some_and(|l| l.expires_at < t))
-            && self
-                .owner
-                .is_none_or(|o| job.lease.as_ref().is_some_and(|l| l.owner == o))
-    }
-}
+pub use types::{
+    CasOutcome, ExpiredRecord, JobSignal, ListFilter, Purged, Reaper, SignalStream, StatusChange,
+};
 
 /// Persistence of job records.
 ///
