@@ -229,5 +229,7 @@ pub(crate) trait SqlBackend {
     fn signals(&self) -> impl Future<Output = Result<Option<SignalStream>>> + Send;
 }
 
+mod migrate;
+pub(crate) use migrate::sql_migrations;
 mod queries;
 pub(crate) use queries::sql_dao;
