@@ -63,6 +63,7 @@ pub struct AsyncQueryServiceBuilder {
     dao: Option<Arc<dyn AsyncApiDao>>,
     storage: Option<Arc<dyn ResultStorageEngine>>,
     executor: Option<Arc<dyn QueryExecutor>>,
+    clock_skew: chrono::TimeDelta,
 }
 
 impl AsyncQueryServiceBuilder {
@@ -90,6 +91,18 @@ impl AsyncQueryServiceBuilder {
         self
     }
 
+    /// Test hook: makes this instance read its machine's clock `skew` off
+    /// (positive: ahead), as a host whose clock is wrong would. With a job
+    /// store that has a clock ([`AsyncApiDao::now`], PostgreSQL) the
+    /// service sets its clock by the store's and the skew has no effect on
+    /// the times it writes; otherwise every time it writes is off by
+    /// `skew`.
+    #[cfg(feature = "test-util")]
+    pub fn clock_skew(mut self, skew: chrono::TimeDelta) -> Self {
+        self.clock_skew = skew;
+        self
+    }
+
     /// Starts the service's background tasks on the current Tokio runtime.
     ///
     /// # Errors
@@ -111,6 +124,7 @@ impl AsyncQueryServiceBuilder {
                 .unwrap_or_else(|| Arc::new(MemoryStorage::new())),
             executor,
             handle,
+            self.clock_skew,
         );
         inner.start();
         let guard = StopOnDrop(Arc::clone(&inner));
@@ -129,6 +143,7 @@ impl AsyncQueryService {
             dao: None,
             storage: None,
             executor: None,
+            clock_skew: chrono::TimeDelta::zero(),
         }
     }
 

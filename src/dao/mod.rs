@@ -52,7 +52,11 @@ pub use types::{
 ///   status of every id that exists, so the owner learns of cancellations
 ///   made elsewhere.
 /// - All times come from the caller (the service's clock), never from the
-///   back-end's own clock, so tests can run on a paused clock.
+///   back-end's own clock, so tests can run on a paused clock. A back-end
+///   that several machines share reports its clock through
+///   [`now`](AsyncApiDao::now), and every instance's clock follows it, so
+///   the times written and compared (leases above all) are on one clock
+///   however far the machines' clocks are apart.
 ///
 /// The conformance suite (feature `test-util`, `async_query::testing`)
 /// checks all of this.
@@ -228,6 +232,24 @@ pub trait AsyncApiDao: Send + Sync + 'static {
         let ids = reap(expired).await;
         let deleted = self.delete(&ids).await?;
         Ok(Purged { found, deleted })
+    }
+
+    /// The back-end's own clock, for a store that several machines share
+    /// (PostgreSQL's `clock_timestamp()`); `Ok(None)` (the default) for a
+    /// store without one, or one only this machine uses (memory, SQLite).
+    ///
+    /// When it is `Some`, every service instance sets its clock by it
+    /// before its first write and again every third of
+    /// [`Config::lease`](crate::Config::lease), correcting for the round
+    /// trip, so leases, run-time limits and retention are judged on one
+    /// clock even when the instances' system clocks are minutes apart.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails; the
+    /// service then keeps its current setting.
+    async fn now(&self) -> Result<Option<DateTime<Utc>>> {
+        Ok(None)
     }
 
     /// Status changes made by any instance, pushed as they commit, if the

@@ -253,6 +253,17 @@ impl SqlBackend for PostgresDao {
     /// LISTENs on [`CHANNEL`] on a dedicated connection. sqlx's listener
     /// reconnects by itself after a lost connection (signals sent meanwhile
     /// are lost; polling covers them).
+    /// `clock_timestamp()`, the time when the statement reads it (not the
+    /// transaction's start, as `now()` would be).
+    async fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        let micros: i64 =
+            sqlx::query_scalar("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| db_error("reading the database clock", e))?;
+        super::sql::time(micros, "clock_timestamp()").map(Some)
+    }
+
     async fn signals(&self) -> Result<Option<super::SignalStream>> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await

@@ -110,6 +110,11 @@ impl SqlBackend for SqliteDao {
         Ok((outcomes, claimed))
     }
 
+    /// SQLite's clock is this machine's clock: the service's own.
+    async fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
+    }
+
     /// SQLite cannot push changes to other processes; the service polls.
     async fn signals(&self) -> Result<Option<super::SignalStream>> {
         Ok(None)

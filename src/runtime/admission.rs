@@ -48,6 +48,7 @@ impl Runtime {
         principal: &Principal,
         request: SubmitRequest,
     ) -> Result<AsyncQuery> {
+        self.clock_ready().await;
         let now = self.clock.now();
         let job = self.new_record(principal, request, now)?;
         let (id, async_after) = (job.id, job.async_after);
@@ -123,6 +124,7 @@ impl Runtime {
         principal: &Principal,
         requests: Vec<SubmitRequest>,
     ) -> Result<Vec<AsyncQuery>> {
+        self.clock_ready().await;
         let now = self.clock.now();
         let records = requests
             .into_iter()

@@ -12,6 +12,7 @@ use crate::request::CancelOutcome;
 
 impl Runtime {
     pub(crate) async fn cancel(&self, principal: &Principal, id: Uuid) -> Result<CancelOutcome> {
+        self.clock_ready().await;
         let mut job = self.get(principal, id).await?;
         loop {
             let now = self.clock.now();

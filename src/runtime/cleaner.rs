@@ -112,6 +112,7 @@ impl Runtime {
     /// runs here yet, so every `PROCESSING`/`CANCELLED` job owned by this
     /// instance id was interrupted.
     pub(super) async fn recover(&self) -> Result<usize> {
+        self.clock_ready().await;
         let now = self.clock.now();
         let filter = ListFilter {
             statuses: vec![QueryStatus::Processing, QueryStatus::Cancelled],
@@ -134,6 +135,7 @@ impl Runtime {
 
     /// One pass of the cleaner.
     async fn sweep(&self) -> Result<Sweep> {
+        self.clock_ready().await;
         let now = self.clock.now();
         let mut sweep = Sweep::default();
         for rule in rules(&self.config, now) {

@@ -1,66 +1,151 @@
 //! The runtime's clock: wall-clock time that advances with Tokio's clock
-//! and follows corrections of the system clock.
+//! and follows a reference: the job store's clock where the store has one
+//! (instances on several machines then agree), the system clock otherwise.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
-/// How far Tokio's clock may be from the real one for [`Clock::resync`] to
-/// take it as running (not paused by a test).
+use super::Runtime;
+
+/// How far Tokio's clock may be from the real one for the clock to take it
+/// as running (not paused by a test).
 const RUNNING: Duration = Duration::from_millis(5);
 
+/// Readings of the store's clock taken before the first write; the one
+/// with the shortest round trip counts.
+const FIRST_SAMPLES: usize = 3;
+
 /// Wall-clock time for records and leases: the system time at start-up,
-/// plus Tokio time since, plus a correction that [`resync`](Self::resync)
-/// brings up to date with the system clock.
+/// plus Tokio time since, plus a correction that [`set`](Self::set) brings
+/// up to date with a reference clock.
 ///
 /// Reading it is one monotonic clock read (the hot path stays as cheap as
 /// it was; reading the system clock on every call cost 12 % of an inline
-/// submit). The heartbeat resyncs it, so it follows system corrections (NTP
-/// steps and slews) within a third of the lease, where it used to keep a
-/// start-up error for the life of the process. Under a paused Tokio clock
-/// (tests) it does not resync, so advancing the test clock moves
-/// timestamps and leases by exactly the time advanced.
+/// submit). The heartbeat sets it by the store's clock, or by the system
+/// clock when the store has none, every third of the lease, so it follows
+/// corrections (NTP steps and slews) where it used to keep a start-up error
+/// for the life of the process. Under a paused Tokio clock (tests) it is
+/// never set, so advancing the test clock moves timestamps and leases by
+/// exactly the time advanced.
 #[derive(Debug)]
 pub(super) struct Clock {
     wall: DateTime<Utc>,
     mono: Instant,
-    /// Microseconds the system clock is ahead of `wall + mono.elapsed()`.
+    /// Microseconds the reference is ahead of `wall + mono.elapsed()`.
     correction: AtomicI64,
+    /// Added to every reading of the system clock: how far this machine's
+    /// clock is off (a test hook; zero in production).
+    skew: TimeDelta,
+    /// Set once the clock has been set by the store's, or tried to.
+    first_set: OnceCell<()>,
 }
 
 impl Clock {
-    pub(super) fn new() -> Self {
+    pub(super) fn new(skew: TimeDelta) -> Self {
         Clock {
-            wall: Utc::now(),
+            wall: Utc::now() + skew,
             mono: Instant::now(),
             correction: AtomicI64::new(0),
+            skew,
+            first_set: OnceCell::new(),
         }
     }
 
     pub(super) fn now(&self) -> DateTime<Utc> {
+        self.at(Instant::now())
+    }
+
+    /// The time at `instant` before any new correction.
+    fn at(&self, instant: Instant) -> DateTime<Utc> {
         self.wall
-            + to_delta(self.mono.elapsed())
+            + to_delta(instant.saturating_duration_since(self.mono))
             + TimeDelta::microseconds(self.correction.load(Ordering::Relaxed))
     }
 
-    /// Takes up the system clock's corrections since the last call, unless
-    /// Tokio's clock is paused (it is then not within a few milliseconds of
-    /// the real one).
-    pub(super) fn resync(&self) {
-        let tokio = Instant::now();
+    /// Whether Tokio's clock runs (it is then within a few milliseconds of
+    /// the real one), as opposed to paused by a test.
+    fn running() -> bool {
+        let tokio = Instant::now().into_std();
         let real = std::time::Instant::now();
         let gap = tokio
-            .into_std()
             .checked_duration_since(real)
-            .unwrap_or_else(|| real.duration_since(tokio.into_std()));
-        if gap > RUNNING {
+            .unwrap_or_else(|| real.duration_since(tokio));
+        gap <= RUNNING
+    }
+
+    /// Sets the clock so that it read `reference` at `instant`.
+    fn set(&self, reference: DateTime<Utc>, instant: Instant) {
+        let counted = self.wall + to_delta(instant.saturating_duration_since(self.mono));
+        if let Some(micros) = (reference - counted).num_microseconds() {
+            self.correction.store(micros, Ordering::Relaxed);
+        }
+    }
+
+    /// Sets the clock by the system clock, unless Tokio's clock is paused.
+    pub(super) fn resync(&self) {
+        if Self::running() {
+            self.set(Utc::now() + self.skew, Instant::now());
+        }
+    }
+}
+
+impl Runtime {
+    /// Waits until the clock has been set by the store's clock (or the
+    /// store has said it has none, or failed to answer): the first caller
+    /// sets it. Called before anything writes a time, so that even an
+    /// instance whose system clock is minutes off writes none of it.
+    pub(super) async fn clock_ready(&self) {
+        if self.clock.first_set.initialized() {
             return;
         }
-        let counted = self.wall + to_delta(tokio.duration_since(self.mono));
-        if let Some(micros) = (Utc::now() - counted).num_microseconds() {
-            self.correction.store(micros, Ordering::Relaxed);
+        self.clock
+            .first_set
+            .get_or_init(|| self.set_clock(FIRST_SAMPLES))
+            .await;
+    }
+
+    /// Sets the clock by the store's clock, read `samples` times (the
+    /// reading with the shortest round trip counts, taken as the time at its
+    /// middle, so the error is at most half that round trip), or by the
+    /// system clock if the store has none. A reading whose round trip is
+    /// longer than a twentieth of the lease is too vague and is dropped; a
+    /// store that fails leaves the clock as it was.
+    pub(super) async fn set_clock(&self, samples: usize) {
+        if !Clock::running() {
+            return;
+        }
+        let mut best: Option<(DateTime<Utc>, Instant, Duration)> = None;
+        for _ in 0..samples {
+            let start = Instant::now();
+            match self.dao.now().await {
+                Ok(Some(reference)) => {
+                    let rtt = start.elapsed();
+                    if best.is_none_or(|(_, _, shortest)| rtt < shortest) {
+                        best = Some((reference, start + rtt / 2, rtt));
+                    }
+                }
+                Ok(None) => return self.clock.resync(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading the job store's clock failed; the service's clock stays as it was");
+                    return;
+                }
+            }
+        }
+        match best {
+            Some((reference, middle, rtt)) if rtt <= self.config.lease / 20 => {
+                self.clock.set(reference, middle);
+            }
+            Some((_, _, rtt)) => {
+                tracing::debug!(
+                    ?rtt,
+                    "the job store's clock answered too slowly to set the service's clock by"
+                );
+            }
+            None => {}
         }
     }
 }
@@ -79,8 +164,7 @@ mod tests {
         let clock = Clock {
             // As if the system clock was stepped 90 s forward since start-up.
             wall: Utc::now() - TimeDelta::seconds(90),
-            mono: Instant::now(),
-            correction: AtomicI64::new(0),
+            ..Clock::new(TimeDelta::zero())
         };
         assert!((Utc::now() - clock.now()) > TimeDelta::seconds(89));
         clock.resync();
@@ -88,9 +172,26 @@ mod tests {
         assert!(skew < TimeDelta::milliseconds(100), "{skew}");
     }
 
+    #[tokio::test]
+    async fn setting_the_clock_by_a_reference_moves_every_later_reading() {
+        let clock = Clock::new(TimeDelta::minutes(-7));
+        let reference = Utc::now() + TimeDelta::minutes(3);
+        let at = Instant::now();
+        clock.set(reference, at);
+        // The correction is kept in whole microseconds.
+        let close = |a: DateTime<Utc>, b: DateTime<Utc>| (a - b).abs() < TimeDelta::microseconds(1);
+        assert!(
+            close(clock.at(at), reference),
+            "{} vs {reference}",
+            clock.at(at)
+        );
+        let later = clock.at(at + Duration::from_secs(2));
+        assert!(close(later, reference + TimeDelta::seconds(2)), "{later}");
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_paused_clock_moves_timestamps_by_the_time_advanced_and_never_resyncs() {
-        let clock = Clock::new();
+        let clock = Clock::new(TimeDelta::zero());
         let before = clock.now();
         tokio::time::advance(Duration::from_secs(3600)).await;
         clock.resync();

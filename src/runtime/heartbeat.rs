@@ -19,8 +19,8 @@ impl Runtime {
                 () = self.tasks.stopped() => return,
                 () = tokio::time::sleep(period) => {}
             }
-            // Follow corrections of the system clock (NTP).
-            self.clock.resync();
+            // Follow the store's clock, or corrections of the system clock.
+            self.set_clock(1).await;
             self.beat().await;
         }
     }

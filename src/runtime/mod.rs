@@ -6,7 +6,7 @@
 //!
 //! | part | owns | does |
 //! |---|---|---|
-//! | `clock` | wall time at start + Tokio time + a correction the heartbeat resyncs | timestamps and leases |
+//! | `clock` | wall time at start + Tokio time + a correction set by the store's clock | timestamps and leases on one clock across instances |
 //! | `tasks` | the task tracker, runtime handle, stop and closing tokens | spawning and stopping every task |
 //! | `table`, `local` | the local job table (pure) and its lock | mirroring changes in lifecycle order, the queued count, `JobGuard` |
 //! | `events`, `event_log` | broadcast, subscriber count, the log | `subscribe`, `events_after` |
@@ -76,9 +76,10 @@ impl Runtime {
         storage: Arc<dyn ResultStorageEngine>,
         executor: Arc<dyn QueryExecutor>,
         handle: Handle,
+        clock_skew: chrono::TimeDelta,
     ) -> Arc<Self> {
         Arc::new(Runtime {
-            clock: clock::Clock::new(),
+            clock: clock::Clock::new(clock_skew),
             tasks: tasks::Tasks::new(handle),
             jobs: Arc::new(local::LocalJobs::new(config.instance_id)),
             events: events::EventHub::new(config.event_capacity, config.admin_role.clone()),

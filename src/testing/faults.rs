@@ -296,6 +296,10 @@ impl AsyncApiDao for FaultyDao {
             .await
     }
 
+    async fn now(&self) -> Result<Option<DateTime<Utc>>> {
+        self.faults.dao("now", self.inner.now()).await
+    }
+
     async fn watch(&self) -> Result<Option<crate::dao::SignalStream>> {
         self.faults.dao("watch", self.inner.watch()).await
     }

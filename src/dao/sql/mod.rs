@@ -90,7 +90,7 @@ pub(crate) fn micros(t: DateTime<Utc>) -> i64 {
     t.timestamp_micros()
 }
 
-fn time(v: i64, what: &str) -> Result<DateTime<Utc>> {
+pub(crate) fn time(v: i64, what: &str) -> Result<DateTime<Utc>> {
     DateTime::from_timestamp_micros(v).ok_or_else(|| corrupt(what, v))
 }
 
@@ -224,6 +224,9 @@ pub(crate) trait SqlBackend {
         changes: &[(Uuid, StatusChange)],
         claim: Option<&Claim<'_>>,
     ) -> impl Future<Output = Result<(Vec<CasOutcome>, Vec<AsyncQuery>)>> + Send;
+
+    /// The database's clock, if instances on other machines share it.
+    fn clock(&self) -> impl Future<Output = Result<Option<DateTime<Utc>>>> + Send;
 
     /// Status changes pushed by the database, if it can push them.
     fn signals(&self) -> impl Future<Output = Result<Option<SignalStream>>> + Send;

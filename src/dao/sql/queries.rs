@@ -363,6 +363,10 @@ macro_rules! sql_dao {
                 $crate::dao::sql::into_jobs(rows)
             }
 
+            async fn now(&self) -> $crate::Result<Option<chrono::DateTime<chrono::Utc>>> {
+                $crate::dao::sql::SqlBackend::clock(self).await
+            }
+
             async fn watch(&self) -> $crate::Result<Option<$crate::dao::SignalStream>> {
                 $crate::dao::sql::SqlBackend::signals(self).await
             }

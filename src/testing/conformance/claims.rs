@@ -290,6 +290,33 @@ pub async fn dao_list(dao: &dyn AsyncApiDao) {
     clean_up(dao, &created).await;
 }
 
+/// `now`: a back-end with a clock of its own reports times that never go
+/// back and are within a day of this machine's (a wrong unit shows as
+/// decades). One without (`None`) passes.
+///
+/// # Panics
+///
+/// On the first broken rule, with a message that names it.
+pub async fn dao_clock(dao: &dyn AsyncApiDao) {
+    let Some(first) = dao.now().await.expect("now failed") else {
+        return;
+    };
+    let second = dao
+        .now()
+        .await
+        .expect("now failed")
+        .expect("now must keep reporting a clock once it has reported one");
+    assert!(
+        second >= first,
+        "now must never go back: {first}, then {second}"
+    );
+    let off = (first - chrono::Utc::now()).abs();
+    assert!(
+        off < chrono::TimeDelta::days(1),
+        "now must be the time, in UTC: it is {off} away from this machine's clock"
+    );
+}
+
 /// `watch`: a back-end that pushes changes (returns `Some`) pushes a new
 /// job and its end (claims need not be pushed). One that does not
 /// (`None`) passes.

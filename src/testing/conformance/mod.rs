@@ -13,7 +13,7 @@ mod status;
 mod storage;
 mod writes;
 
-pub use claims::{dao_claims, dao_leases, dao_list, dao_watch};
+pub use claims::{dao_claims, dao_clock, dao_leases, dao_list, dao_watch};
 pub use records::sample_job;
 pub use status::{dao_batches, dao_compare_and_set};
 pub use storage::{
@@ -40,6 +40,7 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_batches(dao).await;
     dao_claims(dao).await;
     dao_leases(dao).await;
+    dao_clock(dao).await;
     dao_list(dao).await;
     dao_delete(dao).await;
     dao_delete_expired(dao).await;
