@@ -65,6 +65,15 @@ pub struct Config {
     /// `query-cleanup-days`). Default 7 days.
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
+    /// How long a finished job's result is kept, if shorter than its record
+    /// (Databricks keeps results an hour and records longer). After it, the
+    /// cleaner deletes the stored export or the inline body and leaves the
+    /// record `COMPLETE` with [`ResultBody::Expired`](crate::ResultBody::Expired)
+    /// and a message saying so; a download then fails with
+    /// [`Error::ResultExpired`](crate::Error::ResultExpired) (HTTP 410).
+    /// Default `None`: results live as long as their records.
+    #[serde(default, with = "humantime_serde")]
+    pub result_lifetime: Option<Duration>,
     /// Role whose holders may see and cancel everyone's jobs. Default `"admin"`.
     pub admin_role: String,
     /// Largest inline body a [`JobKind::Query`](crate::JobKind::Query) may
@@ -139,6 +148,7 @@ impl Default for Config {
             default_async_after: Duration::from_secs(10),
             max_run_time: Duration::from_secs(3_600),
             retention: Duration::from_secs(7 * 24 * 3_600),
+            result_lifetime: None,
             admin_role: "admin".to_owned(),
             max_inline_result_bytes: 1 << 20,
             cleaner_enabled: true,
@@ -186,6 +196,8 @@ impl Config {
             "claim_batch must be at least 1"
         } else if self.max_run_time.is_zero() {
             "max_run_time must be above zero"
+        } else if self.result_lifetime.is_some_and(|l| l.is_zero()) {
+            "result_lifetime must be above zero (None keeps results as long as records)"
         } else {
             return Ok(());
         };

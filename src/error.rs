@@ -78,6 +78,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The job's result was deleted after
+    /// [`Config::result_lifetime`](crate::Config::result_lifetime); its
+    /// record is kept (HTTP: 410 Gone).
+    #[error("the result of async query {id} expired and was deleted; its record is kept")]
+    ResultExpired {
+        /// The job.
+        id: Uuid,
+    },
+
     /// The requested byte range lies outside the stored object.
     #[error("range {start}..{end} is not satisfiable for an object of {len} bytes")]
     RangeNotSatisfiable {

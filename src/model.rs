@@ -295,6 +295,28 @@ pub enum ResultBody {
     /// The name of the stored object in the result storage, for
     /// [`JobKind::TableExport`].
     Stored(String),
+    /// The output was deleted after
+    /// [`Config::result_lifetime`](crate::Config::result_lifetime); the
+    /// record stays until [`Config::retention`](crate::Config::retention),
+    /// with a message saying so.
+    Expired,
+}
+
+impl ResultBody {
+    /// Whether there is output (an inline body or a stored export) that a
+    /// result lifetime would delete.
+    pub(crate) fn has_output(&self) -> bool {
+        matches!(self, ResultBody::Inline(_) | ResultBody::Stored(_))
+    }
+}
+
+/// Whether `job` is `COMPLETE` with output, last updated before `before`:
+/// what [`AsyncApiDao::expire_results`](crate::AsyncApiDao::expire_results)
+/// looks for.
+pub(crate) fn result_outlived(job: &AsyncQuery, before: DateTime<Utc>) -> bool {
+    job.status == QueryStatus::Complete
+        && job.updated_on < before
+        && job.result.as_ref().is_some_and(|r| r.body.has_output())
 }
 
 /// The outcome recorded on a job when it reaches a terminal state.

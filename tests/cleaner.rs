@@ -94,6 +94,77 @@ async fn retention_deletes_records_and_their_results_together() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn results_expire_before_their_records() {
+    let storage = MemoryStorage::new();
+    let service = AsyncQueryService::builder()
+        .config(Config {
+            result_lifetime: Some(Duration::from_secs(600)),
+            ..cleaner_config()
+        })
+        .storage(Arc::new(storage.clone()))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let export = service
+        .submit(
+            &alice(),
+            SubmitRequest::export("rows 10", ExportFormat::Csv),
+        )
+        .await
+        .unwrap();
+    let query = service
+        .submit(&alice(), SubmitRequest::query("q"))
+        .await
+        .unwrap();
+    let failed = service
+        .submit(&alice(), SubmitRequest::query("fail no"))
+        .await
+        .unwrap();
+    assert_eq!(
+        query.result.as_ref().and_then(|r| r.inline_body()),
+        Some("q")
+    );
+
+    // Within the lifetime: all there.
+    tokio::time::sleep(Duration::from_secs(600 - 90)).await;
+    assert!(service.download(&alice(), export.id, None).await.is_ok());
+
+    // Past it (and a sweep): results gone, records kept, and saying why.
+    tokio::time::sleep(Duration::from_secs(3 * 60)).await;
+    assert!(storage.names().is_empty(), "the export is deleted");
+    for before in [&export, &query] {
+        let after = service.get(&alice(), before.id).await.unwrap();
+        assert_eq!(after.status, QueryStatus::Complete);
+        assert_eq!(after.updated_on, before.updated_on, "times stay");
+        let result = after.result.unwrap();
+        assert_eq!(result.body, async_query::ResultBody::Expired);
+        let message = result.message.unwrap_or_default();
+        assert!(message.starts_with("result expired"), "{message}");
+        assert!(message.contains("10m"), "{message}");
+        assert_eq!(
+            result.record_count,
+            before.result.as_ref().unwrap().record_count,
+            "how much it was stays"
+        );
+    }
+    assert!(matches!(
+        service.download(&alice(), export.id, None).await,
+        Err(async_query::Error::ResultExpired { id }) if id == export.id
+    ));
+    // A job that ended without output is not touched.
+    assert_eq!(service.get(&alice(), failed.id).await.unwrap(), failed);
+
+    // Retention still deletes the records at their time.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    for id in [export.id, query.id, failed.id] {
+        assert!(matches!(
+            service.get(&alice(), id).await,
+            Err(async_query::Error::NotFound { .. })
+        ));
+    }
+}
+
+#[tokio::test(start_paused = true)]
 async fn jobs_of_a_stopped_instance_are_timed_out_after_their_lease() {
     let h = harness(cleaner_config());
     let processing = foreign(

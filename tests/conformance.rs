@@ -40,6 +40,9 @@ async fn each_area_runs_on_its_own() {
     dao_batches(&dao).await;
     dao_compare_and_set(&dao).await;
     dao_create_and_get(&dao).await;
+    dao_expire_results(&dao).await;
+    dao_delete_expired(&dao).await;
+    dao_clock(&dao).await;
     let storage = MemoryStorage::new();
     storage_stale_partials(&storage).await;
     storage_names(&storage).await;
@@ -131,7 +134,21 @@ async fn a_broken_rule_fails_its_own_area() {
         message.contains("another instance must not extend a lease it does not hold"),
         "{message}"
     );
-    // The other areas do not depend on that rule.
+    // It keeps the default `expire_results`, which expires nothing: that
+    // area fails with the reason.
+    let expiry = std::panic::AssertUnwindSafe(dao_expire_results(&dao))
+        .catch_unwind()
+        .await;
+    let message = expiry.expect_err("dao_expire_results must fail the default");
+    let message = message
+        .downcast_ref::<String>()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        message.contains("expire_results failed") && message.contains("cannot expire results"),
+        "{message}"
+    );
+    // The other areas do not depend on those rules.
     dao_create_and_get(&dao).await;
     dao_compare_and_set(&dao).await;
     dao_batches(&dao).await;

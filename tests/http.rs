@@ -875,6 +875,67 @@ async fn a_failing_database_answers_503() {
     assert_eq!(attr(&read, "status"), "COMPLETE");
 }
 
+/// An export whose result lifetime ended answers 410 Gone, and its record
+/// says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_export_answers_410() {
+    use futures::FutureExt;
+    let dao = Arc::new(MemoryDao::new());
+    let server = serve_with(
+        Config::default(),
+        |_| Arc::new(ScriptedExecutor::new()),
+        Arc::clone(&dao) as Arc<dyn AsyncApiDao>,
+        HeaderPrincipal,
+    )
+    .await;
+    let (status, created) = server
+        .post(
+            "tableExport",
+            "alice",
+            "rows 3",
+            json!({ "resultType": "CSV" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(attr(&created, "status"), "COMPLETE");
+    let id = created["data"]["id"].as_str().expect("id").to_owned();
+    let url = attr(&created, "result")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    let download = server
+        .request(Method::GET, &url, Some("alice"))
+        .send()
+        .await;
+    assert_eq!(download.expect("download").status(), StatusCode::OK);
+
+    // What the cleaner does when the lifetime ends (the result's object
+    // stays in storage here: the record alone decides).
+    let mut keep_none = |records: Vec<async_query::dao::ExpiredRecord>| {
+        futures::future::ready(records.iter().map(|r| r.id).collect()).boxed()
+    };
+    let message = "result expired: kept for 1h";
+    let later = chrono::Utc::now() + chrono::TimeDelta::hours(1);
+    let purged = dao
+        .expire_results(later, 10, message, &mut keep_none)
+        .await
+        .expect("expire");
+    assert_eq!(purged.deleted, 1);
+
+    let answer = server.send(Method::GET, &url, "alice", None).await;
+    refused(&answer, StatusCode::GONE, "result_expired");
+    let (status, read) = server
+        .send(Method::GET, &format!("/tableExport/{id}"), "alice", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(attr(&read, "status"), "COMPLETE");
+    assert_eq!(attr(&read, "result")["url"], Value::Null);
+    assert_eq!(attr(&read, "result")["message"], message);
+    // Another principal still learns nothing.
+    let answer = server.send(Method::GET, &url, "bob", None).await;
+    refused(&answer, StatusCode::NOT_FOUND, "not_found");
+}
+
 /// `docs/openapi.json` describes exactly the router's routes and methods,
 /// and each of them answers (not "no route", not 405).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,7 @@ use super::{
     check_transition,
 };
 use crate::error::{Error, Result};
-use crate::model::{AsyncQuery, Lease, QueryStatus};
+use crate::model::{AsyncQuery, Lease, QueryStatus, ResultBody, result_outlived};
 
 /// Job records in a `HashMap` behind a mutex, with an ordered index of
 /// queued jobs so claims are `O(log n)`.
@@ -238,6 +238,45 @@ impl AsyncApiDao for MemoryDao {
         let found = expired.len();
         let ids = reap(expired).await;
         Ok(Purged::new(found, self.delete(&ids).await?))
+    }
+
+    async fn expire_results(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+        message: &str,
+        reap: Reaper<'_>,
+    ) -> Result<Purged> {
+        let outlived: Vec<ExpiredRecord> = {
+            let state = self.lock();
+            let mut found: Vec<&Entry> = state
+                .jobs
+                .values()
+                .filter(|entry| result_outlived(&entry.job, before))
+                .collect();
+            found.sort_by_key(|entry| entry.seq);
+            found
+                .into_iter()
+                .take(limit)
+                .map(|entry| ExpiredRecord::of(&entry.job))
+                .collect()
+        };
+        let found = outlived.len();
+        let ids = reap(outlived).await;
+        let mut state = self.lock();
+        let mut expired = 0;
+        for id in ids {
+            let result = state
+                .jobs
+                .get_mut(&id)
+                .and_then(|entry| entry.job.result.as_mut());
+            if let Some(result) = result {
+                result.body = ResultBody::Expired;
+                result.message = Some(message.to_owned());
+                expired += 1;
+            }
+        }
+        Ok(Purged::new(found, expired))
     }
 
     async fn delete(&self, ids: &[Uuid]) -> Result<u64> {

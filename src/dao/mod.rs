@@ -234,6 +234,42 @@ pub trait AsyncApiDao: Send + Sync + 'static {
         Ok(Purged { found, deleted })
     }
 
+    /// Result lifetime ([`Config::result_lifetime`](crate::Config::result_lifetime)):
+    /// finds up to `limit` `COMPLETE` records last updated before `before`
+    /// whose result is still there (an inline body or a stored export),
+    /// oldest first, and hands them to `reap` as
+    /// [`delete_expired`](Self::delete_expired) does. For the ids `reap`
+    /// returns (their stored results are gone), the record's result body
+    /// becomes [`ResultBody::Expired`](crate::ResultBody::Expired) and its
+    /// message `message`; status, times, record count and length stay.
+    /// `Purged::deleted` counts those records. Like `delete_expired`,
+    /// concurrent callers on a shared store should get different records,
+    /// and a back-end should find them through an index, not by reading
+    /// every kept record.
+    ///
+    /// The default fails: a back-end must implement this for
+    /// `result_lifetime` to work (the conformance area
+    /// `dao_expire_results` checks it).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails;
+    /// [`Error::Config`](crate::error::Error::Config) from the default.
+    async fn expire_results(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+        message: &str,
+        reap: Reaper<'_>,
+    ) -> Result<Purged> {
+        let _ = (before, limit, message, reap);
+        Err(crate::error::Error::Config {
+            reason: "this job store cannot expire results (it does not implement \
+                     AsyncApiDao::expire_results); unset Config::result_lifetime"
+                .into(),
+        })
+    }
+
     /// The back-end's own clock, for a store that several machines share
     /// (PostgreSQL's `clock_timestamp()`); `Ok(None)` (the default) for a
     /// store without one, or one only this machine uses (memory, SQLite).

@@ -6,7 +6,7 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::JobSignal;
 
-use super::sql::{Claim, SqlBackend, db_error, schema_v1, sql_dao};
+use super::sql::{Claim, SqlBackend, db_error, results_index, schema_v1, sql_dao};
 use crate::error::Result;
 
 /// The advisory-lock key concurrent `migrate` calls serialise on (any fixed
@@ -108,7 +108,9 @@ impl PostgresDao {
         let v1 = schema_v1("BIGSERIAL PRIMARY KEY", "UUID", "BIGINT");
         let v2 = NOTIFY_V2.iter().map(|s| s.to_string()).collect();
         let v3 = QUEUE_INDEX_V3.iter().map(|s| s.to_string()).collect();
-        self.apply_migrations(vec![v1, v2, v3], Some(lock)).await
+        let v4 = results_index(<Self as SqlBackend>::BODY_TYPE);
+        self.apply_migrations(vec![v1, v2, v3, v4], Some(lock))
+            .await
     }
 }
 
@@ -119,6 +121,12 @@ impl SqlBackend for PostgresDao {
     const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
     const STORED_NAME: &'static str = "CASE WHEN result::jsonb -> 'body' ->> 'type' = 'stored' \
         THEN result::jsonb -> 'body' ->> 'value' END";
+    const BODY_TYPE: &'static str = "(result::jsonb -> 'body' ->> 'type')";
+    const EXPIRED_RESULT: [&'static str; 2] = [
+        "jsonb_set(jsonb_set(result::jsonb, '{body}', '{\"type\":\"expired\"}'::jsonb), \
+         '{message}', to_jsonb(",
+        "::text))::text",
+    ];
 
     fn pool(&self) -> &PgPool {
         &self.pool

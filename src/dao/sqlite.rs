@@ -72,7 +72,8 @@ impl SqliteDao {
     /// version is rolled back.
     pub async fn migrate(&self) -> Result<()> {
         let v1 = schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "INTEGER");
-        self.apply_migrations(vec![v1], None).await
+        let v2 = super::sql::results_index(<Self as SqlBackend>::BODY_TYPE);
+        self.apply_migrations(vec![v1, v2], None).await
     }
 }
 
@@ -83,6 +84,11 @@ impl SqlBackend for SqliteDao {
     const CLAIM_LOCK: &'static str = "";
     const STORED_NAME: &'static str = "CASE WHEN json_extract(result, '$.body.type') = 'stored' \
         THEN json_extract(result, '$.body.value') END";
+    const BODY_TYPE: &'static str = "json_extract(result, '$.body.type')";
+    const EXPIRED_RESULT: [&'static str; 2] = [
+        "json_set(result, '$.body', json('{\"type\":\"expired\"}'), '$.message', ",
+        ")",
+    ];
 
     fn pool(&self) -> &SqlitePool {
         &self.pool

@@ -81,6 +81,7 @@ impl From<Error> for ApiError {
         match e {
             Error::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", detail),
             Error::NoResult { .. } => Self::new(StatusCode::NOT_FOUND, "no_result", detail),
+            Error::ResultExpired { .. } => Self::new(StatusCode::GONE, "result_expired", detail),
             Error::DuplicateId { .. } => Self::new(StatusCode::CONFLICT, "duplicate_id", detail),
             Error::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_transition", detail)

@@ -65,6 +65,7 @@
 //! | 403 | a change that is not allowed: setting a read-only attribute, or any `PATCH` other than `status: "CANCELLED"` |
 //! | 404 | unknown route, unknown id, or a job of another principal (the same answer, so ids cannot be probed); an export without a stored result |
 //! | 405 | a method the route does not have (with `Allow`) |
+//! | 410 | an export whose result outlived [`Config::result_lifetime`](crate::Config::result_lifetime) (the record stays and says so) |
 //! | 409 | duplicate client id; `type` or `id` in the document does not match the URL |
 //! | 413 | request body above [`HttpOptions::max_body_bytes`] |
 //! | 415 | a body that is not `application/vnd.api+json` / `application/json` |

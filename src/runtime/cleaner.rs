@@ -10,23 +10,21 @@ use chrono::{DateTime, Utc};
 use super::Runtime;
 use super::clock::to_delta;
 use super::ending::{Ending, change};
+use super::retention::Purge;
 use crate::config::Config;
-use crate::dao::{ExpiredRecord, ListFilter};
+use crate::dao::ListFilter;
 use crate::error::Result;
 use crate::model::{AsyncQuery, QueryStatus};
-use futures::{FutureExt, StreamExt};
 
 /// Records the cleaner handles per query, so one sweep's memory is bounded.
-const BATCH: usize = 500;
-
-/// Results of expired records deleted at the same time.
-const RESULT_DELETES_IN_FLIGHT: usize = 16;
+pub(super) const BATCH: usize = 500;
 
 /// What one sweep did (for logs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sweep {
     timed_out: usize,
     cancel_completed: usize,
+    results_expired: usize,
     deleted: usize,
 }
 
@@ -161,57 +159,11 @@ impl Runtime {
             Err(e) => tracing::warn!(error = %e, "removing stale partial exports failed"),
         }
 
-        sweep.deleted = self.retention(now).await?;
-        Ok(sweep)
-    }
-
-    /// Retention: deletes terminal records past `retention` with their
-    /// results, a batch at a time until none are left or half a cleaner
-    /// interval has passed. Results go first, then their records, so no
-    /// record ever points at a result that was deleted while the record
-    /// stays; a result that cannot be deleted keeps its record for a later
-    /// sweep. Returns how many records were deleted.
-    async fn retention(&self, now: DateTime<Utc>) -> Result<usize> {
-        let before = now - to_delta(self.config.retention);
-        let budget = tokio::time::Instant::now() + self.config.cleaner_interval / 2;
-        let storage = Arc::clone(&self.storage);
-        let mut reap = move |expired: Vec<ExpiredRecord>| {
-            let storage = Arc::clone(&storage);
-            async move {
-                futures::stream::iter(expired)
-                    .map(|record| {
-                        let storage = Arc::clone(&storage);
-                        async move {
-                            let Some(name) = &record.stored else {
-                                return Some(record.id);
-                            };
-                            match storage.delete(name).await {
-                                Ok(_) => Some(record.id),
-                                Err(e) => {
-                                    tracing::warn!(job = %record.id, error = %e, "deleting an expired result failed; its record stays until a later sweep");
-                                    None
-                                }
-                            }
-                        }
-                    })
-                    .buffer_unordered(RESULT_DELETES_IN_FLIGHT)
-                    .filter_map(std::future::ready)
-                    .collect::<Vec<_>>()
-                    .await
-            }
-            .boxed()
-        };
-        let mut deleted = 0usize;
-        loop {
-            let purged = self.dao.delete_expired(before, BATCH, &mut reap).await?;
-            deleted = deleted.saturating_add(usize::try_from(purged.deleted).unwrap_or(usize::MAX));
-            // Fewer than a batch: none left. Nothing deleted: only records
-            // whose results cannot be deleted now are left.
-            if purged.found < BATCH || purged.deleted == 0 || tokio::time::Instant::now() >= budget
-            {
-                return Ok(deleted);
-            }
+        if let Some(lifetime) = self.config.result_lifetime {
+            sweep.results_expired = self.purge(Purge::Results(now, lifetime)).await?;
         }
+        sweep.deleted = self.purge(Purge::Records(now)).await?;
+        Ok(sweep)
     }
 
     /// Sweeps every `cleaner_interval` (start-up recovery is the

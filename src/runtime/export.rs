@@ -174,20 +174,31 @@ impl Runtime {
                 reason: format!("its status is {}", job.status),
             });
         };
-        let ResultBody::Stored(name) = &result.body else {
-            return Err(Error::NoResult {
-                id,
-                reason: "the record has no stored location".into(),
+        let name = match &result.body {
+            ResultBody::Stored(name) => name,
+            ResultBody::Expired => return Err(Error::ResultExpired { id }),
+            _ => {
+                return Err(Error::NoResult {
+                    id,
+                    reason: "the record has no stored location".into(),
+                });
+            }
+        };
+        let Some(stream) = self.storage.open(name, range).await? else {
+            // Deleted since the record was read: its lifetime may have
+            // ended just now.
+            let expired = self.get(principal, id).await.is_ok_and(|job| {
+                job.result
+                    .is_some_and(|r| matches!(r.body, ResultBody::Expired))
+            });
+            return Err(match expired {
+                true => Error::ResultExpired { id },
+                false => Error::NoResult {
+                    id,
+                    reason: format!("stored result {name:?} is missing"),
+                },
             });
         };
-        let stream = self
-            .storage
-            .open(name, range)
-            .await?
-            .ok_or_else(|| Error::NoResult {
-                id,
-                reason: format!("stored result {name:?} is missing"),
-            })?;
         Ok(Download {
             format,
             content_type: format.content_type(),

@@ -45,6 +45,7 @@ mod export;
 mod heartbeat;
 mod listener;
 mod local;
+mod retention;
 mod settle;
 mod shutdown;
 mod table;

@@ -300,6 +300,21 @@ impl AsyncApiDao for FaultyDao {
         self.faults.dao("now", self.inner.now()).await
     }
 
+    async fn expire_results(
+        &self,
+        before: DateTime<Utc>,
+        limit: usize,
+        message: &str,
+        reap: crate::dao::Reaper<'_>,
+    ) -> Result<crate::dao::Purged> {
+        self.faults
+            .dao(
+                "expire_results",
+                self.inner.expire_results(before, limit, message, reap),
+            )
+            .await
+    }
+
     async fn watch(&self) -> Result<Option<crate::dao::SignalStream>> {
         self.faults.dao("watch", self.inner.watch()).await
     }

@@ -55,6 +55,53 @@ pub(crate) fn schema_v1(seq: &str, uuid: &str, int: &str) -> Vec<String> {
         .collect()
 }
 
+/// The condition for `COMPLETE` rows whose output is kept (an inline body or
+/// a stored export), with `body_type` the back-end's
+/// [`SqlBackend::BODY_TYPE`]: the predicate of the partial index
+/// [`results_index`] and of the query that finds results past their
+/// lifetime, spelled the same so the planner matches them.
+pub(crate) fn output_kept(body_type: &str) -> String {
+    format!("status = 'COMPLETE' AND {body_type} IN ('inline', 'stored')")
+}
+
+/// The schema version that adds the partial index behind result lifetime:
+/// `COMPLETE` rows with output, by `updated_on`, so finding outlived
+/// results reads only those (not every record retention still keeps).
+pub(crate) fn results_index(body_type: &str) -> Vec<String> {
+    vec![format!(
+        "CREATE INDEX IF NOT EXISTS async_query_results ON async_query (updated_on) WHERE {}",
+        output_kept(body_type)
+    )]
+}
+
+/// `statement` restricted to the rows with these ids.
+pub(crate) fn where_ids<DB: sqlx::Database>(
+    statement: &str,
+    ids: &[Uuid],
+) -> sqlx::QueryBuilder<'static, DB>
+where
+    Uuid: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::QueryBuilder::new(statement);
+    push_ids(&mut query, ids);
+    query
+}
+
+/// Appends ` WHERE id IN (…)` with these ids bound.
+pub(crate) fn push_ids<DB: sqlx::Database>(
+    query: &mut sqlx::QueryBuilder<'static, DB>,
+    ids: &[Uuid],
+) where
+    Uuid: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query.push(" WHERE id IN (");
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(")");
+}
+
 /// The columns every query selects, in `RawJob` order.
 pub(crate) const COLUMNS: &str = "id, kind, query, query_type, principal_name, principal_roles, \
      status, async_after_ms, max_run_time_ms, created_on, updated_on, result, lease_owner, \
@@ -212,6 +259,14 @@ pub(crate) trait SqlBackend {
     /// otherwise.
     const STORED_NAME: &'static str;
 
+    /// An SQL expression for the type of a row's result body (`none`,
+    /// `inline`, `stored`, `expired`; `NULL` without a result).
+    const BODY_TYPE: &'static str;
+
+    /// The SQL for a row's result with its body expired and its message
+    /// replaced: the text before and after the bound message.
+    const EXPIRED_RESULT: [&'static str; 2];
+
     /// The connection pool every query runs on.
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
 
@@ -233,6 +288,8 @@ pub(crate) trait SqlBackend {
 }
 
 mod migrate;
+mod retention;
 pub(crate) use migrate::sql_migrations;
+pub(crate) use retention::sql_retention;
 mod queries;
 pub(crate) use queries::sql_dao;

@@ -10,6 +10,7 @@
 macro_rules! sql_dao {
     ($dao:ty, $db:ty) => {
         $crate::dao::sql::sql_migrations!($dao, $db);
+        $crate::dao::sql::sql_retention!($dao, $db);
 
         impl $dao {
             /// Checks every change against the transition table, then
@@ -389,70 +390,23 @@ macro_rules! sql_dao {
                 Ok(done.rows_affected())
             }
 
-            /// The stored name is read from the result's JSON in SQL; row
-            /// locks, where the database has them, last until the delete.
             async fn delete_expired(
                 &self,
                 before: chrono::DateTime<chrono::Utc>,
                 limit: usize,
                 reap: $crate::dao::Reaper<'_>,
             ) -> $crate::Result<$crate::dao::Purged> {
-                use $crate::dao::sql::SqlBackend;
-                let fail = |e| $crate::dao::sql::db_error("deleting expired jobs", e);
-                let mut query = sqlx::QueryBuilder::<$db>::new(format!(
-                    "SELECT id, {} FROM async_query WHERE status IN (",
-                    <Self as SqlBackend>::STORED_NAME
-                ));
-                let mut list = query.separated(", ");
-                for status in $crate::model::QueryStatus::ALL.into_iter().filter(|s| s.is_terminal()) {
-                    list.push_bind(status.as_str());
-                }
-                query
-                    .push(") AND updated_on < ")
-                    .push_bind($crate::dao::sql::micros(before))
-                    .push(" ORDER BY seq LIMIT ")
-                    .push_bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                    .push(<Self as SqlBackend>::CLAIM_LOCK);
-                let mut tx = match !<Self as SqlBackend>::CLAIM_LOCK.is_empty() {
-                    true => Some(SqlBackend::pool(self).begin().await.map_err(fail)?),
-                    false => None,
-                };
-                let query = query.build_query_as::<(uuid::Uuid, Option<String>)>();
-                let rows = match tx.as_mut() {
-                    Some(tx) => query.fetch_all(&mut **tx).await,
-                    None => query.fetch_all(SqlBackend::pool(self)).await,
-                }
-                .map_err(fail)?;
-                let found = rows.len();
-                let expired = rows
-                    .into_iter()
-                    .map(|(id, stored)| $crate::dao::ExpiredRecord::new(id, stored))
-                    .collect();
-                let ids = reap(expired).await;
-                if ids.is_empty() {
-                    // Release the row locks now, not when the pool gets to it.
-                    if let Some(tx) = tx {
-                        tx.rollback().await.map_err(fail)?;
-                    }
-                    return Ok($crate::dao::Purged::new(found, 0));
-                }
-                let mut delete =
-                    sqlx::QueryBuilder::<$db>::new("DELETE FROM async_query WHERE id IN (");
-                let mut list = delete.separated(", ");
-                for id in &ids {
-                    list.push_bind(*id);
-                }
-                delete.push(")");
-                let delete = delete.build();
-                let done = match tx {
-                    Some(mut tx) => {
-                        let done = delete.execute(&mut *tx).await.map_err(fail)?;
-                        tx.commit().await.map_err(fail)?;
-                        done
-                    }
-                    None => delete.execute(SqlBackend::pool(self)).await.map_err(fail)?,
-                };
-                Ok($crate::dao::Purged::new(found, done.rows_affected()))
+                self.delete_expired_rows(before, limit, reap).await
+            }
+
+            async fn expire_results(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+                limit: usize,
+                message: &str,
+                reap: $crate::dao::Reaper<'_>,
+            ) -> $crate::Result<$crate::dao::Purged> {
+                self.expire_result_rows(before, limit, message, reap).await
             }
         }
     };

@@ -8,12 +8,14 @@
 //! [`ResultStorageEngine`]: crate::ResultStorageEngine
 
 mod claims;
+mod lifetime;
 mod records;
 mod status;
 mod storage;
 mod writes;
 
 pub use claims::{dao_claims, dao_clock, dao_leases, dao_list, dao_watch};
+pub use lifetime::dao_expire_results;
 pub use records::sample_job;
 pub use status::{dao_batches, dao_compare_and_set};
 pub use storage::{
@@ -44,5 +46,6 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_list(dao).await;
     dao_delete(dao).await;
     dao_delete_expired(dao).await;
+    dao_expire_results(dao).await;
     dao_watch(dao).await;
 }

@@ -4,7 +4,7 @@ use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
 use crate::dao::{AsyncApiDao, CasOutcome, StatusChange};
-use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryStatus};
+use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus, ResultBody};
 
 /// A `QUEUED` query record created at `now` with a fresh id, for tests of
 /// back-ends.
@@ -97,4 +97,27 @@ pub(super) async fn running(
 /// area).
 pub(super) async fn clean_up(dao: &dyn AsyncApiDao, created: &[Uuid]) {
     let _ = dao.delete(created).await;
+}
+
+/// A record moved to `Complete` at `at`, with `body` as its result.
+pub(super) async fn completed(
+    dao: &dyn AsyncApiDao,
+    at: DateTime<Utc>,
+    body: ResultBody,
+) -> AsyncQuery {
+    let running = walk(dao, at, &path_to(QueryStatus::Processing)).await;
+    let result = QueryResult {
+        record_count: Some(1),
+        content_length: Some(1),
+        completed_on: at,
+        body,
+        message: None,
+        truncated: false,
+    };
+    let done =
+        StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, at).with_result(result);
+    match dao.update_status(running.id, done).await {
+        Ok(CasOutcome::Applied(job)) => job,
+        other => panic!("Processing -> Complete must apply, got {other:?}"),
+    }
 }

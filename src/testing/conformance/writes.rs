@@ -1,12 +1,12 @@
 //! Creating, reading and deleting records.
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::TimeDelta;
 use futures::FutureExt;
 use uuid::Uuid;
 
-use crate::dao::{AsyncApiDao, CasOutcome, ExpiredRecord, StatusChange};
+use crate::dao::{AsyncApiDao, ExpiredRecord};
 use crate::error::Error;
-use crate::model::{AsyncQuery, QueryResult, QueryStatus, ResultBody};
+use crate::model::{AsyncQuery, QueryStatus, ResultBody};
 
 use super::records::*;
 
@@ -129,25 +129,6 @@ pub async fn dao_delete(dao: &dyn AsyncApiDao) {
     assert_eq!(dao.delete(&ids[..2]).await.expect("delete failed"), 0);
     assert_eq!(dao.delete(&[]).await.expect("delete failed"), 0);
     clean_up(dao, &ids[2..]).await;
-}
-
-/// A record moved to `Complete` at `at`, with `body` as its result.
-async fn completed(dao: &dyn AsyncApiDao, at: DateTime<Utc>, body: ResultBody) -> AsyncQuery {
-    let running = walk(dao, at, &path_to(QueryStatus::Processing)).await;
-    let result = QueryResult {
-        record_count: Some(1),
-        content_length: Some(1),
-        completed_on: at,
-        body,
-        message: None,
-        truncated: false,
-    };
-    let done =
-        StatusChange::new(QueryStatus::Processing, QueryStatus::Complete, at).with_result(result);
-    match dao.update_status(running.id, done).await {
-        Ok(CasOutcome::Applied(job)) => job,
-        other => panic!("Processing -> Complete must apply, got {other:?}"),
-    }
 }
 
 /// `delete_expired`: hands out only terminal records updated before the
