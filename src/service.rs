@@ -147,6 +147,12 @@ impl AsyncQueryService {
         }
     }
 
+    /// The crate-private engine (for the HTTP adapter).
+    #[cfg(feature = "axum")]
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.inner
+    }
+
     /// The configuration in use.
     pub fn config(&self) -> &Config {
         self.inner.config()

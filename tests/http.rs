@@ -936,6 +936,122 @@ async fn an_expired_export_answers_410() {
     refused(&answer, StatusCode::NOT_FOUND, "not_found");
 }
 
+/// With download links, a finished export's `url` downloads without a
+/// principal until it expires; a changed or expired link is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_download_links_are_bearer_secrets_that_expire() {
+    let links = http::DownloadLinks::new([42u8; 32], Duration::from_secs(600)).expect("links");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let storage = FileSystemStorage::new(dir.path()).await.expect("storage");
+    let service = AsyncQueryService::builder()
+        .storage(Arc::new(storage))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .expect("service");
+    let options = http::HttpOptions::default().with_download_links(links.clone());
+    let app = http::router_with_options(service.clone(), HeaderPrincipal, options);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = reqwest::Client::new();
+
+    let created: Value = client
+        .post(format!("{base}/tableExport"))
+        .header("X-User", "alice")
+        .header("Content-Type", JSON_API)
+        .body(submission("tableExport", "rows 3", json!({ "resultType": "CSV" })).to_string())
+        .send()
+        .await
+        .expect("post")
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).expect("json"))
+        .expect("body");
+    let id: uuid::Uuid = created["data"]["id"]
+        .as_str()
+        .expect("id")
+        .parse()
+        .expect("uuid");
+    let url = attr(&created, "result")["url"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+    assert!(url.starts_with(&format!("/export/{id}?expires=")), "{url}");
+    assert!(url.contains("&signature="), "{url}");
+
+    // No principal needed: the link is the credential.
+    let download = client
+        .get(format!("{base}{url}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(download.status(), StatusCode::OK);
+    let body = download.text().await.expect("body");
+    assert!(
+        body.starts_with("id,name,note") && body.contains("2,name 2"),
+        "{body}"
+    );
+    // Without the link, the principal rules as before.
+    let bare = client
+        .get(format!("{base}/export/{id}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+
+    let code = |response: Value| error_code(&response).to_owned();
+    let get = |path: String| {
+        let client = client.clone();
+        let base = base.clone();
+        async move {
+            let response = client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .expect("get");
+            let status = response.status();
+            let body = response.bytes().await.expect("body");
+            (
+                status,
+                serde_json::from_slice::<Value>(&body).expect("json"),
+            )
+        }
+    };
+    // A changed signature, another job, a later expiry.
+    let (path, query) = url.split_once('?').expect("query");
+    let (expires, signature) = query.split_once('&').expect("two values");
+    let flipped = match signature.as_bytes()[signature.len() - 1] {
+        b'0' => format!("{}1", &signature[..signature.len() - 1]),
+        _ => format!("{}0", &signature[..signature.len() - 1]),
+    };
+    let other = AsyncQueryService::clone(&service)
+        .submit(
+            &Principal::new("bob"),
+            SubmitRequest::export("rows 1", ExportFormat::Csv),
+        )
+        .await
+        .expect("bob's export");
+    for tampered in [
+        format!("{path}?{expires}&{flipped}"),
+        format!("/export/{}?{query}", other.id),
+        format!("{path}?expires=99999999999&{signature}"),
+    ] {
+        let (status, answer) = get(tampered.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{tampered}");
+        assert_eq!(code(answer), "link_invalid", "{tampered}");
+    }
+    // Expired: signed as if handed out an hour ago.
+    let old = links.sign(id, chrono::Utc::now() - chrono::TimeDelta::hours(1));
+    let (status, answer) = get(format!("{path}?{old}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code(answer), "link_expired");
+    // Half a link.
+    let (status, _) = get(format!("{path}?{expires}")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
 /// `docs/openapi.json` describes exactly the router's routes and methods,
 /// and each of them answers (not "no route", not 405).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -111,6 +111,48 @@ async fn s3_storage_conforms() {
 }
 
 #[tokio::test]
+async fn s3_presigned_urls_download_the_object_without_credentials() {
+    let Some(s3) = moto::start() else { return };
+    let (_, client) = s3.s3_bucket().await;
+    let storage = ObjectStoreStorage::new(client.clone())
+        .with_prefix("results")
+        .with_signer(client.clone());
+    let body = big_body(100_000);
+    write(&storage, "signed.csv", &body)
+        .await
+        .publish()
+        .await
+        .unwrap();
+
+    let valid_for = std::time::Duration::from_secs(90);
+    let url = storage
+        .signed_url("signed.csv", valid_for)
+        .await
+        .unwrap()
+        .expect("an S3 client signs");
+    assert!(url.contains("/results/signed.csv?"), "{url}");
+    assert!(
+        url.contains("X-Amz-Signature=") && url.contains("X-Amz-Expires=90"),
+        "{url}"
+    );
+    // A plain HTTP client, no credentials: the URL is enough.
+    let fetched = reqwest::get(&url).await.unwrap();
+    assert!(fetched.status().is_success(), "{}", fetched.status());
+    assert_eq!(fetched.bytes().await.unwrap().as_ref(), &body[..]);
+
+    // No signer: no URL; a bad name is refused either way.
+    let unsigned = ObjectStoreStorage::new(client).with_prefix("results");
+    assert_eq!(
+        unsigned.signed_url("signed.csv", valid_for).await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        storage.signed_url("../etc", valid_for).await,
+        Err(async_query::Error::InvalidName { .. })
+    ));
+}
+
+#[tokio::test]
 async fn s3_multipart_upload_is_invisible_until_complete_and_reads_ranges() {
     let Some(s3) = moto::start() else { return };
     let (bucket, store) = s3.bucket().await;

@@ -160,8 +160,14 @@ fn format_name(format: ExportFormat) -> &'static str {
     }
 }
 
-/// The `data` member of a job's document.
-pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str) -> Value {
+/// Where the router serves the stored object `name`.
+pub(super) fn export_path(export_url_prefix: &str, name: &str) -> String {
+    format!("{}/{name}", export_url_prefix.trim_end_matches('/'))
+}
+
+/// The `data` member of a job's document; a finished export's `url` is
+/// `link` if given (a download link), the plain `/export` path otherwise.
+pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<String>) -> Value {
     let mut attributes = Map::new();
     attributes.insert("query".into(), json!(job.query));
     attributes.insert("queryType".into(), json!(job.query_type));
@@ -188,10 +194,8 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str) -> Value {
             }
             JobKind::TableExport { .. } => {
                 let url = match &r.body {
-                    ResultBody::Stored(name) => Some(format!(
-                        "{}/{name}",
-                        export_url_prefix.trim_end_matches('/')
-                    )),
+                    ResultBody::Stored(_) if link.is_some() => link.clone(),
+                    ResultBody::Stored(name) => Some(export_path(export_url_prefix, name)),
                     _ => None,
                 };
                 result.insert("url".into(), json!(url));

@@ -9,13 +9,15 @@ use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::Utc;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use super::document::{self, ApiError, Collection, respond};
+use super::links::LinkRefused;
 use super::range::{self, Requested};
 use super::{App, PrincipalResolver};
-use crate::model::{AsyncQuery, Principal};
+use crate::model::{AsyncQuery, Principal, QueryStatus, ResultBody};
 use crate::request::CancelOutcome;
 
 type Answer = Result<Response, ApiError>;
@@ -96,7 +98,7 @@ pub(super) async fn create<R: PrincipalResolver>(
     let body = document_body(&app, &parts, body).await?;
     let submission = document::submission(&body, collection)?;
     let job = app.service.submit(&principal, submission).await?;
-    let mut response = respond(StatusCode::CREATED, &job_document(&app, &job, None));
+    let mut response = respond(StatusCode::CREATED, &job_document(&app, &job, None).await);
     if let Ok(location) = HeaderValue::try_from(location(&parts, job.id)) {
         response.headers_mut().insert(header::LOCATION, location);
     }
@@ -115,12 +117,85 @@ fn location(parts: &Parts, id: Uuid) -> String {
 }
 
 /// `{"data": <job>}`, with `meta` if given.
-fn job_document<R>(app: &App<R>, job: &AsyncQuery, meta: Option<Value>) -> Value {
-    let mut document = json!({ "data": document::resource(job, &app.options.export_url_prefix) });
+async fn job_document<R>(app: &App<R>, job: &AsyncQuery, meta: Option<Value>) -> Value {
+    let link = download_link(app, job).await;
+    let mut document =
+        json!({ "data": document::resource(job, &app.options.export_url_prefix, link) });
     if let Some(meta) = meta {
         document["meta"] = meta;
     }
     document
+}
+
+/// With download links configured, the link to a finished export: the
+/// store's presigned URL if it can sign, else the `/export` path signed
+/// with the links' key.
+async fn download_link<R>(app: &App<R>, job: &AsyncQuery) -> Option<String> {
+    let links = app.options.download_links.as_ref()?;
+    let name = match &job.result {
+        Some(result) if job.status == QueryStatus::Complete => match &result.body {
+            ResultBody::Stored(name) => name,
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let storage = app.service.runtime().storage();
+    match storage.signed_url(name, links.valid_for()).await {
+        Ok(Some(url)) => return Some(url),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(job = %job.id, error = %e, "the result store could not sign a download URL; handing out a signed /export link instead");
+        }
+    }
+    let path = document::export_path(&app.options.export_url_prefix, name);
+    Some(format!("{path}?{}", links.sign(job.id, Utc::now())))
+}
+
+/// The principal a download is for: the job's owner when the request
+/// carries a valid signed link (`expires` and `signature`), else the
+/// request's own principal.
+async fn download_principal<R: PrincipalResolver>(
+    app: &App<R>,
+    parts: &Parts,
+    id: Uuid,
+) -> Result<Principal, ApiError> {
+    let (mut expires, mut signature) = (None, None);
+    for pair in parts.uri.query().unwrap_or_default().split('&') {
+        match pair.split_once('=') {
+            Some(("expires", value)) => expires = Some(value),
+            Some(("signature", value)) => signature = Some(value),
+            _ => {}
+        }
+    }
+    let (expires, signature) = match (expires, signature) {
+        (None, None) => return principal(app, parts).await,
+        (Some(expires), Some(signature)) => (expires, signature),
+        _ => {
+            return Err(ApiError::bad_request(
+                "a download link needs both `expires` and `signature`",
+            ));
+        }
+    };
+    let invalid = || {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_invalid",
+            "this download link is not valid",
+        )
+    };
+    let Some(links) = &app.options.download_links else {
+        return Err(invalid());
+    };
+    let expires: i64 = expires.parse().map_err(|_| invalid())?;
+    match links.verify(id, expires, signature, Utc::now()) {
+        Ok(()) => Ok(app.service.runtime().owner_of(id).await?),
+        Err(LinkRefused::Expired) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "link_expired",
+            "this download link has expired; read the export's record again for a new one",
+        )),
+        Err(_) => Err(invalid()),
+    }
 }
 
 /// The job an item route names, if the caller may see it and it belongs
@@ -157,7 +232,10 @@ pub(super) async fn read<R: PrincipalResolver>(
 ) -> Answer {
     let (_, _, principal, id) = item_request(&app, request).await?;
     let job = job_of(&app, &principal, id, collection).await?;
-    Ok(respond(StatusCode::OK, &job_document(&app, &job, None)))
+    Ok(respond(
+        StatusCode::OK,
+        &job_document(&app, &job, None).await,
+    ))
 }
 
 pub(super) async fn update<R: PrincipalResolver>(
@@ -179,7 +257,7 @@ pub(super) async fn update<R: PrincipalResolver>(
     };
     Ok(respond(
         StatusCode::OK,
-        &job_document(&app, &job, Some(meta)),
+        &job_document(&app, &job, Some(meta)).await,
     ))
 }
 
@@ -188,10 +266,10 @@ pub(super) async fn download<R: PrincipalResolver>(
     request: Request,
 ) -> Answer {
     let (parts, _) = request.into_parts();
-    let principal = principal(&app, &parts).await?;
     // `/export/<id>` or `/export/<id>.<ext>`.
     let name = last_segment(&parts);
     let id = document::parse_id(name.split('.').next().unwrap_or_default())?;
+    let principal = download_principal(&app, &parts, id).await?;
     let requested = range::parse(
         parts
             .headers

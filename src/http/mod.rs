@@ -44,7 +44,7 @@
 //! | `POST /asyncQuery`, `POST /tableExport` | submit; answers after the async-after wait | 201 with `Location: …/{type}/{id}` |
 //! | `GET /asyncQuery/{id}`, `GET /tableExport/{id}` | the record | 200 |
 //! | `PATCH /asyncQuery/{id}`, `PATCH /tableExport/{id}` | `status: "CANCELLED"` cancels | 200 |
-//! | `GET /export/{id}[.ext]` | the stored export; `Range` gives 206 | 200, 206 |
+//! | `GET /export/{id}[.ext]` | the stored export; `Range` gives 206; with `?expires=…&signature=…` (see [`DownloadLinks`]) no principal is needed | 200, 206 |
 //! | `GET /asyncEvents?last_id=N&limit=M` | the caller's status changes after cursor `N` | 200 |
 //!
 //! Documents use the media type `application/vnd.api+json` (requests may
@@ -62,7 +62,7 @@
 //! |---|---|
 //! | 400 | malformed JSON or document, bad UUID, unknown attribute, bad query parameter, a query the executor rejects |
 //! | 401 | the [`PrincipalResolver`] found no principal ([`HeaderPrincipal`]: no `X-User`) |
-//! | 403 | a change that is not allowed: setting a read-only attribute, or any `PATCH` other than `status: "CANCELLED"` |
+//! | 403 | a change that is not allowed: setting a read-only attribute, or any `PATCH` other than `status: "CANCELLED"`; a download link that was changed (`link_invalid`) or has expired (`link_expired`) |
 //! | 404 | unknown route, unknown id, or a job of another principal (the same answer, so ids cannot be probed); an export without a stored result |
 //! | 405 | a method the route does not have (with `Allow`) |
 //! | 410 | an export whose result outlived [`Config::result_lifetime`](crate::Config::result_lifetime) (the record stays and says so) |
@@ -75,6 +75,7 @@
 
 mod document;
 mod handlers;
+mod links;
 mod principal;
 mod range;
 
@@ -85,6 +86,7 @@ use axum::routing::{get, post};
 
 use crate::AsyncQueryService;
 
+pub use links::{DownloadLinks, LinkRefused, MIN_KEY_BYTES};
 pub use principal::{AuthError, HeaderPrincipal, PrincipalResolver};
 
 /// The JSON:API media type.
@@ -119,6 +121,10 @@ pub struct HttpOptions {
     pub events_page_limit: usize,
     /// The largest request body accepted. Default 1 MiB.
     pub max_body_bytes: usize,
+    /// Expiring download links as finished exports' `url`; see
+    /// [`DownloadLinks`]. Default `None`: the `url` is the plain
+    /// `/export/{id}` path, served to the job's principal only.
+    pub download_links: Option<DownloadLinks>,
 }
 
 impl Default for HttpOptions {
@@ -128,11 +134,18 @@ impl Default for HttpOptions {
             event_log_capacity: 10_000,
             events_page_limit: 100,
             max_body_bytes: 1 << 20,
+            download_links: None,
         }
     }
 }
 
 impl HttpOptions {
+    /// Sets [`download_links`](Self::download_links).
+    pub fn with_download_links(mut self, links: DownloadLinks) -> Self {
+        self.download_links = Some(links);
+        self
+    }
+
     /// Sets [`export_url_prefix`](Self::export_url_prefix).
     pub fn with_export_url_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.export_url_prefix = prefix.into();

@@ -149,6 +149,28 @@ pub trait ResultStorageEngine: Send + Sync + 'static {
         let _ = before;
         Ok(0)
     }
+
+    /// A URL that lets whoever holds it read the object `name` directly
+    /// from the store for `valid_for` (an S3, GCS or Azure presigned URL),
+    /// or `None` (the default) if the store cannot sign. The HTTP adapter
+    /// hands it out as a finished export's `url` when download links are
+    /// configured ([`HttpOptions::download_links`]); such a URL is a bearer
+    /// secret.
+    ///
+    /// [`HttpOptions::download_links`]: https://docs.rs/async-query/latest/async_query/http/struct.HttpOptions.html
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidName`] or [`Error::Storage`].
+    async fn signed_url(
+        &self,
+        name: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<Option<String>> {
+        validate_name(name)?;
+        let _ = valid_for;
+        Ok(None)
+    }
 }
 
 /// Checks an object name: 1 to 200 ASCII letters, digits, `-`, `_` or `.`,

@@ -80,6 +80,8 @@ const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 #[derive(Debug, Clone)]
 pub struct ObjectStoreStorage {
     store: Arc<dyn ObjectStore>,
+    #[cfg(feature = "s3")]
+    signer: Option<Arc<dyn ::object_store::signer::Signer>>,
     prefix: Path,
     part_size: usize,
     max_concurrency: usize,
@@ -90,6 +92,8 @@ impl ObjectStoreStorage {
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
         ObjectStoreStorage {
             store,
+            #[cfg(feature = "s3")]
+            signer: None,
             prefix: Path::default(),
             part_size: MIN_PART_SIZE,
             max_concurrency: 2,
@@ -118,6 +122,23 @@ impl ObjectStoreStorage {
     #[must_use]
     pub fn with_max_concurrency(mut self, parts: usize) -> Self {
         self.max_concurrency = parts.max(1);
+        self
+    }
+
+    /// Feature `s3`: signs download URLs with `signer` (the same S3 client
+    /// as the store, which implements
+    /// [`Signer`](::object_store::signer::Signer)), so that
+    /// [`signed_url`](ResultStorageEngine::signed_url) gives presigned URLs
+    /// clients download from the store directly:
+    ///
+    /// ```ignore
+    /// let s3 = Arc::new(AmazonS3Builder::from_env().with_bucket_name("exports").build()?);
+    /// let storage = ObjectStoreStorage::new(s3.clone()).with_signer(s3);
+    /// ```
+    #[cfg(feature = "s3")]
+    #[must_use]
+    pub fn with_signer(mut self, signer: Arc<dyn ::object_store::signer::Signer>) -> Self {
+        self.signer = Some(signer);
         self
     }
 
@@ -272,6 +293,23 @@ impl Drop for ObjectWriter {
 
 #[async_trait]
 impl ResultStorageEngine for ObjectStoreStorage {
+    #[cfg(feature = "s3")]
+    async fn signed_url(
+        &self,
+        name: &str,
+        valid_for: std::time::Duration,
+    ) -> Result<Option<String>> {
+        let key = self.key(name)?;
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(::object_store::signer::Method::GET, &key, valid_for)
+            .await
+            .map_err(|e| failed("signing a download URL for", &key, e))?;
+        Ok(Some(url.to_string()))
+    }
+
     async fn create(&self, name: &str) -> Result<Box<dyn ResultWriter>> {
         let key = self.key(name)?;
         Ok(Box::new(ObjectWriter {

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_query::object_store::ObjectStore;
-use async_query::object_store::aws::AmazonS3Builder;
+use async_query::object_store::aws::{AmazonS3, AmazonS3Builder};
 
 /// A running S3-compatible server; a started one is killed on drop.
 pub struct S3Server {
@@ -36,6 +36,13 @@ impl Drop for S3Server {
 impl S3Server {
     /// Creates a fresh bucket and a store for it.
     pub async fn bucket(&self) -> (String, Arc<dyn ObjectStore>) {
+        let (bucket, store) = self.s3_bucket().await;
+        (bucket, store)
+    }
+
+    /// [`bucket`](Self::bucket), with the S3 client itself (it can also
+    /// sign URLs).
+    pub async fn s3_bucket(&self) -> (String, Arc<AmazonS3>) {
         let bucket = format!("aq-{}", uuid::Uuid::new_v4().simple());
         let response = reqwest::Client::new()
             .put(format!("{}/{bucket}", self.endpoint))
@@ -47,7 +54,7 @@ impl S3Server {
             "creating bucket {bucket}: {}",
             response.status()
         );
-        let store = AmazonS3Builder::new()
+        let store: AmazonS3 = AmazonS3Builder::new()
             .with_endpoint(&self.endpoint)
             .with_allow_http(true)
             .with_bucket_name(&bucket)
