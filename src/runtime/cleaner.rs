@@ -10,14 +10,11 @@ use chrono::{DateTime, Utc};
 use super::Runtime;
 use super::clock::to_delta;
 use super::ending::{Ending, change};
-use super::retention::Purge;
+use super::retention::{BATCH, Purge};
 use crate::config::Config;
 use crate::dao::ListFilter;
 use crate::error::Result;
 use crate::model::{AsyncQuery, QueryStatus};
-
-/// Records the cleaner handles per query, so one sweep's memory is bounded.
-pub(super) const BATCH: usize = 500;
 
 /// What one sweep did (for logs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -10,11 +10,13 @@ use futures::{FutureExt, StreamExt};
 use uuid::Uuid;
 
 use super::Runtime;
-use super::cleaner::BATCH;
 use super::clock::to_delta;
 use crate::dao::ExpiredRecord;
 use crate::error::Result;
 use crate::storage::ResultStorageEngine;
+
+/// Records the cleaner handles per query, so one sweep's memory is bounded.
+pub(super) const BATCH: usize = 500;
 
 /// Results deleted at the same time.
 const RESULT_DELETES_IN_FLIGHT: usize = 16;

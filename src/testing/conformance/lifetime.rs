@@ -45,27 +45,13 @@ pub async fn dao_expire_results(dao: &dyn AsyncApiDao) {
     );
     assert_eq!(purged.deleted, 0, "results the reaper keeps must stay");
 
-    let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut reap = {
-        let handed = std::sync::Arc::clone(&handed);
-        move |records: Vec<ExpiredRecord>| {
-            let allowed: Vec<Uuid> = records
-                .iter()
-                .map(|r| r.id)
-                .filter(|id| ours.contains(id) && *id != refused.id)
-                .collect();
-            handed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(records);
-            futures::future::ready(allowed).boxed()
-        }
-    };
+    let refused_id = refused.id;
+    let (handed, mut reap) = recording_reaper(move |id| ours.contains(&id) && id != refused_id);
     let purged = dao
         .expire_results(cut_off, 1_000, message, &mut reap)
         .await
         .expect("expire_results failed");
-    let handed = handed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let handed = handed_out(&handed);
     let find = |id: Uuid| handed.iter().find(|r| r.id == id);
     for (job, name) in [
         (&with_export, Some(stored.as_str())),

@@ -3,7 +3,7 @@
 use chrono::{DateTime, SubsecRound, Utc};
 use uuid::Uuid;
 
-use crate::dao::{AsyncApiDao, CasOutcome, StatusChange};
+use crate::dao::{AsyncApiDao, CasOutcome, ExpiredRecord, StatusChange};
 use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus, ResultBody};
 
 /// A `QUEUED` query record created at `now` with a fresh id, for tests of
@@ -120,4 +120,38 @@ pub(super) async fn completed(
         Ok(CasOutcome::Applied(job)) => job,
         other => panic!("Processing -> Complete must apply, got {other:?}"),
     }
+}
+
+/// What a recording reaper was handed.
+pub(super) type Handed = std::sync::Arc<std::sync::Mutex<Vec<ExpiredRecord>>>;
+
+/// A reaper that records every record it is handed and lets go of those
+/// `allow` accepts.
+pub(super) fn recording_reaper(
+    allow: impl Fn(Uuid) -> bool + Send + 'static,
+) -> (
+    Handed,
+    impl FnMut(Vec<ExpiredRecord>) -> futures::future::BoxFuture<'static, Vec<Uuid>> + Send,
+) {
+    use futures::FutureExt;
+    let handed = Handed::default();
+    let recorder = std::sync::Arc::clone(&handed);
+    let reap = move |records: Vec<ExpiredRecord>| {
+        let allowed: Vec<Uuid> = records
+            .iter()
+            .map(|r| r.id)
+            .filter(|id| allow(*id))
+            .collect();
+        recorder
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(records);
+        futures::future::ready(allowed).boxed()
+    };
+    (handed, reap)
+}
+
+/// The records a recording reaper was handed.
+pub(super) fn handed_out(handed: &Handed) -> Vec<ExpiredRecord> {
+    handed.lock().unwrap_or_else(|p| p.into_inner()).clone()
 }

@@ -175,27 +175,13 @@ pub async fn dao_delete_expired(dao: &dyn AsyncApiDao) {
     );
     assert_eq!(purged.deleted, 0, "records the reaper keeps must stay");
 
-    let handed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    let mut reap = {
-        let handed = std::sync::Arc::clone(&handed);
-        move |expired: Vec<ExpiredRecord>| {
-            let allowed: Vec<Uuid> = expired
-                .iter()
-                .map(|r| r.id)
-                .filter(|id| ours.contains(id) && *id != refused.id)
-                .collect();
-            handed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(expired);
-            futures::future::ready(allowed).boxed()
-        }
-    };
+    let refused_id = refused.id;
+    let (handed, mut reap) = recording_reaper(move |id| ours.contains(&id) && id != refused_id);
     let purged = dao
         .delete_expired(cut_off, 1_000, &mut reap)
         .await
         .expect("delete_expired failed");
-    let handed = handed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let handed = handed_out(&handed);
     let find = |id: Uuid| handed.iter().find(|r| r.id == id);
     for (job, name) in [
         (&with_export, Some(stored.as_str())),
