@@ -11,7 +11,6 @@ use async_query::{
     SubmitRequest,
 };
 use common::*;
-use futures::TryStreamExt;
 
 async fn fs_service(
     dir: &std::path::Path,
@@ -25,11 +24,6 @@ async fn fs_service(
         .build()
         .unwrap();
     (service, storage)
-}
-
-async fn body(download: async_query::Download) -> Vec<u8> {
-    let chunks: Vec<bytes::Bytes> = download.stream.body.try_collect().await.unwrap();
-    chunks.concat()
 }
 
 fn files(dir: &std::path::Path) -> Vec<String> {
@@ -64,7 +58,7 @@ async fn csv_export_is_stored_and_downloadable_in_ranges() {
     assert_eq!(result.record_count, Some(1000));
     assert_eq!(result.body, ResultBody::Stored(format!("{}.csv", job.id)));
 
-    let whole = body(service.download(&alice(), job.id, None).await.unwrap()).await;
+    let whole = read_download(service.download(&alice(), job.id, None).await.unwrap()).await;
     assert_eq!(Some(whole.len() as u64), result.content_length);
     let mut reader = csv::Reader::from_reader(&whole[..]);
     assert_eq!(reader.headers().unwrap(), vec!["id", "name", "note"]);
@@ -82,10 +76,10 @@ async fn csv_export_is_stored_and_downloadable_in_ranges() {
         .unwrap();
     assert_eq!(download.content_type, "text/csv; charset=utf-8");
     assert_eq!(download.stream.total_len, whole.len() as u64);
-    assert_eq!(body(download).await, whole[10..20]);
+    assert_eq!(read_download(download).await, whole[10..20]);
     let len = whole.len() as u64;
     assert_eq!(
-        body(
+        read_download(
             service
                 .download(&alice(), job.id, Some(len - 1..len + 5))
                 .await
@@ -106,7 +100,7 @@ async fn json_and_ndjson_exports_parse_back() {
     for format in [ExportFormat::Json, ExportFormat::Ndjson] {
         let job = submit(&h.service, SubmitRequest::export("rows 3", format)).await;
         assert_eq!(job.status, QueryStatus::Complete);
-        let bytes = body(h.service.download(&alice(), job.id, None).await.unwrap()).await;
+        let bytes = read_download(h.service.download(&alice(), job.id, None).await.unwrap()).await;
         let rows: Vec<serde_json::Value> = match format {
             ExportFormat::Json => serde_json::from_slice(&bytes).unwrap(),
             _ => bytes
@@ -275,7 +269,7 @@ async fn tricky_values_round_trip_through_real_parsers() {
             "{format:?}: {:?}",
             job.result
         );
-        let bytes = body(service.download(&alice(), job.id, None).await.unwrap()).await;
+        let bytes = read_download(service.download(&alice(), job.id, None).await.unwrap()).await;
         match format {
             ExportFormat::Csv => {
                 let mut reader = csv::Reader::from_reader(&bytes[..]);
@@ -367,7 +361,7 @@ async fn record_limit_fails_or_truncates_but_never_silently() {
     assert!(result.truncated);
     assert_eq!(result.record_count, Some(10));
     assert!(result.message.unwrap().starts_with("truncated"));
-    let bytes = body(
+    let bytes = read_download(
         truncate
             .service
             .download(&alice(), job.id, None)
@@ -394,7 +388,7 @@ async fn byte_limit_stops_at_the_first_record_that_reaches_it() {
     assert!(result.truncated);
     let len = result.content_length.unwrap();
     assert!((1_000..1_100).contains(&len), "{len} bytes");
-    let bytes = body(h.service.download(&alice(), job.id, None).await.unwrap()).await;
+    let bytes = read_download(h.service.download(&alice(), job.id, None).await.unwrap()).await;
     let rows: Vec<serde_json::Value> =
         serde_json::from_slice(&bytes).expect("a truncated JSON export is still valid JSON");
     assert_eq!(rows.len() as u64, result.record_count.unwrap());

@@ -7,7 +7,6 @@
 mod common;
 
 use std::fmt;
-use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,23 +19,12 @@ use async_query::object_store::{
 };
 use async_query::testing::{ScriptedExecutor, storage_conformance};
 use async_query::{
-    AsyncQueryService, ExportFormat, ObjectStoreStorage, QueryStatus, ResultBody,
-    ResultStorageEngine, SubmitRequest,
+    AsyncQueryService, ObjectStoreStorage, QueryStatus, ResultBody, ResultStorageEngine,
 };
-use bytes::Bytes;
 use common::*;
-use futures::TryStreamExt;
 use futures::stream::BoxStream;
 
 const MIB: usize = 1024 * 1024;
-
-async fn read_all(
-    storage: &dyn ResultStorageEngine,
-    name: &str,
-    range: Option<Range<u64>>,
-) -> Vec<u8> {
-    read_object(storage, name, range).await
-}
 
 /// `len` bytes that differ from part to part.
 fn big_body(len: usize) -> Vec<u8> {
@@ -94,7 +82,7 @@ async fn local_object_store_conforms_and_leaves_no_staging_files() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     assert_eq!(left, vec!["published.csv".to_owned()]);
-    assert_eq!(read_all(&storage, "published.csv", None).await, body);
+    assert_eq!(read_object(&storage, "published.csv", None).await, body);
 }
 
 #[tokio::test]
@@ -167,7 +155,7 @@ async fn s3_multipart_upload_is_invisible_until_complete_and_reads_ranges() {
     assert_eq!(writer.publish().await.unwrap(), body.len() as u64);
     assert!(s3.open_uploads(&bucket).await.is_empty());
 
-    assert_eq!(read_all(&storage, "big.csv", None).await, body);
+    assert_eq!(read_object(&storage, "big.csv", None).await, body);
     let len = body.len() as u64;
     for range in [
         0..1,
@@ -176,7 +164,7 @@ async fn s3_multipart_upload_is_invisible_until_complete_and_reads_ranges() {
     ] {
         let end = range.end.min(len);
         assert_eq!(
-            read_all(&storage, "big.csv", Some(range.clone())).await,
+            read_object(&storage, "big.csv", Some(range.clone())).await,
             body[range.start as usize..end as usize],
             "{range:?}"
         );
@@ -186,12 +174,12 @@ async fn s3_multipart_upload_is_invisible_until_complete_and_reads_ranges() {
     let smaller = big_body(6 * MIB);
     let writer = write(&storage, "big.csv", &smaller).await;
     assert_eq!(
-        read_all(&storage, "big.csv", None).await,
+        read_object(&storage, "big.csv", None).await,
         body,
         "old object until publish"
     );
     writer.publish().await.unwrap();
-    assert_eq!(read_all(&storage, "big.csv", None).await, smaller);
+    assert_eq!(read_object(&storage, "big.csv", None).await, smaller);
 }
 
 #[tokio::test]
@@ -343,34 +331,17 @@ async fn s3_export_through_the_service_downloads_the_same_bytes() {
     let (bucket, store) = s3.bucket().await;
     let service = export_service(ObjectStoreStorage::new(store).with_prefix("exports"));
     // About 11 MB of CSV: three parts.
-    let job = service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 500000", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
-    let job = service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+    let job = export_csv(&service, "rows 500000").await;
     assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
     let result = job.result.clone().unwrap();
     assert_eq!(result.body, ResultBody::Stored(job.id.to_string()));
     assert_eq!(s3.keys(&bucket).await, vec![format!("exports/{}", job.id)]);
     assert!(s3.open_uploads(&bucket).await.is_empty());
 
-    let chunks: Vec<Bytes> = service
-        .download(&alice(), job.id, None)
-        .await
-        .unwrap()
-        .stream
-        .body
-        .try_collect()
-        .await
-        .unwrap();
-    let bytes = chunks.concat();
+    let bytes = read_download(service.download(&alice(), job.id, None).await.unwrap()).await;
     assert!(bytes.len() > 10 * MIB, "{} bytes", bytes.len());
     assert_eq!(Some(bytes.len() as u64), result.content_length);
-    let mut reader = csv::Reader::from_reader(&bytes[..]);
-    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    let rows = csv_rows(&bytes);
     assert_eq!(rows.len(), 500_000);
     assert_eq!(&rows[499_999][1], "name 499999");
 }
@@ -384,14 +355,7 @@ async fn s3_a_part_that_fails_ends_the_export_failed_with_nothing_left() {
         fail_at: 2,
     };
     let service = export_service(ObjectStoreStorage::new(Arc::new(failing)));
-    let job = service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 500000", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
-    let job = service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+    let job = export_csv(&service, "rows 500000").await;
     assert_eq!(job.status, QueryStatus::Failure);
     let message = job
         .result

@@ -12,13 +12,9 @@ use std::time::Duration;
 
 use async_query::redis::AsyncCommands;
 use async_query::testing::{ScriptedExecutor, storage_conformance};
-use async_query::{
-    AsyncQueryService, Error, ExportFormat, QueryStatus, RedisStorage, ResultStorageEngine,
-    SubmitRequest,
-};
-use bytes::Bytes;
+use async_query::{AsyncQueryService, Error, QueryStatus, RedisStorage, ResultStorageEngine};
 use common::*;
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 
 /// A storage under a fresh prefix, and a connection to look at its keys.
 async fn storage() -> Option<(
@@ -47,10 +43,6 @@ async fn keys(
     let mut keys: Vec<String> = connection.keys(format!("{prefix}:*")).await.unwrap();
     keys.sort();
     keys
-}
-
-async fn read_all(storage: &RedisStorage, name: &str) -> Vec<u8> {
-    read_object(storage, name, None).await
 }
 
 fn body(len: usize) -> Vec<u8> {
@@ -112,7 +104,7 @@ async fn objects_are_chunked_lists_with_the_configured_expiry() {
         (3_500_000..=3_600_000).contains(&ttl),
         "object expiry {ttl} ms"
     );
-    assert_eq!(read_all(&storage, "a.csv").await, data);
+    assert_eq!(read_object(&storage, "a.csv", None).await, data);
 
     // Without an expiry the object stays (and a replacement drops the old TTL).
     let forever = storage.clone().with_expiry(None);
@@ -123,7 +115,7 @@ async fn objects_are_chunked_lists_with_the_configured_expiry() {
         .unwrap();
     let ttl: i64 = redis.pttl(&key).await.unwrap();
     assert_eq!(ttl, -1, "no expiry");
-    assert_eq!(read_all(&storage, "a.csv").await, b"new");
+    assert_eq!(read_object(&storage, "a.csv", None).await, b"new");
     assert!(storage.delete("a.csv").await.unwrap());
 }
 
@@ -220,53 +212,24 @@ async fn an_export_through_the_service_downloads_the_same_rows() {
         .executor(Arc::new(ScriptedExecutor::new()))
         .build()
         .unwrap();
-    let job = service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 50000", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
-    let job = service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();
+    let job = export_csv(&service, "rows 50000").await;
     assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
     assert_eq!(
         keys(&mut redis, &prefix).await,
         vec![storage.key(&job.id.to_string()).unwrap()]
     );
 
-    let chunks: Vec<Bytes> = service
-        .download(&alice(), job.id, None)
-        .await
-        .unwrap()
-        .stream
-        .body
-        .try_collect()
-        .await
-        .unwrap();
-    let bytes = chunks.concat();
+    let bytes = read_download(service.download(&alice(), job.id, None).await.unwrap()).await;
     assert_eq!(
         Some(bytes.len() as u64),
         job.result.and_then(|r| r.content_length)
     );
-    let rows: Vec<csv::StringRecord> = csv::Reader::from_reader(&bytes[..])
-        .records()
-        .map(Result::unwrap)
-        .collect();
+    let rows = csv_rows(&bytes);
     assert_eq!(rows.len(), 50_000);
     assert_eq!(&rows[49_999][1], "name 49999");
 
     // A failed export leaves no key behind.
-    let failed = service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 50000 fail 40000", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
-    let failed = service
-        .wait(&alice(), failed.id, 60 * SECOND)
-        .await
-        .unwrap();
+    let failed = export_csv(&service, "rows 50000 fail 40000").await;
     assert_eq!(failed.status, QueryStatus::Failure);
     assert_eq!(keys(&mut redis, &prefix).await.len(), 1);
     let _report = service.shutdown(SECOND).await;

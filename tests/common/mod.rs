@@ -63,14 +63,42 @@ pub async fn read_object(
     name: &str,
     range: Option<std::ops::Range<u64>>,
 ) -> Vec<u8> {
-    use futures::TryStreamExt;
     let stream = storage
         .open(name, range)
         .await
         .expect("open")
         .expect("object exists");
+    read_stream(stream).await
+}
+
+/// Every byte of `stream`.
+pub async fn read_stream(stream: async_query::storage::ResultStream) -> Vec<u8> {
+    use futures::TryStreamExt;
     let chunks: Vec<bytes::Bytes> = stream.body.try_collect().await.expect("read");
     chunks.concat()
+}
+
+/// Every byte of `download`.
+pub async fn read_download(download: async_query::Download) -> Vec<u8> {
+    read_stream(download.stream).await
+}
+
+/// `alice` exports `query` as CSV and waits up to a minute for the end.
+pub async fn export_csv(service: &AsyncQueryService, query: &str) -> AsyncQuery {
+    let request = SubmitRequest::export(query, async_query::ExportFormat::Csv);
+    let job = service.submit(&alice(), request).await.expect("submit");
+    service
+        .wait(&alice(), job.id, 60 * SECOND)
+        .await
+        .expect("wait")
+}
+
+/// The records of a CSV export (after its header).
+pub fn csv_rows(bytes: &[u8]) -> Vec<csv::StringRecord> {
+    csv::Reader::from_reader(bytes)
+        .records()
+        .map(|r| r.expect("a CSV record"))
+        .collect()
 }
 
 /// A writer for `name` that has written `body` in pieces of `piece` bytes,
