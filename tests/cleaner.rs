@@ -52,29 +52,31 @@ fn lease_for(d: TimeDelta) -> Option<Lease> {
     })
 }
 
-#[tokio::test(start_paused = true)]
-async fn retention_deletes_records_and_their_results_together() {
+/// A service on `config` with in-memory storage that the test can look
+/// into, and a finished export and query of `alice`'s.
+async fn an_export_and_a_query(
+    config: Config,
+) -> (AsyncQueryService, MemoryStorage, AsyncQuery, AsyncQuery) {
     let storage = MemoryStorage::new();
-    let dao = Arc::new(MemoryDao::new());
     let service = AsyncQueryService::builder()
-        .config(cleaner_config())
-        .dao(dao.clone())
+        .config(config)
         .storage(Arc::new(storage.clone()))
         .executor(Arc::new(ScriptedExecutor::new()))
         .build()
         .unwrap();
-    let export = service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 10", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
-    let query = service
-        .submit(&alice(), SubmitRequest::query("q"))
-        .await
-        .unwrap();
+    let export = submit(
+        &service,
+        SubmitRequest::export("rows 10", ExportFormat::Csv),
+    )
+    .await;
+    let query = submit(&service, SubmitRequest::query("q")).await;
     assert_eq!(storage.names().len(), 1);
+    (service, storage, export, query)
+}
+
+#[tokio::test(start_paused = true)]
+async fn retention_deletes_records_and_their_results_together() {
+    let (service, storage, export, query) = an_export_and_a_query(cleaner_config()).await;
 
     tokio::time::sleep(Duration::from_secs(3600 - 120)).await;
     assert!(
@@ -95,31 +97,12 @@ async fn retention_deletes_records_and_their_results_together() {
 
 #[tokio::test(start_paused = true)]
 async fn results_expire_before_their_records() {
-    let storage = MemoryStorage::new();
-    let service = AsyncQueryService::builder()
-        .config(Config {
-            result_lifetime: Some(Duration::from_secs(600)),
-            ..cleaner_config()
-        })
-        .storage(Arc::new(storage.clone()))
-        .executor(Arc::new(ScriptedExecutor::new()))
-        .build()
-        .unwrap();
-    let export = service
-        .submit(
-            &alice(),
-            SubmitRequest::export("rows 10", ExportFormat::Csv),
-        )
-        .await
-        .unwrap();
-    let query = service
-        .submit(&alice(), SubmitRequest::query("q"))
-        .await
-        .unwrap();
-    let failed = service
-        .submit(&alice(), SubmitRequest::query("fail no"))
-        .await
-        .unwrap();
+    let (service, storage, export, query) = an_export_and_a_query(Config {
+        result_lifetime: Some(Duration::from_secs(600)),
+        ..cleaner_config()
+    })
+    .await;
+    let failed = submit(&service, SubmitRequest::query("fail no")).await;
     assert_eq!(
         query.result.as_ref().and_then(|r| r.inline_body()),
         Some("q")
