@@ -55,16 +55,21 @@ impl MemoryDao {
 }
 
 impl State {
-    /// The entries `filter` selects, oldest first, at most its limit.
-    fn matching(&self, filter: &ListFilter) -> impl Iterator<Item = &Entry> {
+    /// The entries whose job `selects` accepts, oldest first, at most
+    /// `limit` (0: all).
+    fn matching(
+        &self,
+        selects: impl Fn(&AsyncQuery) -> bool,
+        limit: usize,
+    ) -> impl Iterator<Item = &Entry> {
         let mut found: Vec<&Entry> = self
             .jobs
             .values()
-            .filter(|entry| filter.matches(&entry.job))
+            .filter(|entry| selects(&entry.job))
             .collect();
         found.sort_by_key(|entry| entry.seq);
-        if filter.limit > 0 {
-            found.truncate(filter.limit);
+        if limit > 0 {
+            found.truncate(limit);
         }
         found.into_iter()
     }
@@ -218,7 +223,7 @@ impl AsyncApiDao for MemoryDao {
     async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>> {
         let state = self.lock();
         Ok(state
-            .matching(filter)
+            .matching(|job| filter.matches(job), filter.limit)
             .map(|entry| entry.job.clone())
             .collect())
     }
@@ -230,9 +235,10 @@ impl AsyncApiDao for MemoryDao {
         limit: usize,
         reap: Reaper<'_>,
     ) -> Result<Purged> {
+        let filter = ListFilter::expired(before, limit);
         let expired: Vec<ExpiredRecord> = self
             .lock()
-            .matching(&ListFilter::expired(before, limit))
+            .matching(|job| filter.matches(job), filter.limit)
             .map(|entry| ExpiredRecord::of(&entry.job))
             .collect();
         let found = expired.len();
@@ -247,20 +253,11 @@ impl AsyncApiDao for MemoryDao {
         message: &str,
         reap: Reaper<'_>,
     ) -> Result<Purged> {
-        let outlived: Vec<ExpiredRecord> = {
-            let state = self.lock();
-            let mut found: Vec<&Entry> = state
-                .jobs
-                .values()
-                .filter(|entry| result_outlived(&entry.job, before))
-                .collect();
-            found.sort_by_key(|entry| entry.seq);
-            found
-                .into_iter()
-                .take(limit)
-                .map(|entry| ExpiredRecord::of(&entry.job))
-                .collect()
-        };
+        let outlived: Vec<ExpiredRecord> = self
+            .lock()
+            .matching(|job| result_outlived(job, before), limit)
+            .map(|entry| ExpiredRecord::of(&entry.job))
+            .collect();
         let found = outlived.len();
         let ids = reap(outlived).await;
         let mut state = self.lock();
