@@ -94,7 +94,18 @@ pub(crate) fn push_ids<DB: sqlx::Database>(
 ) where
     Uuid: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
-    query.push(" WHERE id IN (");
+    query.push(" WHERE id IN ");
+    push_list(query, ids);
+}
+
+/// Appends `(…)` with these ids bound.
+pub(crate) fn push_list<DB: sqlx::Database>(
+    query: &mut sqlx::QueryBuilder<'static, DB>,
+    ids: &[Uuid],
+) where
+    Uuid: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query.push("(");
     let mut list = query.separated(", ");
     for id in ids {
         list.push_bind(*id);

@@ -297,23 +297,14 @@ macro_rules! sql_dao {
                     .push_bind($crate::dao::sql::micros(expires_at))
                     .push(" WHERE lease_owner = ")
                     .push_bind(owner)
-                    .push(" AND status IN ('PROCESSING', 'CANCELLED') AND id IN (");
-                let mut list = renew.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                renew.push(")");
+                    .push(" AND status IN ('PROCESSING', 'CANCELLED') AND id IN ");
+                $crate::dao::sql::push_list(&mut renew, ids);
                 renew
                     .build()
                     .execute($crate::dao::sql::SqlBackend::pool(self))
                     .await
                     .map_err(|e| $crate::dao::sql::db_error("renewing leases", e))?;
-                let mut read = sqlx::QueryBuilder::<$db>::new("SELECT id, status FROM async_query WHERE id IN (");
-                let mut list = read.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                read.push(")");
+                let mut read = $crate::dao::sql::where_ids::<$db>("SELECT id, status FROM async_query", ids);
                 let rows: Vec<(uuid::Uuid, String)> = read
                     .build_query_as()
                     .fetch_all($crate::dao::sql::SqlBackend::pool(self))
@@ -376,13 +367,7 @@ macro_rules! sql_dao {
                 if ids.is_empty() {
                     return Ok(0);
                 }
-                let mut query = sqlx::QueryBuilder::<$db>::new("DELETE FROM async_query WHERE id IN (");
-                let mut list = query.separated(", ");
-                for id in ids {
-                    list.push_bind(*id);
-                }
-                query.push(")");
-                let done = query
+                let done = $crate::dao::sql::where_ids::<$db>("DELETE FROM async_query", ids)
                     .build()
                     .execute($crate::dao::sql::SqlBackend::pool(self))
                     .await
