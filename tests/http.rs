@@ -993,6 +993,20 @@ async fn signed_download_links_are_bearer_secrets_that_expire() {
         body.starts_with("id,name,note") && body.contains("2,name 2"),
         "{body}"
     );
+    // Ranges work through a link too, suffix ranges included.
+    for (range, want) in [
+        ("bytes=0-1", &body[..2]),
+        ("bytes=-3", &body[body.len() - 3..]),
+    ] {
+        let part = client
+            .get(format!("{base}{url}"))
+            .header("Range", range)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(part.text().await.expect("body"), want, "{range}");
+    }
     // Without the link, the principal rules as before.
     let bare = client
         .get(format!("{base}/export/{id}"))

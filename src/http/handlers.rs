@@ -151,14 +151,35 @@ async fn download_link<R>(app: &App<R>, job: &AsyncQuery) -> Option<String> {
     Some(format!("{path}?{}", links.sign(job.id, Utc::now())))
 }
 
-/// The principal a download is for: the job's owner when the request
-/// carries a valid signed link (`expires` and `signature`), else the
-/// request's own principal.
-async fn download_principal<R: PrincipalResolver>(
+/// What entitles a request to a download.
+enum Access {
+    /// The request's principal, who must be allowed to see the job.
+    Principal(Principal),
+    /// A valid signed link to this job's export (a bearer secret).
+    Link,
+}
+
+impl Access {
+    async fn download<R>(
+        &self,
+        app: &App<R>,
+        id: Uuid,
+        range: Option<std::ops::Range<u64>>,
+    ) -> crate::error::Result<crate::storage::Download> {
+        match self {
+            Access::Principal(principal) => app.service.download(principal, id, range).await,
+            Access::Link => app.service.runtime().download_by_link(id, range).await,
+        }
+    }
+}
+
+/// A valid signed link (`expires` and `signature`) if the request carries
+/// one, else the request's own principal.
+async fn download_access<R: PrincipalResolver>(
     app: &App<R>,
     parts: &Parts,
     id: Uuid,
-) -> Result<Principal, ApiError> {
+) -> Result<Access, ApiError> {
     let (mut expires, mut signature) = (None, None);
     for pair in parts.uri.query().unwrap_or_default().split('&') {
         match pair.split_once('=') {
@@ -168,7 +189,7 @@ async fn download_principal<R: PrincipalResolver>(
         }
     }
     let (expires, signature) = match (expires, signature) {
-        (None, None) => return principal(app, parts).await,
+        (None, None) => return Ok(Access::Principal(principal(app, parts).await?)),
         (Some(expires), Some(signature)) => (expires, signature),
         _ => {
             return Err(ApiError::bad_request(
@@ -188,7 +209,7 @@ async fn download_principal<R: PrincipalResolver>(
     };
     let expires: i64 = expires.parse().map_err(|_| invalid())?;
     match links.verify(id, expires, signature, Utc::now()) {
-        Ok(()) => Ok(app.service.runtime().owner_of(id).await?),
+        Ok(()) => Ok(Access::Link),
         Err(LinkRefused::Expired) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "link_expired",
@@ -269,7 +290,7 @@ pub(super) async fn download<R: PrincipalResolver>(
     // `/export/<id>` or `/export/<id>.<ext>`.
     let name = last_segment(&parts);
     let id = document::parse_id(name.split('.').next().unwrap_or_default())?;
-    let principal = download_principal(&app, &parts, id).await?;
+    let access = download_access(&app, &parts, id).await?;
     let requested = range::parse(
         parts
             .headers
@@ -281,7 +302,7 @@ pub(super) async fn download<R: PrincipalResolver>(
         Requested::From(range) => Some(range),
         Requested::Suffix(n) => {
             // The length is needed first; opening is cheap.
-            let whole = app.service.download(&principal, id, None).await?;
+            let whole = access.download(&app, id, None).await?;
             let len = whole.stream.total_len;
             if n == 0 {
                 return Err(crate::error::Error::RangeNotSatisfiable {
@@ -295,7 +316,7 @@ pub(super) async fn download<R: PrincipalResolver>(
         }
     };
     let partial = range.is_some();
-    let download = app.service.download(&principal, id, range).await?;
+    let download = access.download(&app, id, range).await?;
     let stream = download.stream;
     let served = stream.range.clone();
     let status = if partial {

@@ -158,6 +158,24 @@ impl Runtime {
         range: Option<Range<u64>>,
     ) -> Result<Download> {
         let job = self.get(principal, id).await?;
+        self.open_export(job, range).await
+    }
+
+    /// [`download`](Self::download) for a request that proved its right to
+    /// the export otherwise (a signed download link): no principal.
+    #[cfg(feature = "axum")]
+    pub(crate) async fn download_by_link(
+        &self,
+        id: Uuid,
+        range: Option<Range<u64>>,
+    ) -> Result<Download> {
+        let job = self.dao.get(id).await?.ok_or(Error::NotFound { id })?;
+        self.open_export(job, range).await
+    }
+
+    /// Opens the stored file of `job`, a record its caller may see.
+    async fn open_export(&self, job: AsyncQuery, range: Option<Range<u64>>) -> Result<Download> {
+        let id = job.id;
         let JobKind::TableExport { format } = job.kind else {
             return Err(Error::NoResult {
                 id,
@@ -187,8 +205,8 @@ impl Runtime {
         let Some(stream) = self.storage.open(name, range).await? else {
             // Deleted since the record was read: its lifetime may have
             // ended just now.
-            let expired = self.get(principal, id).await.is_ok_and(|job| {
-                job.result
+            let expired = self.dao.get(id).await.is_ok_and(|job| {
+                job.and_then(|job| job.result)
                     .is_some_and(|r| matches!(r.body, ResultBody::Expired))
             });
             return Err(match expired {

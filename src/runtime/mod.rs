@@ -115,20 +115,6 @@ impl Runtime {
         &self.storage
     }
 
-    /// Who submitted job `id`, for a request that proves its right to it
-    /// otherwise (a signed download link).
-    #[cfg(feature = "axum")]
-    pub(crate) async fn owner_of(
-        &self,
-        id: uuid::Uuid,
-    ) -> crate::error::Result<crate::model::Principal> {
-        self.dao
-            .get(id)
-            .await?
-            .map(|job| job.principal)
-            .ok_or(crate::error::Error::NotFound { id })
-    }
-
     /// Stops every task and abandons the jobs running here, as a crash
     /// would: nothing more is written, their leases expire.
     fn stop_now(&self) {
