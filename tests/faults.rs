@@ -568,3 +568,51 @@ async fn a_worker_that_dies_releases_its_job() {
     let next = submit(&service, SubmitRequest::query("again")).await;
     assert_eq!(next.status, QueryStatus::Complete, "the slot was freed");
 }
+
+/// The service sets its clock by the store's before its first write: with
+/// a store an hour ahead, records are written an hour ahead. A reading
+/// slower than a twentieth of the lease, or a store whose clock fails,
+/// leaves the system clock. (Real time: under a paused Tokio clock the
+/// service never sets its clock.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_service_clock_follows_the_store_clock_unless_the_reading_is_vague_or_fails() {
+    let hour = chrono::TimeDelta::hours(1);
+    let near = |at: chrono::DateTime<chrono::Utc>, want: chrono::DateTime<chrono::Utc>| {
+        (at - want).abs() < chrono::TimeDelta::seconds(5)
+    };
+    let created_on = |slow: bool, failing: bool| async move {
+        // Faults set before the service starts: it reads the store's clock
+        // at once.
+        let (dao, faults) = FaultyDao::new(Arc::new(MemoryDao::new()));
+        faults.store_clock(Some(hour));
+        faults.only(&["now"]);
+        if slow {
+            // 100 ms per reading, above a twentieth of the 1 s lease.
+            faults.delay(Duration::from_millis(100));
+        }
+        faults.fail_always(failing);
+        let service = AsyncQueryService::builder()
+            .config(Config {
+                lease: Duration::from_secs(1),
+                ..config()
+            })
+            .dao(Arc::new(dao))
+            .executor(Arc::new(ScriptedExecutor::new()))
+            .build()
+            .unwrap();
+        submit(&service, SubmitRequest::query("q")).await.created_on
+    };
+    let now = chrono::Utc::now();
+    assert!(
+        near(created_on(false, false).await, now + hour),
+        "set by the store"
+    );
+    assert!(
+        near(created_on(true, false).await, now),
+        "a vague reading is dropped"
+    );
+    assert!(
+        near(created_on(false, true).await, now),
+        "a failing store clock is ignored"
+    );
+}

@@ -38,6 +38,7 @@ struct Plan {
     delay: Duration,
     reply_delay: Duration,
     lose_replies: bool,
+    store_clock: Option<chrono::TimeDelta>,
 }
 
 impl Plan {
@@ -110,6 +111,14 @@ impl Faults {
     /// default) a failed call never reaches the inner DAO.
     pub fn lose_replies(&self, on: bool) {
         self.plan().lose_replies = on;
+    }
+
+    /// Makes the wrapped DAO report a clock of its own (`now`), `offset`
+    /// from this machine's, as a database shared by several machines does;
+    /// `None` (the default) passes `now` to the inner DAO. For tests of how
+    /// the service sets its clock by the store's.
+    pub fn store_clock(&self, offset: Option<chrono::TimeDelta>) {
+        self.plan().store_clock = offset;
     }
 
     /// Counts and faults only these operations (method names such as
@@ -297,7 +306,14 @@ impl AsyncApiDao for FaultyDao {
     }
 
     async fn now(&self) -> Result<Option<DateTime<Utc>>> {
-        self.faults.dao("now", self.inner.now()).await
+        let offset = self.faults.plan().store_clock;
+        let now = async {
+            match offset {
+                Some(offset) => Ok(Some(Utc::now() + offset)),
+                None => self.inner.now().await,
+            }
+        };
+        self.faults.dao("now", now).await
     }
 
     async fn expire_results(
