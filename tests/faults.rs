@@ -255,6 +255,39 @@ async fn a_failing_cleaner_retries_and_catches_up() {
     assert!(f.storage.names().is_empty());
 }
 
+/// A result the storage will not delete stays downloadable, its record
+/// untouched, until a later sweep can delete it.
+#[tokio::test(start_paused = true)]
+async fn a_result_the_storage_cannot_delete_outlives_its_lifetime_intact() {
+    let f = faulty(Config {
+        result_lifetime: Some(Duration::from_secs(600)),
+        cleaner_interval: Duration::from_secs(60),
+        ..config()
+    });
+    let job = submit(
+        &f.service,
+        SubmitRequest::export("rows 5", ExportFormat::Csv),
+    )
+    .await;
+    assert_eq!(job.status, QueryStatus::Complete);
+    f.storage_faults.only(&["delete"]);
+    f.storage_faults.fail_for(Duration::from_secs(900));
+    tokio::time::sleep(Duration::from_secs(850)).await;
+    assert_eq!(f.service.get(&alice(), job.id).await.unwrap(), job);
+    assert!(f.service.download(&alice(), job.id, None).await.is_ok());
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let expired = f.service.get(&alice(), job.id).await.unwrap();
+    assert_eq!(
+        expired.result.map(|r| r.body),
+        Some(async_query::ResultBody::Expired)
+    );
+    assert!(f.storage.names().is_empty());
+    assert!(matches!(
+        f.service.download(&alice(), job.id, None).await,
+        Err(Error::ResultExpired { .. })
+    ));
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_failed_batch_is_a_typed_error_and_leaks_nothing() {
     let f = failing_once(
