@@ -310,15 +310,6 @@ impl ResultBody {
     }
 }
 
-/// Whether `job` is `COMPLETE` with output, last updated before `before`:
-/// what [`AsyncApiDao::expire_results`](crate::AsyncApiDao::expire_results)
-/// looks for.
-pub(crate) fn result_outlived(job: &AsyncQuery, before: DateTime<Utc>) -> bool {
-    job.status == QueryStatus::Complete
-        && job.updated_on < before
-        && job.result.as_ref().is_some_and(|r| r.body.has_output())
-}
-
 /// The outcome recorded on a job when it reaches a terminal state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -12,7 +12,7 @@ use super::{
     check_transition,
 };
 use crate::error::{Error, Result};
-use crate::model::{AsyncQuery, Lease, QueryStatus, ResultBody, result_outlived};
+use crate::model::{AsyncQuery, Lease, QueryStatus, ResultBody};
 
 /// Job records in a `HashMap` behind a mutex, with an ordered index of
 /// queued jobs so claims are `O(log n)`.
@@ -287,4 +287,13 @@ impl AsyncApiDao for MemoryDao {
         }
         Ok(deleted)
     }
+}
+
+/// Whether `job` is `COMPLETE` with output, last updated before `before`:
+/// what [`AsyncApiDao::expire_results`](crate::AsyncApiDao::expire_results)
+/// looks for.
+fn result_outlived(job: &AsyncQuery, before: DateTime<Utc>) -> bool {
+    job.status == QueryStatus::Complete
+        && job.updated_on < before
+        && job.result.as_ref().is_some_and(|r| r.body.has_output())
 }
