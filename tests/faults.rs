@@ -227,12 +227,13 @@ async fn a_slow_database_delays_but_does_not_break_the_lifecycle() {
     assert!(f.dao_faults.calls() >= 2);
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_failing_cleaner_retries_and_catches_up() {
+/// A service on `config` (a cleaner every minute) with a finished export
+/// whose storage refuses deletes for 900 s, 850 s later (past a 600 s
+/// retention or result lifetime, before the storage recovers).
+async fn an_export_storage_will_not_delete(config: Config) -> (Faulty, async_query::AsyncQuery) {
     let f = faulty(Config {
-        retention: Duration::from_secs(600),
         cleaner_interval: Duration::from_secs(60),
-        ..config()
+        ..config
     });
     let job = submit(
         &f.service,
@@ -240,11 +241,21 @@ async fn a_failing_cleaner_retries_and_catches_up() {
     )
     .await;
     assert_eq!(job.status, QueryStatus::Complete);
-    // The storage refuses deletes for a while: the record is kept so that it
-    // never points at a deleted result.
     f.storage_faults.only(&["delete"]);
     f.storage_faults.fail_for(Duration::from_secs(900));
     tokio::time::sleep(Duration::from_secs(850)).await;
+    (f, job)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_cleaner_retries_and_catches_up() {
+    // The storage refuses deletes for a while: the record is kept so that it
+    // never points at a deleted result.
+    let (f, job) = an_export_storage_will_not_delete(Config {
+        retention: Duration::from_secs(600),
+        ..config()
+    })
+    .await;
     assert!(f.service.get(&alice(), job.id).await.is_ok());
     assert_eq!(f.storage.names().len(), 1);
     tokio::time::sleep(Duration::from_secs(120)).await;
@@ -259,20 +270,11 @@ async fn a_failing_cleaner_retries_and_catches_up() {
 /// untouched, until a later sweep can delete it.
 #[tokio::test(start_paused = true)]
 async fn a_result_the_storage_cannot_delete_outlives_its_lifetime_intact() {
-    let f = faulty(Config {
+    let (f, job) = an_export_storage_will_not_delete(Config {
         result_lifetime: Some(Duration::from_secs(600)),
-        cleaner_interval: Duration::from_secs(60),
         ..config()
-    });
-    let job = submit(
-        &f.service,
-        SubmitRequest::export("rows 5", ExportFormat::Csv),
-    )
+    })
     .await;
-    assert_eq!(job.status, QueryStatus::Complete);
-    f.storage_faults.only(&["delete"]);
-    f.storage_faults.fail_for(Duration::from_secs(900));
-    tokio::time::sleep(Duration::from_secs(850)).await;
     assert_eq!(f.service.get(&alice(), job.id).await.unwrap(), job);
     assert!(f.service.download(&alice(), job.id, None).await.is_ok());
     tokio::time::sleep(Duration::from_secs(120)).await;
