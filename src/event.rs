@@ -29,13 +29,14 @@ pub struct JobEvent {
     pub at: DateTime<Utc>,
 }
 
-/// A [`JobEvent`] numbered by this instance's event log, from
+/// A [`JobEvent`] numbered in the stream it was read from, from
 /// [`AsyncQueryService::events_after`](crate::AsyncQueryService::events_after).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoggedEvent {
-    /// Position in this instance's log: 1, 2, 3, … in the order the changes
-    /// happened here.
+    /// Position in the stream: 1, 2, 3, … in the order the changes happened.
+    /// A principal's stream counts only that principal's changes; an
+    /// admin's counts every change.
     pub seq: u64,
     /// The change.
     pub event: JobEvent,
@@ -45,15 +46,43 @@ pub struct LoggedEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EventPage {
-    /// Visible events after the cursor, oldest first.
+    /// The events after the cursor, oldest first.
     pub events: Vec<LoggedEvent>,
-    /// The cursor for the next call: past every event this page looked at,
-    /// including ones the caller may not see.
+    /// The cursor for the next call: the position of the last event
+    /// returned (the given cursor when there is none).
     pub last_id: u64,
     /// Events after the given cursor were dropped (the log is bounded), or
-    /// the cursor was not from this log (another instance, or a restart):
+    /// the cursor was not from this stream (a restart of an in-memory log):
     /// re-read the jobs you follow with [`get`](crate::AsyncQueryService::get).
     pub missed: bool,
+    /// The position of the newest event in the stream when the page was
+    /// read: `last_id == newest` means the caller is up to date, and a
+    /// cursor of `newest` follows only changes from now on.
+    pub newest: u64,
+}
+
+/// Which stream of status changes to read: each principal has one of its
+/// own jobs' changes, numbered 1, 2, 3, … (so a cursor reveals nothing of
+/// other principals' activity); admins read the stream of every change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EventStream<'a> {
+    /// The changes of the jobs this principal (by name) submitted.
+    Owner(&'a str),
+    /// Every change.
+    All,
+}
+
+impl<'a> EventStream<'a> {
+    /// The stream `principal` reads: [`All`](Self::All) for holders of
+    /// `admin_role`, their own otherwise.
+    pub fn of(principal: &'a Principal, admin_role: &str) -> Self {
+        if principal.has_role(admin_role) {
+            EventStream::All
+        } else {
+            EventStream::Owner(&principal.name)
+        }
+    }
 }
 
 /// A stream of status changes of the jobs a principal may see, from

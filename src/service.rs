@@ -289,14 +289,17 @@ impl AsyncQueryService {
         self.inner.shutdown(grace).await
     }
 
-    /// Starts keeping the last `capacity` status changes of this instance's
-    /// jobs for [`events_after`](Self::events_after) (calling it again can
-    /// only raise the capacity). Off by default: each change then costs a
-    /// lock and a copy of the event.
+    /// Starts keeping the last `capacity` status changes of each principal
+    /// (and of all of them, for admins) in memory for
+    /// [`events_after`](Self::events_after) (calling it again can only
+    /// raise the capacity). Off by default: each change then costs a lock
+    /// and a copy of the event.
     ///
-    /// The log holds the changes this instance makes or observes — with
-    /// several instances on one database, poll the instance that runs (or
-    /// submitted) the job, or follow jobs with [`wait`](Self::wait).
+    /// Needed only when the job store keeps no events itself (memory,
+    /// SQLite), where the log holds the changes this instance makes. A
+    /// store that [keeps events](crate::dao::AsyncApiDao::keeps_events)
+    /// (PostgreSQL) serves `events_after` for every instance alike, and
+    /// this call does nothing.
     pub fn enable_event_log(&self, capacity: usize) {
         self.inner.enable_event_log(capacity);
     }
@@ -305,6 +308,12 @@ impl AsyncQueryService {
     /// cursor `after` (`None`: from the oldest kept), in the spirit of
     /// Superset's async event polling: one call returns the changes of all
     /// the caller's jobs.
+    ///
+    /// Each principal reads a stream of their own jobs' changes, numbered
+    /// 1, 2, 3, … (so a cursor says nothing of anyone else's activity);
+    /// holders of the admin role read the stream of every change. On a
+    /// store that keeps events (PostgreSQL) every instance answers the
+    /// same.
     ///
     /// ```
     /// # use async_query::*;
@@ -316,29 +325,36 @@ impl AsyncQueryService {
     /// service.enable_event_log(10_000);
     /// let alice = Principal::new("alice");
     /// service.submit(&alice, SubmitRequest::query("sleep 0")).await?;
-    /// let page = service.events_after(&alice, None, 100)?;
+    /// let page = service.events_after(&alice, None, 100).await?;
     /// let statuses: Vec<_> = page.events.iter().map(|e| e.event.to).collect();
     /// assert_eq!(statuses, [QueryStatus::Processing, QueryStatus::Complete]);
     /// // Next time, continue after what was seen.
-    /// let next = service.events_after(&alice, Some(page.last_id), 100)?;
+    /// let next = service.events_after(&alice, Some(page.last_id), 100).await?;
     /// assert!(next.events.is_empty());
     /// # Ok(()) }
     /// ```
     ///
     /// # Errors
     ///
-    /// [`Error::Config`] if [`enable_event_log`](Self::enable_event_log)
-    /// was not called.
-    pub fn events_after(
+    /// [`Error::Config`] if the store keeps no events and
+    /// [`enable_event_log`](Self::enable_event_log) was not called;
+    /// [`Error::Dao`] if the store that keeps them fails.
+    pub async fn events_after(
         &self,
         principal: &Principal,
         after: Option<u64>,
         limit: usize,
     ) -> Result<EventPage> {
-        self.inner.events_after(principal, after, limit)
+        self.inner.events_after(principal, after, limit).await
     }
 
     /// Status changes of the jobs `principal` may see, from now on.
+    ///
+    /// On a store that [keeps events](crate::dao::AsyncApiDao::keeps_events)
+    /// (PostgreSQL) they are read from the store, so they include changes
+    /// made by other instances, and a new subscription may also receive
+    /// changes up to one [`poll_interval`](crate::Config::poll_interval)
+    /// older. Otherwise they are this instance's changes, as they happen.
     pub fn subscribe(&self, principal: &Principal) -> Subscription {
         self.inner.subscribe(principal)
     }

@@ -619,6 +619,26 @@ async fn events_are_polled_by_cursor() {
         .collect();
     assert_eq!(statuses, [&json!("COMPLETE")]);
     assert_eq!(page["meta"]["missed"], false);
+    let caught_up = page["meta"]["lastId"].clone();
+    assert_eq!(page["meta"]["newest"], caught_up);
+    // Bob's job neither appears in alice's stream nor moves her cursor.
+    server
+        .post("asyncQuery", "bob", "SELECT 2 AS two", json!({}))
+        .await;
+    let (_, after_bob) = server
+        .send(
+            Method::GET,
+            &format!(
+                "/asyncEvents?last_id={}",
+                caught_up.as_str().expect("cursor")
+            ),
+            "alice",
+            None,
+        )
+        .await;
+    assert_eq!(after_bob["data"], json!([]));
+    assert_eq!(after_bob["meta"]["lastId"], caught_up);
+    assert_eq!(after_bob["meta"]["newest"], caught_up);
     for bad in ["last_id=abc", "last_id=-1", "limit=x"] {
         let (status, answer) = server
             .send(Method::GET, &format!("/asyncEvents?{bad}"), "alice", None)

@@ -9,9 +9,13 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::Result;
+use crate::event::EventPage;
+pub use crate::event::EventStream;
 use crate::model::{AsyncQuery, Lease, QueryStatus};
 
 mod memory;
+#[cfg(feature = "postgres")]
+mod pg_events;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -22,7 +26,7 @@ mod types;
 
 pub use memory::MemoryDao;
 #[cfg(feature = "postgres")]
-pub use postgres::PostgresDao;
+pub use postgres::{EVENTS_PER_PRINCIPAL, PostgresDao};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteDao;
 pub use types::{
@@ -303,6 +307,60 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     /// [`Error::Dao`](crate::error::Error::Dao) if listening cannot start.
     async fn watch(&self) -> Result<Option<SignalStream>> {
         Ok(None)
+    }
+
+    /// Whether the store records every status change itself, for all the
+    /// instances that share it (`PostgresDao`: a trigger writes them in the
+    /// statement that changes the status). Then
+    /// [`events`](Self::events) serves
+    /// [`AsyncQueryService::events_after`](crate::AsyncQueryService::events_after),
+    /// and [`subscribe`](crate::AsyncQueryService::subscribe) delivers the
+    /// changes it reads there, made by any instance. `false` (the default):
+    /// each service keeps its own changes in memory.
+    fn keeps_events(&self) -> bool {
+        false
+    }
+
+    /// Up to `limit` events of `stream` after position `after` (`None`:
+    /// from the oldest kept), oldest first, for a store that
+    /// [`keeps_events`](Self::keeps_events).
+    ///
+    /// Each stream numbers its events 1, 2, 3, … in one order that never
+    /// changes once an event is readable, and never hands out a position
+    /// below one already read (an event that commits late is numbered
+    /// after those already read, not between them). A store keeps a bounded
+    /// number of events per principal; `missed` is set when events after
+    /// `after` were dropped, or `after` is beyond the newest position. A
+    /// page should read a bounded number of rows, whatever the size of
+    /// the log. The conformance area `dao_events` checks all of this.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails;
+    /// [`Error::Config`](crate::error::Error::Config) from the default.
+    async fn events(
+        &self,
+        stream: EventStream<'_>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<EventPage> {
+        let _ = (stream, after, limit);
+        Err(crate::error::Error::Config {
+            reason: "this job store keeps no events".into(),
+        })
+    }
+
+    /// Upkeep of the kept events, called on every cleaner sweep of a store
+    /// that [`keeps_events`](Self::keeps_events): numbering and trimming,
+    /// whatever the store defers from the write path. Returns how many
+    /// events it handled (the cleaner calls it again while that is more
+    /// than zero and the sweep has time left). The default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
+    async fn tidy_events(&self) -> Result<u64> {
+        Ok(0)
     }
 }
 

@@ -63,8 +63,14 @@ pub const CHANNEL: &str = "async_query";
 /// ```
 #[derive(Debug, Clone)]
 pub struct PostgresDao {
-    pool: PgPool,
+    pub(super) pool: PgPool,
+    /// Events kept per principal.
+    pub(super) keep_events: u64,
 }
+
+/// The events [`PostgresDao`] keeps per principal unless told otherwise
+/// (Superset's default per-user stream limit).
+pub const EVENTS_PER_PRINCIPAL: u64 = 1_000;
 
 impl PostgresDao {
     /// Connects a pool of up to 10 connections to `url`; a call waits at
@@ -82,12 +88,25 @@ impl PostgresDao {
             .connect(url)
             .await
             .map_err(|e| db_error("connecting to PostgreSQL", e))?;
-        Ok(PostgresDao { pool })
+        Ok(PostgresDao::from_pool(pool))
     }
 
     /// Uses an existing pool (the host's own).
     pub fn from_pool(pool: PgPool) -> Self {
-        PostgresDao { pool }
+        PostgresDao {
+            pool,
+            keep_events: EVENTS_PER_PRINCIPAL,
+        }
+    }
+
+    /// Keeps the newest `per_principal` status changes of each principal
+    /// (default [`EVENTS_PER_PRINCIPAL`]); the cleaner trims the rest on
+    /// each sweep, and a reader whose cursor is older learns it `missed`
+    /// events. Every instance on one database should use the same number.
+    #[must_use]
+    pub fn keep_events(mut self, per_principal: u64) -> Self {
+        self.keep_events = per_principal;
+        self
     }
 
     /// The connection pool.
@@ -109,7 +128,8 @@ impl PostgresDao {
         let v2 = NOTIFY_V2.iter().map(|s| s.to_string()).collect();
         let v3 = QUEUE_INDEX_V3.iter().map(|s| s.to_string()).collect();
         let v4 = results_index(<Self as SqlBackend>::BODY_TYPE);
-        self.apply_migrations(vec![v1, v2, v3, v4], Some(lock))
+        let v5 = super::pg_events::schema_v5();
+        self.apply_migrations(vec![v1, v2, v3, v4, v5], Some(lock))
             .await
     }
 }
@@ -127,6 +147,8 @@ impl SqlBackend for PostgresDao {
          '{message}', to_jsonb(",
         "::text))::text",
     ];
+
+    const RECORD_EVENTS: Option<[&'static str; 2]> = Some(super::pg_events::RECORD_EVENTS);
 
     fn pool(&self) -> &PgPool {
         &self.pool
@@ -201,7 +223,7 @@ impl SqlBackend for PostgresDao {
              lease_owner = CASE v.v_mode WHEN 1 THEN v.v_owner WHEN 2 THEN NULL ELSE a.lease_owner END, \
              lease_expires_at = CASE v.v_mode WHEN 1 THEN v.v_expires WHEN 2 THEN NULL ELSE a.lease_expires_at END \
              FROM v WHERE a.id = v.v_id AND a.status = v.v_from \
-             RETURNING false AS claimed, a.seq, {COLUMNS}), \
+             RETURNING false AS claimed, a.seq, v.v_from AS event_from, {COLUMNS}), \
              taken AS (UPDATE async_query SET status = 'PROCESSING', lease_owner = "
         ));
         query
@@ -213,8 +235,10 @@ impl SqlBackend for PostgresDao {
             .push(format!(
                 " WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' \
                  AND id NOT IN (SELECT v_id FROM v) ORDER BY seq LIMIT {limit} \
-                 FOR UPDATE SKIP LOCKED) RETURNING true AS claimed, seq, {COLUMNS}) \
-                 SELECT * FROM done UNION ALL SELECT * FROM taken"
+                 FOR UPDATE SKIP LOCKED) RETURNING true AS claimed, seq, 'QUEUED' AS event_from, \
+                 {COLUMNS}), changed AS (SELECT * FROM done UNION ALL SELECT * FROM taken), {} \
+                 SELECT * FROM changed",
+                super::pg_events::RECORDED
             ));
         let rows = query.build().fetch_all(&mut *conn).await.map_err(fail)?;
         let (taken, done): (Vec<_>, Vec<_>) = rows
@@ -294,6 +318,24 @@ impl SqlBackend for PostgresDao {
             })
         });
         Ok(Some(Box::pin(signals)))
+    }
+
+    /// Every status change is recorded by a trigger (schema version 5).
+    fn keeps_events(&self) -> bool {
+        true
+    }
+
+    async fn events(
+        &self,
+        stream: super::EventStream<'_>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<crate::EventPage> {
+        self.read_events(stream, after, limit).await
+    }
+
+    async fn tidy_events(&self) -> Result<u64> {
+        self.tidy().await
     }
 }
 

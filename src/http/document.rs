@@ -243,7 +243,11 @@ pub(super) fn events(page: &EventPage) -> Value {
         .collect();
     json!({
         "data": data,
-        "meta": { "lastId": page.last_id.to_string(), "missed": page.missed },
+        "meta": {
+            "lastId": page.last_id.to_string(),
+            "missed": page.missed,
+            "newest": page.newest.to_string(),
+        },
     })
 }
 

@@ -386,7 +386,7 @@ pub(super) async fn events<R: PrincipalResolver>(
             _ => {}
         }
     }
-    let page = app.service.events_after(&principal, after, limit)?;
+    let page = app.service.events_after(&principal, after, limit).await?;
     Ok(respond(StatusCode::OK, &document::events(&page)))
 }
 

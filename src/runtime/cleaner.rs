@@ -23,6 +23,7 @@ struct Sweep {
     cancel_completed: usize,
     results_expired: usize,
     deleted: usize,
+    events_tidied: u64,
 }
 
 /// One kind of job the cleaner ends: which records, and how they end.
@@ -160,6 +161,7 @@ impl Runtime {
             sweep.results_expired = self.purge(Purge::Results(now, lifetime)).await?;
         }
         sweep.deleted = self.purge(Purge::Records(now)).await?;
+        sweep.events_tidied = self.tidy_events().await?;
         Ok(sweep)
     }
 

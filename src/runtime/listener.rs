@@ -125,6 +125,7 @@ impl Runtime {
                         self.jobs.forget(signal.id);
                     }
                     self.waiters.remote_change();
+                    self.events.remote_change();
                 }
                 Some(Err(e)) => tracing::debug!(error = %e, "a job change signal was lost"),
                 None => return Followed::Ended,

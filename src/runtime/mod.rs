@@ -83,7 +83,11 @@ impl Runtime {
             clock: clock::Clock::new(clock_skew),
             tasks: tasks::Tasks::new(handle),
             jobs: Arc::new(local::LocalJobs::new(config.instance_id)),
-            events: events::EventHub::new(config.event_capacity, config.admin_role.clone()),
+            events: events::EventHub::new(
+                config.event_capacity,
+                config.admin_role.clone(),
+                dao.keeps_events(),
+            ),
             dispatch: dispatch::Dispatch::new(config.pool_size, config.claim_batch),
             waiters: waiting::Waiters::default(),
             writer: writer::Writer::default(),
@@ -103,6 +107,7 @@ impl Runtime {
         self.tasks.spawn(Arc::clone(self).heartbeat());
         self.tasks.spawn(Arc::clone(self).cleaner());
         self.tasks.spawn(Arc::clone(self).listener());
+        self.tasks.spawn(Arc::clone(self).event_tail());
     }
 
     pub(crate) fn config(&self) -> &Config {

@@ -40,6 +40,23 @@ pub(super) fn expired_message(lifetime: Duration) -> String {
 }
 
 impl Runtime {
+    /// The store's upkeep of kept events, call after call while it finds
+    /// work and half a cleaner interval has not passed.
+    pub(super) async fn tidy_events(&self) -> Result<u64> {
+        if !self.dao.keeps_events() {
+            return Ok(0);
+        }
+        let budget = tokio::time::Instant::now() + self.config.cleaner_interval / 2;
+        let mut tidied = 0;
+        loop {
+            let done = self.dao.tidy_events().await?;
+            tidied += done;
+            if done == 0 || tokio::time::Instant::now() >= budget {
+                return Ok(tidied);
+            }
+        }
+    }
+
     /// Deletes the results of what `purge` names and then the records
     /// (retention) or marks their results expired (result lifetime), a
     /// batch at a time until none are left or half a cleaner interval has

@@ -334,6 +334,26 @@ impl AsyncApiDao for FaultyDao {
     async fn watch(&self) -> Result<Option<crate::dao::SignalStream>> {
         self.faults.dao("watch", self.inner.watch()).await
     }
+
+    fn keeps_events(&self) -> bool {
+        self.inner.keeps_events()
+    }
+
+    async fn events(
+        &self,
+        stream: crate::dao::EventStream<'_>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<crate::EventPage> {
+        let read = self.inner.events(stream, after, limit);
+        self.faults.dao("events", read).await
+    }
+
+    async fn tidy_events(&self) -> Result<u64> {
+        self.faults
+            .dao("tidy_events", self.inner.tidy_events())
+            .await
+    }
 }
 
 /// A [`ResultStorageEngine`] that forwards to another one, failing or

@@ -278,6 +278,15 @@ pub(crate) trait SqlBackend {
     /// replaced: the text before and after the bound message.
     const EXPIRED_RESULT: [&'static str; 2];
 
+    /// Where the database records status changes (see
+    /// [`keeps_events`](Self::keeps_events)): the text around a statement
+    /// that changes statuses, turning it into one that also records them.
+    /// The statement ends in `RETURNING` with at least `event_from` (the
+    /// status before), `id`, `kind`, `principal_name`, `status` and
+    /// `updated_on`; the whole still returns the statement's rows. `None`
+    /// where nothing is recorded.
+    const RECORD_EVENTS: Option<[&'static str; 2]> = None;
+
     /// The connection pool every query runs on.
     fn pool(&self) -> &sqlx::Pool<Self::Db>;
 
@@ -296,6 +305,34 @@ pub(crate) trait SqlBackend {
 
     /// Status changes pushed by the database, if it can push them.
     fn signals(&self) -> impl Future<Output = Result<Option<SignalStream>>> + Send;
+
+    /// Whether the database records status changes itself (see
+    /// [`AsyncApiDao::keeps_events`](crate::dao::AsyncApiDao::keeps_events)).
+    fn keeps_events(&self) -> bool {
+        false
+    }
+
+    /// A page of the recorded events (see
+    /// [`AsyncApiDao::events`](crate::dao::AsyncApiDao::events)).
+    fn events(
+        &self,
+        stream: crate::dao::EventStream<'_>,
+        after: Option<u64>,
+        limit: usize,
+    ) -> impl Future<Output = Result<crate::EventPage>> + Send {
+        let _ = (stream, after, limit);
+        async {
+            Err(Error::Config {
+                reason: "this job store keeps no events".into(),
+            })
+        }
+    }
+
+    /// Upkeep of the recorded events (see
+    /// [`AsyncApiDao::tidy_events`](crate::dao::AsyncApiDao::tidy_events)).
+    fn tidy_events(&self) -> impl Future<Output = Result<u64>> + Send {
+        async { Ok(0) }
+    }
 }
 
 mod migrate;

@@ -37,7 +37,9 @@ macro_rules! sql_dao {
                 rows: &[(&$crate::model::AsyncQuery, String, String, Option<String>)],
             ) -> std::result::Result<(), sqlx::Error> {
                 use $crate::dao::sql::{micros, millis};
-                let mut insert = sqlx::QueryBuilder::<$db>::new(concat!(
+                let record = <Self as $crate::dao::sql::SqlBackend>::RECORD_EVENTS;
+                let mut insert = sqlx::QueryBuilder::<$db>::new(record.map_or("", |[open, _]| open));
+                insert.push(concat!(
                     "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
                     "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
                     "updated_on, result, lease_owner, lease_expires_at) "
@@ -58,6 +60,12 @@ macro_rules! sql_dao {
                         .push_bind(job.lease.as_ref().map(|l| l.owner))
                         .push_bind(job.lease.as_ref().map(|l| micros(l.expires_at)));
                 });
+                if let Some([_, close]) = record {
+                    insert.push(
+                        " RETURNING NULL AS event_from, id, kind, principal_name, status, updated_on",
+                    );
+                    insert.push(close);
+                }
                 insert.build().execute(&mut *conn).await.map(|_| ())
             }
 
@@ -81,11 +89,12 @@ macro_rules! sql_dao {
                 change: &$crate::dao::StatusChange,
             ) -> $crate::Result<$crate::dao::CasOutcome> {
                 use $crate::dao::sql::{json, lease_mode, micros};
+                let [open, close] = <Self as $crate::dao::sql::SqlBackend>::RECORD_EVENTS.unwrap_or(["", ""]);
                 let sql = format!(
-                    "UPDATE async_query SET status = $1, updated_on = $2, result = COALESCE($3, result), \
+                    "{open}UPDATE async_query SET status = $1, updated_on = $2, result = COALESCE($3, result), \
                      lease_owner = CASE $4 WHEN 1 THEN $5 WHEN 2 THEN NULL ELSE lease_owner END, \
                      lease_expires_at = CASE $4 WHEN 1 THEN $6 WHEN 2 THEN NULL ELSE lease_expires_at END \
-                     WHERE id = $7 AND status = $8 RETURNING {}",
+                     WHERE id = $7 AND status = $8 RETURNING $8 AS event_from, {}{close}",
                     $crate::dao::sql::COLUMNS
                 );
                 let updated = sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
@@ -120,9 +129,9 @@ macro_rules! sql_dao {
                 if claim.limit == 0 {
                     return Ok(Vec::new());
                 }
-                let mut query = sqlx::QueryBuilder::<$db>::new(
-                    "UPDATE async_query SET status = 'PROCESSING', lease_owner = ",
-                );
+                let [open, close] = <Self as $crate::dao::sql::SqlBackend>::RECORD_EVENTS.unwrap_or(["", ""]);
+                let mut query = sqlx::QueryBuilder::<$db>::new(open);
+                query.push("UPDATE async_query SET status = 'PROCESSING', lease_owner = ");
                 query
                     .push_bind(claim.lease.owner)
                     .push(", lease_expires_at = ")
@@ -143,7 +152,10 @@ macro_rules! sql_dao {
                 query
                     .push(format!(" ORDER BY seq LIMIT {}", claim.limit))
                     .push(<Self as $crate::dao::sql::SqlBackend>::CLAIM_LOCK)
-                    .push(format!(") RETURNING seq, {}", $crate::dao::sql::COLUMNS));
+                    .push(format!(
+                        ") RETURNING seq, 'QUEUED' AS event_from, {}{close}",
+                        $crate::dao::sql::COLUMNS
+                    ));
                 let rows = query
                     .build()
                     .fetch_all(&mut *conn)
@@ -361,6 +373,23 @@ macro_rules! sql_dao {
 
             async fn watch(&self) -> $crate::Result<Option<$crate::dao::SignalStream>> {
                 $crate::dao::sql::SqlBackend::signals(self).await
+            }
+
+            fn keeps_events(&self) -> bool {
+                $crate::dao::sql::SqlBackend::keeps_events(self)
+            }
+
+            async fn events(
+                &self,
+                stream: $crate::dao::EventStream<'_>,
+                after: Option<u64>,
+                limit: usize,
+            ) -> $crate::Result<$crate::EventPage> {
+                $crate::dao::sql::SqlBackend::events(self, stream, after, limit).await
+            }
+
+            async fn tidy_events(&self) -> $crate::Result<u64> {
+                $crate::dao::sql::SqlBackend::tidy_events(self).await
             }
 
             async fn delete(&self, ids: &[uuid::Uuid]) -> $crate::Result<u64> {

@@ -8,6 +8,7 @@
 //! [`ResultStorageEngine`]: crate::ResultStorageEngine
 
 mod claims;
+mod events;
 mod lifetime;
 mod records;
 mod status;
@@ -15,6 +16,7 @@ mod storage;
 mod writes;
 
 pub use claims::{dao_claims, dao_clock, dao_leases, dao_list, dao_watch};
+pub use events::dao_events;
 pub use lifetime::dao_expire_results;
 pub use records::sample_job;
 pub use status::{dao_batches, dao_compare_and_set};
@@ -48,4 +50,5 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_delete_expired(dao).await;
     dao_expire_results(dao).await;
     dao_watch(dao).await;
+    dao_events(dao).await;
 }
