@@ -211,6 +211,43 @@ async fn sequential_phases(
     Ok(base_rate)
 }
 
+/// An idle worker elsewhere: a submit-only instance and a worker instance
+/// (polling every 60 s, so only LISTEN/NOTIFY can start the job quickly).
+async fn remote_phase(
+    dao: &PostgresDao,
+    alice: &Principal,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let remote = |pool_size| {
+        AsyncQueryService::builder()
+            .config(Config {
+                pool_size,
+                poll_interval: Duration::from_secs(60),
+                ..Config::default()
+            })
+            .dao(Arc::new(dao.clone()))
+            .executor(Arc::new(Noop))
+            .build()
+    };
+    let submitter = remote(0)?;
+    let worker = remote(2)?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut remote_latency = Vec::with_capacity(LATENCY_JOBS);
+    for _ in 0..LATENCY_JOBS {
+        let t = Instant::now();
+        let job = submitter
+            .submit(alice, SubmitRequest::query("noop"))
+            .await?;
+        assert_eq!(job.status, QueryStatus::Complete);
+        remote_latency.push(t.elapsed());
+    }
+    report(
+        "submit-only instance -> idle worker instance -> COMPLETE seen (sequential)",
+        remote_latency,
+    );
+    drop((submitter, worker));
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("ASYNC_QUERY_TEST_POSTGRES_URL")
@@ -295,46 +332,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         svc.shutdown(Duration::from_secs(5)).await?;
     }
 
-    if quick {
-        pool.close().await;
-        admin
-            .connect()
-            .await?
-            .execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
-            .await?;
-        return Ok(());
+    if !quick {
+        remote_phase(&dao, &alice).await?;
     }
-
-    // An idle worker elsewhere: a submit-only instance and a worker instance
-    // (polling every 60 s, so only LISTEN/NOTIFY can start the job quickly).
-    let remote = |pool_size| {
-        AsyncQueryService::builder()
-            .config(Config {
-                pool_size,
-                poll_interval: Duration::from_secs(60),
-                ..Config::default()
-            })
-            .dao(Arc::new(dao.clone()))
-            .executor(Arc::new(Noop))
-            .build()
-    };
-    let submitter = remote(0)?;
-    let worker = remote(2)?;
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut remote_latency = Vec::with_capacity(LATENCY_JOBS);
-    for _ in 0..LATENCY_JOBS {
-        let t = Instant::now();
-        let job = submitter
-            .submit(&alice, SubmitRequest::query("noop"))
-            .await?;
-        assert_eq!(job.status, QueryStatus::Complete);
-        remote_latency.push(t.elapsed());
-    }
-    report(
-        "submit-only instance -> idle worker instance -> COMPLETE seen (sequential)",
-        remote_latency,
-    );
-    drop((submitter, worker));
     pool.close().await;
     admin
         .connect()
