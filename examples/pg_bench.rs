@@ -114,7 +114,6 @@ async fn service(
             max_queued: JOBS,
             claim_batch,
             event_capacity: 4 * JOBS,
-            cleaner_enabled: std::env::var("PG_BENCH_CLEANER").map_or(true, |v| v != "off"),
             ..Config::default()
         })
         .dao(Arc::new(dao.clone()))

@@ -17,7 +17,7 @@ use async_query::object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
-use async_query::testing::{ScriptedExecutor, storage_conformance};
+use async_query::testing::{ScriptedExecutor, read_object, storage_conformance};
 use async_query::{
     AsyncQueryService, ObjectStoreStorage, QueryStatus, ResultBody, ResultStorageEngine,
 };

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_query::redis::AsyncCommands;
-use async_query::testing::{ScriptedExecutor, storage_conformance};
+use async_query::testing::{ScriptedExecutor, read_object, storage_conformance};
 use async_query::{AsyncQueryService, Error, QueryStatus, RedisStorage, ResultStorageEngine};
 use common::*;
 use futures::StreamExt;

@@ -23,8 +23,8 @@
 use sqlx::Row;
 
 use super::PostgresDao;
-use super::sql::{db_error, status, time};
-use crate::error::{Error, Result};
+use super::sql::{corrupt, db_error, status, time};
+use crate::error::Result;
 use crate::event::{EventPage, EventStream, JobEvent, LoggedEvent};
 
 /// The advisory-lock key numbering serialises on ("asyqevnt").
@@ -141,34 +141,28 @@ const TRIM: &str = "WITH gone AS (
     UPDATE async_query_event_stream s SET dropped = GREATEST(s.dropped, h.dropped)
     FROM highest h WHERE s.stream = h.stream";
 
-/// A page of one stream: the stream's row, and up to `$3` events after
-/// `$2` (none when the stream has no row yet).
-const PAGE_OWNER: &str = "SELECT s.newest, s.dropped, e.pos AS position, e.job_id, e.kind,
-        e.owner, e.from_status, e.to_status, e.at
-    FROM async_query_event_stream s LEFT JOIN LATERAL (
-        SELECT * FROM async_query_event
-        WHERE owner = $4 AND pos > $2 ORDER BY pos LIMIT $3
-    ) e ON true
-    WHERE s.stream = $1
-    ORDER BY e.pos";
-const PAGE_ALL: &str = "SELECT s.newest, s.dropped, e.gpos AS position, e.job_id, e.kind,
-        e.owner, e.from_status, e.to_status, e.at
-    FROM async_query_event_stream s LEFT JOIN LATERAL (
-        SELECT * FROM async_query_event
-        WHERE gpos > $2 ORDER BY gpos LIMIT $3
-    ) e ON true
-    WHERE s.stream = $1
-    ORDER BY e.gpos";
-
-fn corrupt(detail: impl std::fmt::Display) -> Error {
-    Error::dao(
-        "reading job events",
-        format!("stored value is not valid: {detail}"),
+/// A page of `stream`: the stream's row, and up to `$3` events after
+/// position `$2` (none when the stream has no row yet; `$1` is its key);
+/// `$4` is the owner of an owner's stream.
+fn page_sql(stream: EventStream<'_>) -> String {
+    let (column, owner) = match stream {
+        EventStream::Owner(_) => ("pos", "owner = $4 AND "),
+        EventStream::All => ("gpos", ""),
+    };
+    format!(
+        "SELECT s.newest, s.dropped, e.{column} AS position, e.job_id, e.kind,
+            e.owner, e.from_status, e.to_status, e.at
+        FROM async_query_event_stream s LEFT JOIN LATERAL (
+            SELECT * FROM async_query_event
+            WHERE {owner}{column} > $2 ORDER BY {column} LIMIT $3
+        ) e ON true
+        WHERE s.stream = $1
+        ORDER BY e.{column}"
     )
 }
 
 fn position(value: i64) -> Result<u64> {
-    u64::try_from(value).map_err(corrupt)
+    u64::try_from(value).map_err(|e| corrupt("event position", e))
 }
 
 impl PostgresDao {
@@ -212,11 +206,12 @@ impl PostgresDao {
     /// positions after `after` were dropped.
     async fn page(&self, stream: EventStream<'_>, after: u64, limit: usize) -> Result<EventPage> {
         let fail = |e| db_error("reading job events", e);
-        let (key, sql) = match stream {
-            EventStream::Owner(name) => (format!("o:{name}"), PAGE_OWNER),
-            EventStream::All => ("*".to_owned(), PAGE_ALL),
+        let key = match stream {
+            EventStream::Owner(name) => format!("o:{name}"),
+            EventStream::All => "*".to_owned(),
         };
-        let mut query = sqlx::query(sql)
+        let sql = page_sql(stream);
+        let mut query = sqlx::query(&sql)
             .bind(key)
             .bind(i64::try_from(after).unwrap_or(i64::MAX))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX));
@@ -242,7 +237,7 @@ impl PostgresDao {
             let to: String = row.try_get("to_status").map_err(fail)?;
             let event = JobEvent {
                 id: row.try_get("job_id").map_err(fail)?,
-                kind: serde_json::from_str(&kind).map_err(corrupt)?,
+                kind: serde_json::from_str(&kind).map_err(|e| corrupt("event kind", e))?,
                 owner: row.try_get("owner").map_err(fail)?,
                 from: from.as_deref().map(status).transpose()?,
                 to: status(&to)?,
@@ -319,9 +314,12 @@ mod tests {
             )
             .await
             .expect("fill the event table");
-        for (sql, owner) in [(PAGE_OWNER, Some("alice")), (PAGE_ALL, None)] {
-            let key = owner.map_or("*".to_owned(), |o| format!("o:{o}"));
-            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {sql}");
+        for owner in [Some("alice"), None] {
+            let (key, stream) = match owner {
+                Some(o) => (format!("o:{o}"), EventStream::Owner(o)),
+                None => ("*".to_owned(), EventStream::All),
+            };
+            let explain = format!("EXPLAIN (ANALYZE, FORMAT JSON) {}", page_sql(stream));
             let mut query = sqlx::query_scalar::<_, serde_json::Value>(&explain)
                 .bind(key)
                 .bind(5_000_i64)

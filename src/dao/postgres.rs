@@ -320,11 +320,6 @@ impl SqlBackend for PostgresDao {
         Ok(Some(Box::pin(signals)))
     }
 
-    /// Every status change is recorded by a trigger (schema version 5).
-    fn keeps_events(&self) -> bool {
-        true
-    }
-
     async fn events(
         &self,
         stream: super::EventStream<'_>,

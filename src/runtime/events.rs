@@ -114,7 +114,9 @@ impl Runtime {
             hub.admin_role.clone(),
             Arc::clone(&hub.subscribers),
         );
-        hub.tail.notify_one();
+        if hub.shared {
+            hub.tail.notify_one();
+        }
         subscription
     }
 
@@ -175,15 +177,14 @@ impl Runtime {
     /// One round of [`event_tail`](Self::event_tail).
     async fn read_tail(&self, cursor: &mut Option<u64>) -> Result<()> {
         let hub = &self.events;
-        let Some(after) = *cursor else {
-            *cursor = Some(self.dao.events(EventStream::All, None, 0).await?.newest);
-            return Ok(());
+        let mut after = match *cursor {
+            Some(after) if hub.subscribed() => after,
+            // Not following (yet): only keep the cursor at the newest.
+            _ => {
+                *cursor = Some(self.dao.events(EventStream::All, None, 0).await?.newest);
+                return Ok(());
+            }
         };
-        if !hub.subscribed() {
-            *cursor = Some(self.dao.events(EventStream::All, None, 0).await?.newest);
-            return Ok(());
-        }
-        let mut after = after;
         loop {
             let page = self
                 .dao

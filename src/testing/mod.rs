@@ -26,8 +26,8 @@ mod faults;
 pub use conformance::{
     dao_batches, dao_claims, dao_clock, dao_compare_and_set, dao_conformance, dao_create_and_get,
     dao_delete, dao_delete_expired, dao_events, dao_expire_results, dao_leases, dao_list,
-    dao_watch, sample_job, storage_conformance, storage_delete, storage_names, storage_publish,
-    storage_ranges, storage_stale_partials,
+    dao_watch, read_object, sample_job, storage_conformance, storage_delete, storage_names,
+    storage_publish, storage_ranges, storage_stale_partials,
 };
 pub use executor::ScriptedExecutor;
 pub use faults::{Faults, FaultyDao, FaultyStorage, InjectedFault};

@@ -56,21 +56,6 @@ pub fn harness(config: Config) -> Harness {
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
-/// The object `name` of `storage` (or its `range`), read whole; it must
-/// exist.
-pub async fn read_object(
-    storage: &dyn async_query::ResultStorageEngine,
-    name: &str,
-    range: Option<std::ops::Range<u64>>,
-) -> Vec<u8> {
-    let stream = storage
-        .open(name, range)
-        .await
-        .expect("open")
-        .expect("object exists");
-    read_stream(stream).await
-}
-
 /// Every byte of `stream`.
 pub async fn read_stream(stream: async_query::storage::ResultStream) -> Vec<u8> {
     use futures::TryStreamExt;

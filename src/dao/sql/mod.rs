@@ -137,7 +137,7 @@ pub(crate) struct RawJob {
     pub(crate) lease_expires_at: Option<i64>,
 }
 
-fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
     Error::dao(
         format!("reading a job record: {what}"),
         format!("stored value is not valid: {detail}"),
@@ -307,9 +307,10 @@ pub(crate) trait SqlBackend {
     fn signals(&self) -> impl Future<Output = Result<Option<SignalStream>>> + Send;
 
     /// Whether the database records status changes itself (see
-    /// [`AsyncApiDao::keeps_events`](crate::dao::AsyncApiDao::keeps_events)).
+    /// [`AsyncApiDao::keeps_events`](crate::dao::AsyncApiDao::keeps_events)):
+    /// exactly when its statements record them.
     fn keeps_events(&self) -> bool {
-        false
+        Self::RECORD_EVENTS.is_some()
     }
 
     /// A page of the recorded events (see

@@ -21,8 +21,8 @@ pub use lifetime::dao_expire_results;
 pub use records::sample_job;
 pub use status::{dao_batches, dao_compare_and_set};
 pub use storage::{
-    storage_conformance, storage_delete, storage_names, storage_publish, storage_ranges,
-    storage_stale_partials,
+    read_object, storage_conformance, storage_delete, storage_names, storage_publish,
+    storage_ranges, storage_stale_partials,
 };
 pub use writes::{dao_create_and_get, dao_delete, dao_delete_expired};
 

@@ -11,7 +11,13 @@ use uuid::Uuid;
 use crate::error::Error;
 use crate::storage::{ResultStorageEngine, ResultWriter};
 
-async fn read_all(
+/// Every byte of object `name` of `storage` (or of its `range`), for tests
+/// of storage engines.
+///
+/// # Panics
+///
+/// If the object does not exist or cannot be read.
+pub async fn read_object(
     storage: &dyn ResultStorageEngine,
     name: &str,
     range: Option<std::ops::Range<u64>>,
@@ -85,7 +91,7 @@ pub async fn storage_publish(storage: &dyn ResultStorageEngine) {
     );
 
     assert_eq!(
-        read_all(storage, &name, None).await,
+        read_object(storage, &name, None).await,
         body,
         "read must return what was written"
     );
@@ -97,12 +103,12 @@ pub async fn storage_publish(storage: &dyn ResultStorageEngine) {
     // replacing is atomic: readers see the old object until publish
     let writer = written(storage, &name, b"new").await;
     assert_eq!(
-        read_all(storage, &name, None).await,
+        read_object(storage, &name, None).await,
         body,
         "the old object must stay until publish"
     );
     writer.publish().await.expect("publish failed");
-    assert_eq!(read_all(storage, &name, None).await, b"new");
+    assert_eq!(read_object(storage, &name, None).await, b"new");
 
     // abort and drop leave nothing
     let aborted = format!("conformance-{}", Uuid::new_v4().simple());
@@ -122,7 +128,7 @@ pub async fn storage_publish(storage: &dyn ResultStorageEngine) {
         .publish()
         .await
         .expect("publish failed");
-    assert_eq!(read_all(storage, &empty, None).await, b"");
+    assert_eq!(read_object(storage, &empty, None).await, b"");
     assert!(storage.delete(&empty).await.expect("delete failed"));
 
     assert!(storage.delete(&name).await.expect("delete failed"));
@@ -141,7 +147,7 @@ pub async fn storage_ranges(storage: &dyn ResultStorageEngine) {
 
     // whole reads, lengths, ranges
     assert_eq!(
-        read_all(storage, &name, None).await,
+        read_object(storage, &name, None).await,
         body,
         "read must return what was written"
     );
@@ -163,7 +169,7 @@ pub async fn storage_ranges(storage: &dyn ResultStorageEngine) {
             range.start..end,
             "the range end must be clamped"
         );
-        let got = read_all(storage, &name, Some(range.clone())).await;
+        let got = read_object(storage, &name, Some(range.clone())).await;
         assert_eq!(
             got,
             body[range.start as usize..end as usize],
@@ -254,7 +260,7 @@ pub async fn storage_stale_partials(storage: &dyn ResultStorageEngine) {
         .expect("remove_stale_partials failed twice");
     assert_absent(storage, &lost, "a partial object must never be visible").await;
     assert_eq!(
-        read_all(storage, &kept, None).await,
+        read_object(storage, &kept, None).await,
         b"published",
         "removing stale partials must not touch published objects"
     );
