@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_query::dao::{EventStream, StatusChange};
-use async_query::testing::{ScriptedExecutor, sample_job};
-use async_query::{AsyncApiDao, AsyncQueryService, Config, JobEvent, QueryStatus, SubmitRequest};
+use async_query::testing::{FaultyDao, ScriptedExecutor, sample_job};
+use async_query::{
+    AsyncApiDao, AsyncQueryService, Config, Error, JobEvent, QueryStatus, SubmitRequest,
+};
 use common::*;
 use sqlx::Connection;
 
@@ -138,11 +140,11 @@ async fn a_change_that_commits_late_is_not_skipped() {
     let now = chrono::Utc::now();
     let late = sample_job(now);
     dao.create(&late).await.unwrap();
-    let head = |page: async_query::EventPage| page.newest;
     let mut after = 0;
     // Read until the creation is numbered.
     while after == 0 {
-        after = head(dao.events(EventStream::All, None, 0).await.unwrap());
+        after = dao.events(EventStream::All, None, 0).await.unwrap().newest;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
     let mut slow = sqlx::PgConnection::connect(&db.url).await.unwrap();
@@ -215,7 +217,7 @@ async fn streams_are_trimmed_per_principal_and_old_cursors_missed_events() {
     let mut bobs = sample_job(now);
     bobs.principal.name = "bob".into();
     dao.create(&bobs).await.unwrap();
-    let owner = alices_owner(&dao, alices[0]).await;
+    let owner = sample_job(now).principal.name;
     // The cleaner's upkeep: 7 events numbered, then trimmed.
     let mut tidied = 0;
     for _ in 0..500 {
@@ -253,6 +255,73 @@ async fn streams_are_trimmed_per_principal_and_old_cursors_missed_events() {
     db.drop_db().await;
 }
 
-async fn alices_owner(dao: &async_query::dao::PostgresDao, id: uuid::Uuid) -> String {
-    dao.get(id).await.unwrap().expect("the job").principal.name
+/// The cleaner trims through the service: with 2 events kept per
+/// principal, alice's 6 changes leave her newest 2, and a cursor from the
+/// start has missed the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cleaner_trims_each_principals_stream() {
+    let Some(db) = pg::fresh().await else { return };
+    let dao: Arc<dyn AsyncApiDao> = Arc::new(db.dao.clone().keep_events(2));
+    let service = AsyncQueryService::builder()
+        .config(Config {
+            cleaner_interval: Duration::from_millis(100),
+            ..Config::default()
+        })
+        .dao(dao)
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let job = service
+            .submit(&alice(), SubmitRequest::query("sleep 0"))
+            .await
+            .unwrap();
+        assert_eq!(job.status, QueryStatus::Complete);
+    }
+    let page = read(&service, &alice(), |p| {
+        p.events.first().is_some_and(|e| e.seq == 5)
+    })
+    .await;
+    assert_eq!(
+        page.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [5, 6]
+    );
+    let from_start = service.events_after(&alice(), Some(0), 10).await.unwrap();
+    assert!(from_start.missed);
+    service.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
+}
+
+/// While the store fails, `events_after` reports it (`Error::Dao`) and a
+/// subscription waits; once the store is back, the subscription receives
+/// the changes made meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_survive_a_failing_store() {
+    let Some(db) = pg::fresh().await else { return };
+    let (faulty, faults) = FaultyDao::new(Arc::new(db.dao.clone()));
+    let service = AsyncQueryService::builder()
+        .config(Config {
+            poll_interval: Duration::from_millis(50),
+            ..Config::default()
+        })
+        .dao(Arc::new(faulty))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let mut events = service.subscribe(&alice());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    faults.only(&["events"]);
+    faults.fail_always(true);
+    let failed = service.events_after(&alice(), None, 10).await;
+    assert!(matches!(failed, Err(Error::Dao { .. })), "{failed:?}");
+    let job = service
+        .submit(&alice(), SubmitRequest::query("sleep 0"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    faults.fail_always(false);
+    let done = next_of(&mut events, job.id).await;
+    assert_eq!(done.id, job.id);
+    service.shutdown(Duration::from_secs(5)).await.unwrap();
+    db.drop_db().await;
 }
