@@ -1,6 +1,6 @@
-//! The SQL Lab's pieces, shared by `examples/sql_lab.rs` and
-//! `tests/http.rs`: a demo SQLite database and a read-only, interruptible
-//! SQL executor.
+//! The SQL Lab's pieces, shared by `examples/sql_lab.rs`, `tests/http.rs`
+//! and `tests/two_instances.rs`: a demo SQLite database and a read-only,
+//! interruptible SQL executor.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -44,6 +44,32 @@ pub fn create_demo_database(path: &Path, orders: u64) -> rusqlite::Result<()> {
          CREATE INDEX orders_customer ON orders(customer_id);
          COMMIT;"
     ))
+}
+
+/// The demo database at `path` with `orders` rows: the file there if it is
+/// a complete one of that size, otherwise built (in a file of its own,
+/// renamed into place, so that instances starting together never see half
+/// of one). Returns whether it was built.
+#[allow(dead_code)] // Used by the example and tests/two_instances.rs.
+pub fn ensure_demo_database(path: &Path, orders: u64) -> rusqlite::Result<bool> {
+    let complete = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|conn| {
+            conn.query_row("SELECT max(id) FROM orders", [], |row| {
+                row.get::<_, Option<i64>>(0)
+            })
+        })
+        .is_ok_and(|max| max.is_some_and(|max| u64::try_from(max) == Ok(orders)));
+    if complete {
+        return Ok(false);
+    }
+    let building = path.with_extension(format!("building-{}", std::process::id()));
+    create_demo_database(&building, orders)?;
+    std::fs::rename(&building, path).map_err(|e| {
+        rusqlite::Error::InvalidPath(
+            format!("{} → {}: {e}", building.display(), path.display()).into(),
+        )
+    })?;
+    Ok(true)
 }
 
 /// Runs read-only SQL against one SQLite file: queries answer a JSON array

@@ -1,0 +1,237 @@
+//! The SQL Lab server, shared by `examples/sql_lab.rs` and
+//! `tests/two_instances.rs`: settings from `SQL_LAB_*` variables, a service
+//! over the job store and result storage they name, and the HTTP routes.
+//!
+//! One instance runs on embedded SQLite and a local directory. Several
+//! instances behind a load balancer share a PostgreSQL job store and an S3
+//! bucket (or Redis) for results: each serves the whole API for every job,
+//! whichever instance runs it.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_query::http::{self, DownloadLinks, HeaderPrincipal, HttpOptions};
+use async_query::{AsyncApiDao, AsyncQueryService, Config, ResultStorageEngine};
+
+use crate::lab;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How long a signed download link is valid.
+const LINK_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// What one SQL Lab instance serves, and on what.
+pub struct LabSettings {
+    /// Where to listen (`SQL_LAB_ADDR`, default `127.0.0.1:8080`; port 0
+    /// picks a free one).
+    pub addr: String,
+    /// The demo SQLite database the queries read (`SQL_LAB_DEMO`, default
+    /// `target/sql_lab/demo.db`); built if it is missing or has another
+    /// size.
+    pub demo: PathBuf,
+    /// Rows of its `orders` table (`SQL_LAB_ROWS`, default 1,000,000).
+    pub rows: u64,
+    /// The job store (`SQL_LAB_JOBS`): a `sqlite://` URL (default
+    /// `target/sql_lab/jobs.db`, one instance) or a `postgres://` URL
+    /// (feature `postgres`, any number of instances).
+    pub jobs: String,
+    /// Where exports go (`SQL_LAB_RESULTS`): a directory (default
+    /// `target/sql_lab/exports`), `s3://bucket[/prefix]` (feature `s3`;
+    /// credentials, region and endpoint from the usual `AWS_*` variables)
+    /// or a `redis://` URL (feature `redis`).
+    pub results: String,
+    /// Signs download links with this key (`SQL_LAB_LINK_KEY`, at least 32
+    /// bytes, the same on every instance): finished exports' `url` is then
+    /// a link valid for 15 minutes (presigned by S3 when results are
+    /// there).
+    pub link_key: Option<String>,
+    /// The service's settings. `instance_id` comes from `SQL_LAB_INSTANCE`
+    /// (a UUID; keep it across restarts so that a restarted instance ends
+    /// its interrupted jobs at once), otherwise it is random.
+    pub config: Config,
+}
+
+impl LabSettings {
+    /// The settings from `SQL_LAB_*` variables, with defaults for one
+    /// instance under `target/sql_lab/`.
+    pub fn from_env() -> Result<Self, BoxError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sql_lab");
+        let rows = match var("SQL_LAB_ROWS") {
+            Some(rows) => rows
+                .parse()
+                .map_err(|e| format!("SQL_LAB_ROWS={rows} is not a row count: {e}"))?,
+            None => 1_000_000,
+        };
+        let instance_id = match var("SQL_LAB_INSTANCE") {
+            Some(id) => id
+                .parse()
+                .map_err(|e| format!("SQL_LAB_INSTANCE={id} is not a UUID: {e}"))?,
+            None => uuid::Uuid::new_v4(),
+        };
+        Ok(LabSettings {
+            addr: var("SQL_LAB_ADDR").unwrap_or_else(|| "127.0.0.1:8080".into()),
+            demo: var("SQL_LAB_DEMO").map_or_else(|| dir.join("demo.db"), PathBuf::from),
+            rows,
+            jobs: var("SQL_LAB_JOBS")
+                .unwrap_or_else(|| format!("sqlite://{}", dir.join("jobs.db").display())),
+            results: var("SQL_LAB_RESULTS")
+                .unwrap_or_else(|| dir.join("exports").display().to_string()),
+            link_key: var("SQL_LAB_LINK_KEY"),
+            config: Config {
+                max_async_after: Duration::from_secs(10),
+                append_file_extension: true,
+                instance_id,
+                ..Config::default()
+            },
+        })
+    }
+}
+
+/// A started SQL Lab instance: bound, not serving yet.
+pub struct Lab {
+    /// The address it listens on.
+    pub addr: SocketAddr,
+    /// Its service.
+    pub service: AsyncQueryService,
+    /// Where its jobs and results are, for the start-up message.
+    pub describe: String,
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+}
+
+impl Lab {
+    /// Builds the demo database if needed, opens the job store and result
+    /// storage, starts the service and binds the address.
+    pub async fn start(settings: LabSettings) -> Result<Lab, BoxError> {
+        if let Some(dir) = settings.demo.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let (demo, rows) = (settings.demo.clone(), settings.rows);
+        let started = std::time::Instant::now();
+        if tokio::task::spawn_blocking(move || lab::ensure_demo_database(&demo, rows)).await?? {
+            println!(
+                "demo database {} ({rows} orders) built in {:.1?}",
+                settings.demo.display(),
+                started.elapsed()
+            );
+        }
+        let dao = open_jobs(&settings.jobs).await?;
+        let storage = open_results(&settings.results).await?;
+        let executor =
+            lab::SqlExecutor::new(&settings.demo, settings.config.max_inline_result_bytes);
+        let service = AsyncQueryService::builder()
+            .config(settings.config)
+            .dao(dao)
+            .storage(storage)
+            .executor(Arc::new(executor))
+            .build()?;
+        let mut options = HttpOptions::default();
+        if let Some(key) = &settings.link_key {
+            options = options.with_download_links(DownloadLinks::new(key, LINK_LIFETIME)?);
+        }
+        let app = http::router_with_options(service.clone(), HeaderPrincipal, options);
+        let listener = tokio::net::TcpListener::bind(&settings.addr)
+            .await
+            .map_err(|e| format!("listening on {}: {e}", settings.addr))?;
+        Ok(Lab {
+            addr: listener.local_addr()?,
+            service,
+            describe: format!(
+                "jobs in {}, results in {}",
+                redact(&settings.jobs),
+                redact(&settings.results)
+            ),
+            listener,
+            app,
+        })
+    }
+
+    /// Serves until `stop` resolves, then stops the service: jobs still
+    /// running after 5 s end `TIMEDOUT`.
+    pub async fn serve(
+        self,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), BoxError> {
+        axum::serve(self.listener, self.app)
+            .with_graceful_shutdown(stop)
+            .await?;
+        let report = self.service.shutdown(Duration::from_secs(5)).await?;
+        println!(
+            "stopped; {} running job(s) ended TIMEDOUT",
+            report.stopped.len()
+        );
+        Ok(())
+    }
+}
+
+/// `url` without a password.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn open_jobs(url: &str) -> Result<Arc<dyn AsyncApiDao>, BoxError> {
+    if url.starts_with("sqlite:") {
+        let dao = async_query::dao::SqliteDao::connect(url).await?;
+        dao.migrate().await?;
+        return Ok(Arc::new(dao));
+    }
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        #[cfg(feature = "postgres")]
+        {
+            let dao = async_query::dao::PostgresDao::connect(url).await?;
+            dao.migrate().await?;
+            return Ok(Arc::new(dao));
+        }
+        #[cfg(not(feature = "postgres"))]
+        return Err("SQL_LAB_JOBS is a PostgreSQL URL: run with --features postgres".into());
+    }
+    Err(format!("SQL_LAB_JOBS={url}: expected a sqlite:// or postgres:// URL").into())
+}
+
+async fn open_results(place: &str) -> Result<Arc<dyn ResultStorageEngine>, BoxError> {
+    if let Some(bucket) = place.strip_prefix("s3://") {
+        #[cfg(feature = "s3")]
+        {
+            use async_query::object_store::aws::AmazonS3Builder;
+            use async_query::storage::ObjectStoreStorage;
+            let (bucket, prefix) = bucket.split_once('/').unwrap_or((bucket, ""));
+            let s3 = Arc::new(
+                AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .build()
+                    .map_err(|e| format!("SQL_LAB_RESULTS={place}: {e}"))?,
+            );
+            let storage = ObjectStoreStorage::new(s3.clone())
+                .with_prefix(prefix)
+                .with_signer(s3);
+            return Ok(Arc::new(storage));
+        }
+        #[cfg(not(feature = "s3"))]
+        {
+            let _ = bucket;
+            return Err("SQL_LAB_RESULTS is an s3:// URL: run with --features s3".into());
+        }
+    }
+    if place.starts_with("redis://") || place.starts_with("rediss://") {
+        #[cfg(feature = "redis")]
+        return Ok(Arc::new(
+            async_query::storage::RedisStorage::connect(place).await?,
+        ));
+        #[cfg(not(feature = "redis"))]
+        return Err("SQL_LAB_RESULTS is a Redis URL: run with --features redis".into());
+    }
+    Ok(Arc::new(async_query::FileSystemStorage::new(place).await?))
+}
