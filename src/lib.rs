@@ -75,6 +75,7 @@ pub mod error;
 pub mod event;
 pub mod executor;
 pub mod format;
+pub mod history;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod model;

@@ -230,6 +230,43 @@ impl AsyncQueryService {
         self.inner.get(principal, id).await
     }
 
+    /// A page of job history: `principal`'s jobs, or everyone's for an
+    /// admin, filtered and ordered by `query`, answered from the store's
+    /// index (see [`AsyncApiDao::history`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> async_query::Result<()> {
+    /// use async_query::history::HistoryQuery;
+    /// use async_query::testing::ScriptedExecutor;
+    /// use async_query::{AsyncQueryService, Principal, SubmitRequest};
+    /// let service = AsyncQueryService::builder()
+    ///     .executor(std::sync::Arc::new(ScriptedExecutor::new()))
+    ///     .build()?;
+    /// let alice = Principal::new("alice");
+    /// for n in 0..3 {
+    ///     service.submit(&alice, SubmitRequest::query(format!("sleep {n}"))).await?;
+    /// }
+    /// let first = service.list(&alice, &HistoryQuery::new().with_page_size(2)).await?;
+    /// assert_eq!(first.jobs.len(), 2);
+    /// let cursor = first.next.expect("a second page");
+    /// let second = service.list(&alice, &HistoryQuery::new().with_page_size(2).after(cursor)).await?;
+    /// assert_eq!((second.jobs.len(), second.next), (1, None));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] for a page size of 0 or a cursor this
+    /// service did not hand out; [`Error::Dao`] if the store fails.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        query: &crate::history::HistoryQuery,
+    ) -> Result<crate::history::HistoryPage> {
+        self.inner.history(principal, query).await
+    }
+
     /// Waits up to `timeout` for a job to reach a terminal status and returns
     /// it as it is then (terminal or not).
     ///

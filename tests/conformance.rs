@@ -35,6 +35,7 @@ async fn each_area_runs_on_its_own() {
     dao_watch(&dao).await;
     dao_delete(&dao).await;
     dao_list(&dao).await;
+    dao_history(&dao).await;
     dao_leases(&dao).await;
     dao_claims(&dao).await;
     dao_batches(&dao).await;

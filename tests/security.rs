@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use async_query::{Error, QueryStatus, SubmitRequest};
+use async_query::{Config, Error, QueryStatus, SubmitRequest};
 use common::*;
 
 #[tokio::test(start_paused = true)]
@@ -84,4 +84,88 @@ async fn the_admin_role_is_configurable() {
     );
     let ops = async_query::Principal::new("carol").with_role("ops");
     assert!(h.service.get(&ops, job.id).await.is_ok());
+}
+
+#[tokio::test(start_paused = true)]
+async fn history_lists_ones_own_jobs_and_an_admin_everyones() {
+    use async_query::dao::KindFilter;
+    use async_query::history::HistoryQuery;
+    let h = harness(Config {
+        max_queued: 100,
+        ..config()
+    });
+    let mut alices = Vec::new();
+    for n in 0..5 {
+        let request = if n == 2 {
+            SubmitRequest::export("block", async_query::ExportFormat::Csv)
+        } else {
+            SubmitRequest::query("block")
+        };
+        alices.push(
+            submit(&h.service, request.with_async_after(Duration::ZERO))
+                .await
+                .id,
+        );
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    let bob_job = h
+        .service
+        .submit(
+            &bob(),
+            SubmitRequest::query("block").with_async_after(Duration::ZERO),
+        )
+        .await
+        .unwrap()
+        .id;
+    let newest_first: Vec<_> = alices.iter().rev().copied().collect();
+    let ids = |page: &async_query::history::HistoryPage| {
+        page.jobs.iter().map(|j| j.id).collect::<Vec<_>>()
+    };
+
+    // Alice pages through her own jobs, two at a time; asking for bob's
+    // changes nothing.
+    let mut query = HistoryQuery::new().with_page_size(2);
+    query.principal = Some("bob".into());
+    let mut seen = Vec::new();
+    loop {
+        let page = h.service.list(&alice(), &query).await.unwrap();
+        seen.extend(ids(&page));
+        match page.next {
+            Some(next) => query = query.after(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, newest_first);
+    let bobs = h.service.list(&bob(), &HistoryQuery::new()).await.unwrap();
+    assert_eq!(ids(&bobs), vec![bob_job]);
+
+    // An admin sees everyone's, or one principal's.
+    let all = h
+        .service
+        .list(&admin(), &HistoryQuery::new())
+        .await
+        .unwrap();
+    assert_eq!(all.jobs.len(), 6);
+    assert_eq!(all.jobs[0].id, bob_job, "newest first");
+    let mut only_bob = HistoryQuery::new();
+    only_bob.principal = Some("bob".into());
+    let page = h.service.list(&admin(), &only_bob).await.unwrap();
+    assert_eq!(ids(&page), vec![bob_job]);
+
+    // Filters: the one export, and statuses.
+    let exports = HistoryQuery::new().with_kind(KindFilter::TableExport);
+    let page = h.service.list(&alice(), &exports).await.unwrap();
+    assert_eq!(ids(&page), vec![alices[2]]);
+    h.service.cancel(&alice(), alices[0]).await.unwrap();
+    let ended =
+        HistoryQuery::new().with_statuses([QueryStatus::CancelComplete, QueryStatus::Cancelled]);
+    let page = h.service.list(&alice(), &ended).await.unwrap();
+    assert_eq!(ids(&page), vec![alices[0]]);
+
+    // A cursor that was not handed out is a clear error.
+    let forged = HistoryQuery::new().after("not-a-cursor");
+    assert!(matches!(
+        h.service.list(&alice(), &forged).await,
+        Err(Error::InvalidRequest { .. })
+    ));
 }

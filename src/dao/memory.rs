@@ -228,6 +228,13 @@ impl AsyncApiDao for MemoryDao {
             .collect())
     }
 
+    /// As the default, copying only the page (in linear time; no index).
+    async fn history(&self, filter: &super::HistoryFilter) -> Result<Vec<AsyncQuery>> {
+        let state = self.lock();
+        let page = filter.select(state.jobs.values().map(|entry| &entry.job));
+        Ok(page.into_iter().cloned().collect())
+    }
+
     /// As the default, without copying the records (and their bodies).
     async fn delete_expired(
         &self,

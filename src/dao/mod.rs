@@ -13,6 +13,7 @@ use crate::event::EventPage;
 pub use crate::event::EventStream;
 use crate::model::{AsyncQuery, Lease, QueryStatus};
 
+mod history;
 mod memory;
 #[cfg(feature = "postgres")]
 mod pg_events;
@@ -24,6 +25,7 @@ pub(crate) mod sql;
 mod sqlite;
 mod types;
 
+pub use history::{HistoryFilter, HistoryOrder, HistoryPosition, KindFilter};
 pub use memory::MemoryDao;
 #[cfg(feature = "postgres")]
 pub use postgres::{EVENTS_PER_PRINCIPAL, PostgresDao};
@@ -196,6 +198,22 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     ///
     /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>>;
+
+    /// A page of job history: the records `filter` matches, in its order,
+    /// after its position, at most its limit.
+    ///
+    /// The default reads every record with [`list`](Self::list) and
+    /// selects in memory ([`HistoryFilter::select`]). A back-end that keeps
+    /// many records should answer from an index on `(principal, created_on,
+    /// id)` and one on `(created_on, id)`, as the built-in SQL back-ends do.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
+    async fn history(&self, filter: &HistoryFilter) -> Result<Vec<AsyncQuery>> {
+        let all = self.list(&ListFilter::default()).await?;
+        Ok(filter.select(&all).into_iter().cloned().collect())
+    }
 
     /// Deletes the records with these ids; returns how many existed.
     ///

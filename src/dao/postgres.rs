@@ -129,7 +129,8 @@ impl PostgresDao {
         let v3 = QUEUE_INDEX_V3.iter().map(|s| s.to_string()).collect();
         let v4 = results_index(<Self as SqlBackend>::BODY_TYPE);
         let v5 = super::pg_events::schema_v5();
-        self.apply_migrations(vec![v1, v2, v3, v4, v5], Some(lock))
+        let v6 = super::sql::history_indexes();
+        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6], Some(lock))
             .await
     }
 }

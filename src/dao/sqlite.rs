@@ -73,7 +73,8 @@ impl SqliteDao {
     pub async fn migrate(&self) -> Result<()> {
         let v1 = schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "INTEGER");
         let v2 = super::sql::results_index(<Self as SqlBackend>::BODY_TYPE);
-        self.apply_migrations(vec![v1, v2], None).await
+        let v3 = super::sql::history_indexes();
+        self.apply_migrations(vec![v1, v2, v3], None).await
     }
 }
 

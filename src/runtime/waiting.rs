@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::Runtime;
 use crate::error::{Error, Result};
+use crate::history::{HistoryPage, HistoryQuery};
 use crate::model::{AsyncQuery, Principal};
 
 /// Wakes waiters that follow jobs through the DAO.
@@ -51,6 +52,16 @@ impl Runtime {
             .await?
             .filter(|job| job.is_visible_to(principal, &self.config.admin_role))
             .ok_or(Error::NotFound { id })
+    }
+
+    pub(crate) async fn history(
+        &self,
+        principal: &Principal,
+        query: &HistoryQuery,
+    ) -> Result<HistoryPage> {
+        let filter = query.filter(principal, &self.config.admin_role)?;
+        let jobs = self.dao.history(&filter).await?;
+        Ok(HistoryPage::from_records(jobs, &filter))
     }
 
     pub(crate) async fn wait(

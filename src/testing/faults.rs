@@ -287,6 +287,10 @@ impl AsyncApiDao for FaultyDao {
         self.faults.dao("list", self.inner.list(filter)).await
     }
 
+    async fn history(&self, filter: &crate::dao::HistoryFilter) -> Result<Vec<AsyncQuery>> {
+        self.faults.dao("history", self.inner.history(filter)).await
+    }
+
     async fn delete(&self, ids: &[Uuid]) -> Result<u64> {
         self.faults.dao("delete", self.inner.delete(ids)).await
     }

@@ -336,8 +336,10 @@ pub(crate) trait SqlBackend {
     }
 }
 
+mod history;
 mod migrate;
 mod retention;
+pub(crate) use history::{history_indexes, history_query};
 pub(crate) use migrate::sql_migrations;
 pub(crate) use retention::sql_retention;
 mod queries;

@@ -367,6 +367,18 @@ macro_rules! sql_dao {
                 $crate::dao::sql::into_jobs(rows)
             }
 
+            async fn history(
+                &self,
+                filter: &$crate::dao::HistoryFilter,
+            ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
+                let rows = $crate::dao::sql::history_query::<$db>("", filter)?
+                    .build_query_as::<$crate::dao::sql::RawJob>()
+                    .fetch_all($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("reading job history", e))?;
+                $crate::dao::sql::into_jobs(rows)
+            }
+
             async fn now(&self) -> $crate::Result<Option<chrono::DateTime<chrono::Utc>>> {
                 $crate::dao::sql::SqlBackend::clock(self).await
             }

@@ -9,6 +9,7 @@
 
 mod claims;
 mod events;
+mod history;
 mod lifetime;
 mod records;
 mod status;
@@ -17,6 +18,7 @@ mod writes;
 
 pub use claims::{dao_claims, dao_clock, dao_leases, dao_list, dao_watch};
 pub use events::dao_events;
+pub use history::dao_history;
 pub use lifetime::dao_expire_results;
 pub use records::sample_job;
 pub use status::{dao_batches, dao_compare_and_set};
@@ -46,6 +48,7 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_leases(dao).await;
     dao_clock(dao).await;
     dao_list(dao).await;
+    dao_history(dao).await;
     dao_delete(dao).await;
     dao_delete_expired(dao).await;
     dao_expire_results(dao).await;
