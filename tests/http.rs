@@ -715,7 +715,7 @@ async fn every_error_is_a_json_api_error_with_the_right_status() {
         (Method::GET, "/export/..%2F..%2Fetc%2Fpasswd".into(), None, String::new(), StatusCode::BAD_REQUEST, "invalid_id"),
         (Method::GET, "/nowhere".into(), None, String::new(), StatusCode::NOT_FOUND, "no_route"),
         (Method::DELETE, format!("/asyncQuery/{id}"), None, String::new(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
-        (Method::GET, "/asyncQuery".into(), None, String::new(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+        (Method::PUT, "/asyncQuery".into(), None, String::new(), StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         (Method::POST, "/asyncQuery".into(), Some("text/plain"), good.to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         (Method::POST, "/asyncQuery".into(), None, good.to_string(), StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
         (Method::POST, "/asyncQuery".into(), Some(JSON_API), "x".repeat(2 << 20), StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -1399,4 +1399,108 @@ async fn created_jobs_have_a_location_that_reads_them_back() {
             assert_eq!(read["data"]["id"], created["data"]["id"]);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_listed_by_collection_filtered_and_paged_by_cursor() {
+    let (server, _) = sql_server().await;
+    let mut queries = Vec::new();
+    for n in 1..=3 {
+        let (status, created) = server
+            .post(
+                "asyncQuery",
+                "alice",
+                &format!("SELECT {n} AS n"),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        queries.push(created["data"]["id"].as_str().expect("id").to_owned());
+    }
+    let (_, export) = server
+        .post(
+            "tableExport",
+            "alice",
+            "SELECT 1 AS one",
+            json!({ "resultType": "CSV", "asyncAfterSeconds": 10 }),
+        )
+        .await;
+    let export = export["data"]["id"].as_str().expect("id").to_owned();
+    let (_, bobs) = server
+        .post("asyncQuery", "bob", "SELECT 4 AS n", json!({}))
+        .await;
+    let bobs = bobs["data"]["id"].as_str().expect("id").to_owned();
+    let ids = |page: &Value| -> Vec<String> {
+        page["data"]
+            .as_array()
+            .expect("data")
+            .iter()
+            .map(|job| job["id"].as_str().expect("id").to_owned())
+            .collect()
+    };
+    let get = |path: String, user: &'static str| {
+        let server = &server;
+        async move { server.send(Method::GET, &path, user, None).await }
+    };
+
+    // Alice's queries, newest first, two per page, following links.next.
+    let newest_first: Vec<String> = queries.iter().rev().cloned().collect();
+    let (status, first) = get("/asyncQuery?page[size]=2".into(), "alice").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    assert_eq!(ids(&first), newest_first[..2]);
+    assert_eq!(first["meta"]["pageSize"], 2);
+    assert_eq!(first["data"][0]["attributes"]["status"], "COMPLETE");
+    let next = first["links"]["next"]
+        .as_str()
+        .expect("a next page")
+        .to_owned();
+    assert!(next.starts_with("/asyncQuery?"), "{next}");
+    let (_, second) = get(next, "alice").await;
+    assert_eq!(ids(&second), newest_first[2..]);
+    assert_eq!(second["links"]["next"], Value::Null, "the last page");
+    let (_, oldest) = get("/asyncQuery?sort=createdOn".into(), "alice").await;
+    assert_eq!(ids(&oldest), queries);
+
+    // Each collection lists its own kind; bob sees his; an admin everyone's.
+    let (_, exports) = get("/tableExport".into(), "alice").await;
+    assert_eq!(ids(&exports), [export]);
+    let (_, of_bob) = get("/asyncQuery".into(), "bob").await;
+    assert_eq!(ids(&of_bob), std::slice::from_ref(&bobs));
+    let (_, everyone) = get("/asyncQuery".into(), "root").await;
+    assert_eq!(ids(&everyone).len(), 4);
+    let (_, only_bob) = get("/asyncQuery?filter[principalName]=bob".into(), "root").await;
+    assert_eq!(ids(&only_bob), [bobs]);
+    let (_, not_for_alice) = get("/asyncQuery?filter[principalName]=bob".into(), "alice").await;
+    assert_eq!(
+        ids(&not_for_alice),
+        newest_first,
+        "only admins choose whose jobs"
+    );
+    let (_, failed) = get(
+        "/asyncQuery?filter[status]=FAILURE,TIMEDOUT".into(),
+        "alice",
+    )
+    .await;
+    assert_eq!(failed["data"], json!([]));
+    let (_, done) = get("/asyncQuery?filter%5Bstatus%5D=COMPLETE".into(), "alice").await;
+    assert_eq!(ids(&done), newest_first, "percent-encoded names work too");
+    let (_, none_yet) = get(
+        "/asyncQuery?filter[createdBefore]=2000-01-01T00:00:00Z".into(),
+        "alice",
+    )
+    .await;
+    assert_eq!(none_yet["data"], json!([]));
+
+    for bad in [
+        "filter[status]=NOPE",
+        "sort=name",
+        "page[size]=0",
+        "filter[createdFrom]=yesterday",
+        "filter[colour]=red",
+    ] {
+        let answer = get(format!("/asyncQuery?{bad}"), "alice").await;
+        refused(&answer, StatusCode::BAD_REQUEST, "invalid_parameter");
+    }
+    let forged = get("/asyncQuery?page[cursor]=forged".into(), "alice").await;
+    refused(&forged, StatusCode::BAD_REQUEST, "invalid_parameter");
 }

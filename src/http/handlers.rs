@@ -22,7 +22,7 @@ use crate::request::CancelOutcome;
 
 type Answer = Result<Response, ApiError>;
 
-async fn principal<R: PrincipalResolver>(
+pub(super) async fn principal<R: PrincipalResolver>(
     app: &App<R>,
     parts: &Parts,
 ) -> Result<Principal, ApiError> {
@@ -130,7 +130,7 @@ async fn job_document<R>(app: &App<R>, job: &AsyncQuery, meta: Option<Value>) ->
 /// With download links configured, the link to a finished export: the
 /// store's presigned URL if it can sign, else the `/export` path signed
 /// with the links' key.
-async fn download_link<R>(app: &App<R>, job: &AsyncQuery) -> Option<String> {
+pub(super) async fn download_link<R>(app: &App<R>, job: &AsyncQuery) -> Option<String> {
     let links = app.options.download_links.as_ref()?;
     let name = match &job.result {
         Some(result) if job.status == QueryStatus::Complete => match &result.body {

@@ -42,6 +42,7 @@
 //! | method and path | what it does | success |
 //! |---|---|---|
 //! | `POST /asyncQuery`, `POST /tableExport` | submit; answers after the async-after wait | 201 with `Location: …/{type}/{id}` |
+//! | `GET /asyncQuery`, `GET /tableExport` | the caller's jobs of that kind (an admin's: everyone's), newest first; `filter[status]=A,B`, `filter[createdFrom]`, `filter[createdBefore]` (RFC 3339), `filter[principalName]` (admins), `sort=createdOn` or `-createdOn`, `page[size]` (default 100, at most 1,000), `page[cursor]`; `links.next` is the next page | 200 |
 //! | `GET /asyncQuery/{id}`, `GET /tableExport/{id}` | the record | 200 |
 //! | `PATCH /asyncQuery/{id}`, `PATCH /tableExport/{id}` | `status: "CANCELLED"` cancels | 200 |
 //! | `GET /export/{id}[.ext]` | the stored export; `Range` gives 206; with `?expires=…&signature=…` (see [`DownloadLinks`]) no principal is needed | 200, 206 |
@@ -76,6 +77,7 @@
 mod document;
 mod handlers;
 mod links;
+mod listing;
 mod principal;
 mod range;
 
@@ -95,9 +97,9 @@ pub const JSON_API: &str = "application/vnd.api+json";
 /// Every route of [`router`] with its methods (`HEAD` is implied by `GET`),
 /// for documentation and tests.
 pub const ROUTES: &[(&str, &[&str])] = &[
-    ("/asyncQuery", &["POST"]),
+    ("/asyncQuery", &["GET", "POST"]),
     ("/asyncQuery/{id}", &["GET", "PATCH"]),
-    ("/tableExport", &["POST"]),
+    ("/tableExport", &["GET", "POST"]),
     ("/tableExport/{id}", &["GET", "PATCH"]),
     ("/export/{id}", &["GET"]),
     ("/asyncEvents", &["GET"]),
@@ -182,7 +184,9 @@ pub fn router_with_options<R: PrincipalResolver>(
     });
     let on = |collection| {
         (
-            post(move |state, req| create(state, collection, req)).fallback(method_not_allowed),
+            post(move |state, req| create(state, collection, req))
+                .get(move |state, req| listing::list(state, collection, req))
+                .fallback(method_not_allowed),
             get(move |state, req| read(state, collection, req))
                 .patch(move |state, req| update(state, collection, req))
                 .fallback(method_not_allowed),
