@@ -182,8 +182,42 @@ pub enum ExportLimitAction {
     Truncate,
 }
 
+/// The longest duration a [`Config`] accepts: 100 years. Longer ones would
+/// overflow timestamps and timers in the service's background tasks, so
+/// [`AsyncQueryServiceBuilder::build`](crate::AsyncQueryServiceBuilder::build)
+/// refuses them.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3_600);
+
 impl Config {
+    /// Every duration setting, by name.
+    fn durations(&self) -> [(&'static str, Option<Duration>); 10] {
+        [
+            ("max_async_after", Some(self.max_async_after)),
+            ("default_async_after", Some(self.default_async_after)),
+            ("max_run_time", Some(self.max_run_time)),
+            ("retention", Some(self.retention)),
+            ("result_lifetime", self.result_lifetime),
+            ("cleaner_interval", Some(self.cleaner_interval)),
+            (
+                "cancellation_check_interval",
+                Some(self.cancellation_check_interval),
+            ),
+            ("lease", Some(self.lease)),
+            ("poll_interval", Some(self.poll_interval)),
+            ("cancel_grace", Some(self.cancel_grace)),
+        ]
+    }
+
     pub(crate) fn validate(&self) -> crate::error::Result<()> {
+        if let Some((name, _)) = self
+            .durations()
+            .into_iter()
+            .find(|(_, d)| d.is_some_and(|d| d > MAX_DURATION))
+        {
+            return Err(crate::error::Error::Config {
+                reason: format!("{name} must be at most 100 years (config::MAX_DURATION)"),
+            });
+        }
         let reason = if self.event_capacity == 0 {
             "event_capacity must be at least 1"
         } else if self.lease < Duration::from_millis(30) {

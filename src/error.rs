@@ -55,6 +55,14 @@ pub enum Error {
         reason: String,
     },
 
+    /// The principal cannot own or see jobs (its name is empty). Nothing
+    /// was read or stored. HTTP: 401.
+    #[error("invalid principal: {reason}")]
+    InvalidPrincipal {
+        /// What is wrong with it.
+        reason: String,
+    },
+
     /// The service is shutting down and accepts no new work.
     #[error("the service is shutting down and accepts no new jobs")]
     ShuttingDown,

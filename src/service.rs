@@ -194,6 +194,7 @@ impl AsyncQueryService {
         principal: &Principal,
         requests: Vec<SubmitRequest>,
     ) -> Result<Vec<AsyncQuery>> {
+        checked(principal)?;
         self.inner.submit_many(principal, requests).await
     }
 
@@ -217,6 +218,7 @@ impl AsyncQueryService {
         principal: &Principal,
         request: SubmitRequest,
     ) -> Result<AsyncQuery> {
+        checked(principal)?;
         self.inner.submit(principal, request).await
     }
 
@@ -227,6 +229,7 @@ impl AsyncQueryService {
     /// [`Error::NotFound`] if it does not exist or `principal` may not see it;
     /// [`Error::Dao`] if the store fails.
     pub async fn get(&self, principal: &Principal, id: Uuid) -> Result<AsyncQuery> {
+        checked(principal)?;
         self.inner.get(principal, id).await
     }
 
@@ -264,6 +267,7 @@ impl AsyncQueryService {
         principal: &Principal,
         query: &crate::history::HistoryQuery,
     ) -> Result<crate::history::HistoryPage> {
+        checked(principal)?;
         self.inner.history(principal, query).await
     }
 
@@ -279,6 +283,7 @@ impl AsyncQueryService {
         id: Uuid,
         timeout: Duration,
     ) -> Result<AsyncQuery> {
+        checked(principal)?;
         self.inner.wait(principal, id, timeout).await
     }
 
@@ -291,6 +296,7 @@ impl AsyncQueryService {
     ///
     /// As for [`get`](Self::get).
     pub async fn cancel(&self, principal: &Principal, id: Uuid) -> Result<CancelOutcome> {
+        checked(principal)?;
         self.inner.cancel(principal, id).await
     }
 
@@ -308,6 +314,7 @@ impl AsyncQueryService {
         id: Uuid,
         range: Option<Range<u64>>,
     ) -> Result<Download> {
+        checked(principal)?;
         self.inner.download(principal, id, range).await
     }
 
@@ -382,6 +389,7 @@ impl AsyncQueryService {
         after: Option<u64>,
         limit: usize,
     ) -> Result<EventPage> {
+        checked(principal)?;
         self.inner.events_after(principal, after, limit).await
     }
 
@@ -395,4 +403,16 @@ impl AsyncQueryService {
     pub fn subscribe(&self, principal: &Principal) -> Subscription {
         self.inner.subscribe(principal)
     }
+}
+
+/// Refuses a principal that cannot own or see jobs: one whose name is
+/// empty (or only white space), which an authentication bug in the host
+/// would otherwise turn into a shared anonymous owner.
+fn checked(principal: &Principal) -> Result<()> {
+    if principal.name.trim().is_empty() {
+        return Err(Error::InvalidPrincipal {
+            reason: "the principal's name is empty; every job belongs to a named principal".into(),
+        });
+    }
+    Ok(())
 }

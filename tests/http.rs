@@ -823,6 +823,8 @@ async fn a_host_resolver_decides_who_the_caller_is() {
             .ok_or_else(|| AuthError::unauthorized("send a bearer token"))?;
         match token {
             "mallory" => Err(AuthError::forbidden("mallory is banned")),
+            // A host bug: a principal without a name.
+            "anonymous" => Ok(Principal::new("")),
             name => Ok(Principal::new(name)),
         }
     };
@@ -858,6 +860,12 @@ async fn a_host_resolver_decides_who_the_caller_is() {
         "forbidden",
     );
     refused(&post(None).await, StatusCode::UNAUTHORIZED, "unauthorized");
+    // The service refuses a nameless principal, whatever the resolver says.
+    refused(
+        &post(Some("anonymous")).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    );
 }
 
 /// A database that fails answers 503 with a JSON:API error, and the

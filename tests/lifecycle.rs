@@ -623,3 +623,75 @@ async fn a_caller_that_goes_away_does_not_stop_its_job() {
     assert_eq!(done.status, QueryStatus::Complete);
     assert_eq!(h.executor.started(), ["sleep 5000"]);
 }
+
+/// A duration that would overflow a background task's timer or a
+/// timestamp is refused by name when the service is built; the longest
+/// accepted one runs jobs.
+#[tokio::test(start_paused = true)]
+async fn durations_beyond_a_hundred_years_are_refused_at_build() {
+    use async_query::config::MAX_DURATION;
+    let build = |config: async_query::Config| {
+        async_query::AsyncQueryService::builder()
+            .config(config)
+            .executor(std::sync::Arc::new(
+                async_query::testing::ScriptedExecutor::new(),
+            ))
+            .build()
+    };
+    let too_long = MAX_DURATION + Duration::from_secs(1);
+    let cases: [(&str, async_query::Config); 4] = [
+        (
+            "lease",
+            async_query::Config {
+                lease: Duration::MAX,
+                ..config()
+            },
+        ),
+        (
+            "retention",
+            async_query::Config {
+                retention: too_long,
+                ..config()
+            },
+        ),
+        (
+            "cleaner_interval",
+            async_query::Config {
+                cleaner_interval: too_long,
+                ..config()
+            },
+        ),
+        (
+            "result_lifetime",
+            async_query::Config {
+                result_lifetime: Some(too_long),
+                ..config()
+            },
+        ),
+    ];
+    for (name, bad) in cases {
+        match build(bad) {
+            Err(Error::Config { reason }) => assert!(reason.starts_with(name), "{reason}"),
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        }
+    }
+    let longest = async_query::Config {
+        max_async_after: MAX_DURATION,
+        default_async_after: MAX_DURATION,
+        max_run_time: MAX_DURATION,
+        retention: MAX_DURATION,
+        result_lifetime: Some(MAX_DURATION),
+        cleaner_interval: MAX_DURATION,
+        cancellation_check_interval: MAX_DURATION,
+        lease: MAX_DURATION,
+        poll_interval: MAX_DURATION,
+        cancel_grace: MAX_DURATION,
+        ..config()
+    };
+    let service = build(longest).expect("100 years is accepted");
+    let job = service
+        .submit(&alice(), SubmitRequest::query("sleep 10"))
+        .await
+        .expect("submit");
+    assert_eq!(job.status, QueryStatus::Complete);
+}

@@ -169,3 +169,41 @@ async fn history_lists_ones_own_jobs_and_an_admin_everyones() {
         Err(Error::InvalidRequest { .. })
     ));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_principal_without_a_name_is_refused_everywhere() {
+    let h = harness(config());
+    let job = submit(&h.service, SubmitRequest::query("sleep 1")).await;
+    for name in ["", "  "] {
+        let nobody = async_query::Principal::new(name).with_role("admin");
+        let refused = |answer: Result<(), Error>| {
+            assert!(
+                matches!(answer, Err(Error::InvalidPrincipal { .. })),
+                "{name:?}: {answer:?}"
+            );
+        };
+        let s = &h.service;
+        refused(
+            s.submit(&nobody, SubmitRequest::query("sleep 1"))
+                .await
+                .map(|_| ()),
+        );
+        refused(
+            s.submit_many(&nobody, vec![SubmitRequest::query("sleep 1")])
+                .await
+                .map(|_| ()),
+        );
+        refused(s.get(&nobody, job.id).await.map(|_| ()));
+        refused(s.wait(&nobody, job.id, SECOND).await.map(|_| ()));
+        refused(s.cancel(&nobody, job.id).await.map(|_| ()));
+        refused(s.download(&nobody, job.id, None).await.map(|_| ()));
+        let history = async_query::history::HistoryQuery::new();
+        refused(s.list(&nobody, &history).await.map(|_| ()));
+    }
+    let everyone = h
+        .service
+        .list(&admin(), &async_query::history::HistoryQuery::new())
+        .await
+        .unwrap();
+    assert_eq!(everyone.jobs.len(), 1, "nothing was stored for them");
+}

@@ -80,6 +80,9 @@ impl From<Error> for ApiError {
         let detail = e.to_string();
         match e {
             Error::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", detail),
+            Error::InvalidPrincipal { .. } => {
+                Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+            }
             Error::NoResult { .. } => Self::new(StatusCode::NOT_FOUND, "no_result", detail),
             Error::ResultExpired { .. } => Self::new(StatusCode::GONE, "result_expired", detail),
             Error::DuplicateId { .. } => Self::new(StatusCode::CONFLICT, "duplicate_id", detail),
