@@ -1,5 +1,5 @@
-//! What callers send and get back: [`SubmitRequest`], [`CancelOutcome`]
-//! and [`ShutdownReport`].
+//! What callers send and get back: [`SubmitRequest`] (with
+//! [`WaitTimeout`]), [`CancelOutcome`] and [`ShutdownReport`].
 //!
 //! [`AsyncQueryService`]: crate::AsyncQueryService
 //! [`Config::default_async_after`](crate::Config::default_async_after): crate::Config::default_async_after
@@ -32,6 +32,24 @@ pub struct SubmitRequest {
     /// A run-time limit below [`Config::max_run_time`](crate::Config::max_run_time); a higher value is
     /// capped to it.
     pub max_run_time: Option<Duration>,
+    /// What happens to a job still running when `submit` stops waiting
+    /// for it: it goes on (the default), or it is cancelled.
+    pub on_wait_timeout: WaitTimeout,
+}
+
+/// What happens to a job still running when its async-after wait ends (as
+/// Databricks' `on_wait_timeout`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WaitTimeout {
+    /// The job goes on; `submit` returns it unfinished and the caller
+    /// polls, waits or subscribes (Elide's behaviour).
+    #[default]
+    Continue,
+    /// The job is cancelled; `submit` returns it `CANCELLED` (or
+    /// `CANCEL_COMPLETE` once stopped). Needs an async-after above zero.
+    /// The cancellation happens at the end of the wait even if the caller
+    /// has gone away by then (a dropped HTTP request, say).
+    Cancel,
 }
 
 impl SubmitRequest {
@@ -44,6 +62,7 @@ impl SubmitRequest {
             query_type: String::new(),
             async_after: None,
             max_run_time: None,
+            on_wait_timeout: WaitTimeout::Continue,
         }
     }
 
@@ -76,6 +95,12 @@ impl SubmitRequest {
     /// Sets a run-time limit for this job (never above the configured one).
     pub fn with_max_run_time(mut self, max_run_time: Duration) -> Self {
         self.max_run_time = Some(max_run_time);
+        self
+    }
+
+    /// Sets [`on_wait_timeout`](Self::on_wait_timeout).
+    pub fn with_on_wait_timeout(mut self, policy: WaitTimeout) -> Self {
+        self.on_wait_timeout = policy;
         self
     }
 }

@@ -195,6 +195,15 @@ impl AsyncQueryService {
         requests: Vec<SubmitRequest>,
     ) -> Result<Vec<AsyncQuery>> {
         checked(principal)?;
+        if let Some(i) = requests
+            .iter()
+            .position(|r| r.on_wait_timeout == crate::request::WaitTimeout::Cancel)
+        {
+            return Err(Error::invalid(format!(
+                "request {i}: submit_many does not wait for its jobs, so on_wait_timeout CANCEL \
+                 cannot apply; submit it alone"
+            )));
+        }
         self.inner.submit_many(principal, requests).await
     }
 
@@ -205,12 +214,15 @@ impl AsyncQueryService {
     /// otherwise it waits `QUEUED` in submission order. The returned record is
     /// final (`COMPLETE`, `FAILURE`, …) if the job finished within
     /// `min(request.async_after, config.max_async_after)`, otherwise it is the
-    /// job as it is now, and the job runs on.
+    /// job as it is now, and the job runs on, unless the request says
+    /// [`WaitTimeout::Cancel`](crate::WaitTimeout::Cancel): then it is
+    /// cancelled and returned `CANCELLED` or `CANCEL_COMPLETE`.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidRequest`] (empty query or rejected by the executor's
-    /// validation), [`Error::DuplicateId`], [`Error::QueueFull`],
+    /// [`Error::InvalidRequest`] (empty query, rejected by the executor's
+    /// validation, or `WaitTimeout::Cancel` without an async-after),
+    /// [`Error::DuplicateId`], [`Error::QueueFull`],
     /// [`Error::ShuttingDown`], or [`Error::Dao`] if the record cannot be
     /// stored. In every error case nothing was stored and nothing runs.
     pub async fn submit(
@@ -219,7 +231,7 @@ impl AsyncQueryService {
         request: SubmitRequest,
     ) -> Result<AsyncQuery> {
         checked(principal)?;
-        self.inner.submit(principal, request).await
+        self.inner.submit_or_cancel(principal, request).await
     }
 
     /// Reads a job.

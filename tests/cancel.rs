@@ -203,3 +203,78 @@ async fn concurrent_cancel_vs_completion_never_produces_an_illegal_transition() 
         ids.len()
     );
 }
+
+/// `WaitTimeout::Cancel`: a job still running at the end of its wait is
+/// cancelled (also when the caller stopped waiting); one that finishes in
+/// time is not; without a wait, or in `submit_many`, it is refused.
+#[tokio::test(start_paused = true)]
+async fn on_wait_timeout_cancel_cancels_what_is_still_running() {
+    use async_query::{AsyncApiDao, Error, WaitTimeout};
+    let h = harness(config());
+    let cancel_after = |query: &str, wait: Duration| {
+        SubmitRequest::query(query)
+            .with_async_after(wait)
+            .with_on_wait_timeout(WaitTimeout::Cancel)
+    };
+    let start = tokio::time::Instant::now();
+    let job = h
+        .service
+        .submit(&alice(), cancel_after("block", 2 * SECOND))
+        .await
+        .unwrap();
+    assert_eq!(
+        start.elapsed(),
+        2 * SECOND,
+        "it waited the whole async-after"
+    );
+    assert_eq!(job.status, QueryStatus::CancelComplete);
+    let stored = h.service.get(&alice(), job.id).await.unwrap();
+    assert_eq!(stored.status, QueryStatus::CancelComplete);
+
+    let quick = h
+        .service
+        .submit(&alice(), cancel_after("sleep 500", 2 * SECOND))
+        .await
+        .unwrap();
+    assert_eq!(quick.status, QueryStatus::Complete, "finished in time");
+
+    // The caller goes away after one second; the job is cancelled at two.
+    let abandoned = tokio::time::timeout(
+        SECOND,
+        h.service
+            .submit(&alice(), cancel_after("block", 2 * SECOND)),
+    )
+    .await;
+    assert!(abandoned.is_err(), "the caller stopped waiting");
+    let running = h
+        .service
+        .list(&alice(), &async_query::history::HistoryQuery::new())
+        .await
+        .unwrap()
+        .jobs
+        .remove(0);
+    assert_eq!(running.status, QueryStatus::Processing);
+    tokio::time::sleep(2 * SECOND).await;
+    let later = h.service.get(&alice(), running.id).await.unwrap();
+    assert_eq!(later.status, QueryStatus::CancelComplete);
+
+    let before = h.dao.list(&Default::default()).await.unwrap().len();
+    let no_wait = h
+        .service
+        .submit(&alice(), cancel_after("block", Duration::ZERO))
+        .await;
+    assert!(
+        matches!(no_wait, Err(Error::InvalidRequest { .. })),
+        "{no_wait:?}"
+    );
+    let batch = h
+        .service
+        .submit_many(&alice(), vec![cancel_after("block", SECOND)])
+        .await;
+    assert!(
+        matches!(batch, Err(Error::InvalidRequest { .. })),
+        "{batch:?}"
+    );
+    let after = h.dao.list(&Default::default()).await.unwrap().len();
+    assert_eq!(before, after, "nothing stored for a refused request");
+}

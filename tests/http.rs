@@ -1512,3 +1512,45 @@ async fn history_is_listed_by_collection_filtered_and_paged_by_cursor() {
     let forged = get("/asyncQuery?page[cursor]=forged".into(), "alice").await;
     refused(&forged, StatusCode::BAD_REQUEST, "invalid_parameter");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_wait_timeout_cancel_ends_a_query_still_running_after_its_wait() {
+    let (server, executor) = sql_server().await;
+    let (status, answer) = server
+        .post(
+            "asyncQuery",
+            "alice",
+            SLOW,
+            json!({ "asyncAfterSeconds": 0.5, "onWaitTimeout": "CANCEL" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(attr(&answer, "status"), "CANCEL_COMPLETE");
+    assert_eq!(
+        running_after_a_while(&executor, 0).await,
+        0,
+        "the SQLite statement was interrupted"
+    );
+    let (status, answer) = server
+        .post(
+            "asyncQuery",
+            "alice",
+            "SELECT 1 AS one",
+            json!({ "asyncAfterSeconds": 5, "onWaitTimeout": "CANCEL" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(attr(&answer, "status"), "COMPLETE", "finished in time");
+    for (attributes, code) in [
+        (json!({ "onWaitTimeout": "LATER" }), "invalid_document"),
+        (
+            json!({ "asyncAfterSeconds": 0, "onWaitTimeout": "CANCEL" }),
+            "invalid_query",
+        ),
+    ] {
+        let answer = server
+            .post("asyncQuery", "alice", "SELECT 1", attributes)
+            .await;
+        refused(&answer, StatusCode::BAD_REQUEST, code);
+    }
+}

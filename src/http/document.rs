@@ -351,10 +351,10 @@ pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRe
         }
         if !matches!(
             name.as_str(),
-            "query" | "queryType" | "status" | "asyncAfterSeconds" | "resultType"
+            "query" | "queryType" | "status" | "asyncAfterSeconds" | "resultType" | "onWaitTimeout"
         ) {
             return Err(ApiError::bad_request(format!(
-                "unknown attribute {name:?}; known: query, queryType, status, asyncAfterSeconds, resultType"
+                "unknown attribute {name:?}; known: query, queryType, status, asyncAfterSeconds, resultType, onWaitTimeout"
             )));
         }
     }
@@ -413,6 +413,15 @@ pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRe
                     ApiError::bad_request("asyncAfterSeconds must be a number from 0 to 86400")
                 })?;
             request = request.with_async_after(Duration::from_secs_f64(seconds));
+        }
+    }
+    match string(attributes, "onWaitTimeout")?.as_deref() {
+        None | Some("CONTINUE") => {}
+        Some("CANCEL") => request = request.with_on_wait_timeout(crate::WaitTimeout::Cancel),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "onWaitTimeout must be \"CONTINUE\" or \"CANCEL\", not {other:?}"
+            )));
         }
     }
     if let Some(id) = data.id {
