@@ -63,6 +63,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// The host's [`SubmitPolicy`](crate::policy::SubmitPolicy) does not
+    /// let this principal submit this request. Nothing was stored. HTTP:
+    /// 403.
+    #[error("forbidden: {reason}")]
+    Forbidden {
+        /// Which rule, and what to do instead.
+        reason: String,
+    },
+
     /// The service is shutting down and accepts no new work.
     #[error("the service is shutting down and accepts no new jobs")]
     ShuttingDown,

@@ -79,6 +79,7 @@ pub mod history;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod model;
+pub mod policy;
 pub mod request;
 mod runtime;
 pub mod service;

@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventPage, Subscription};
 use crate::executor::QueryExecutor;
 use crate::model::{AsyncQuery, Principal};
+use crate::policy::SubmitPolicy;
 use crate::request::{CancelOutcome, ShutdownReport, SubmitRequest};
 use crate::runtime::{Runtime, StopOnDrop};
 use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
@@ -45,6 +46,7 @@ use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
 #[derive(Clone)]
 pub struct AsyncQueryService {
     inner: Arc<Runtime>,
+    policy: Option<Arc<dyn SubmitPolicy>>,
     _stop_on_drop: Arc<StopOnDrop>,
 }
 
@@ -63,6 +65,7 @@ pub struct AsyncQueryServiceBuilder {
     dao: Option<Arc<dyn AsyncApiDao>>,
     storage: Option<Arc<dyn ResultStorageEngine>>,
     executor: Option<Arc<dyn QueryExecutor>>,
+    policy: Option<Arc<dyn SubmitPolicy>>,
     clock_skew: chrono::TimeDelta,
 }
 
@@ -88,6 +91,12 @@ impl AsyncQueryServiceBuilder {
     /// The host's query executor (required).
     pub fn executor(mut self, executor: Arc<dyn QueryExecutor>) -> Self {
         self.executor = Some(executor);
+        self
+    }
+
+    /// The host's rules for new jobs (default: none); see [`SubmitPolicy`].
+    pub fn policy(mut self, policy: Arc<dyn SubmitPolicy>) -> Self {
+        self.policy = Some(policy);
         self
     }
 
@@ -130,6 +139,7 @@ impl AsyncQueryServiceBuilder {
         let guard = StopOnDrop(Arc::clone(&inner));
         Ok(AsyncQueryService {
             inner,
+            policy: self.policy,
             _stop_on_drop: Arc::new(guard),
         })
     }
@@ -143,6 +153,7 @@ impl AsyncQueryService {
             dao: None,
             storage: None,
             executor: None,
+            policy: None,
             clock_skew: chrono::TimeDelta::zero(),
         }
     }
@@ -195,6 +206,22 @@ impl AsyncQueryService {
         requests: Vec<SubmitRequest>,
     ) -> Result<Vec<AsyncQuery>> {
         checked(principal)?;
+        let mut requests = requests;
+        if let Some(policy) = &self.policy {
+            for (i, request) in requests.iter_mut().enumerate() {
+                policy.review(principal, request).await.map_err(|refusal| {
+                    match Error::from(refusal) {
+                        Error::InvalidRequest { reason } => {
+                            Error::invalid(format!("request {i}: {reason}"))
+                        }
+                        Error::Forbidden { reason } => Error::Forbidden {
+                            reason: format!("request {i}: {reason}"),
+                        },
+                        other => other,
+                    }
+                })?;
+            }
+        }
         if let Some(i) = requests
             .iter()
             .position(|r| r.on_wait_timeout == crate::request::WaitTimeout::Cancel)
@@ -231,6 +258,10 @@ impl AsyncQueryService {
         request: SubmitRequest,
     ) -> Result<AsyncQuery> {
         checked(principal)?;
+        let mut request = request;
+        if let Some(policy) = &self.policy {
+            policy.review(principal, &mut request).await?;
+        }
         self.inner.submit_or_cancel(principal, request).await
     }
 

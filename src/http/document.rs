@@ -80,6 +80,7 @@ impl From<Error> for ApiError {
         let detail = e.to_string();
         match e {
             Error::NotFound { .. } => Self::new(StatusCode::NOT_FOUND, "not_found", detail),
+            Error::Forbidden { .. } => Self::new(StatusCode::FORBIDDEN, "forbidden", detail),
             Error::InvalidPrincipal { .. } => {
                 Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
             }

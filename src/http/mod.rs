@@ -61,9 +61,9 @@
 //!
 //! | status | when |
 //! |---|---|
-//! | 400 | malformed JSON or document, bad UUID, unknown attribute, bad query parameter, a query the executor rejects |
-//! | 401 | the [`PrincipalResolver`] found no principal ([`HeaderPrincipal`]: no `X-User`) |
-//! | 403 | a change that is not allowed: setting a read-only attribute, or any `PATCH` other than `status: "CANCELLED"`; a download link that was changed (`link_invalid`) or has expired (`link_expired`) |
+//! | 400 | malformed JSON or document, bad UUID, unknown attribute, bad query parameter, a query the executor or the host's [`SubmitPolicy`](crate::policy::SubmitPolicy) rejects as invalid |
+//! | 401 | the [`PrincipalResolver`] found no principal ([`HeaderPrincipal`]: no `X-User`), or one without a name |
+//! | 403 | a change that is not allowed: setting a read-only attribute, or any `PATCH` other than `status: "CANCELLED"`; a download link that was changed (`link_invalid`) or has expired (`link_expired`); a submission the host's `SubmitPolicy` forbids this principal (`forbidden`) |
 //! | 404 | unknown route, unknown id, or a job of another principal (the same answer, so ids cannot be probed); an export without a stored result |
 //! | 405 | a method the route does not have (with `Allow`) |
 //! | 410 | an export whose result outlived [`Config::result_lifetime`](crate::Config::result_lifetime) (the record stays and says so) |
