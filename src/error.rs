@@ -24,10 +24,19 @@ pub enum Error {
         id: Uuid,
     },
 
-    /// A client-supplied id is already taken; choose another or omit it.
-    #[error("an async query with id {id} already exists; submit with a new id or none")]
+    /// A client-supplied id is that of a job the caller already has (or,
+    /// for an admin, may see); choose another or omit it.
+    #[error("you already have an async query with id {id}; submit with a new id or none")]
     DuplicateId {
         /// The id that was already taken.
+        id: Uuid,
+    },
+
+    /// A client-supplied id is taken by a job the caller may not see. The
+    /// answer says nothing of whose job it is (HTTP 409 `id_unavailable`).
+    #[error("the id {id} cannot be used; submit with another id or none")]
+    IdUnavailable {
+        /// The id that cannot be used.
         id: Uuid,
     },
 

@@ -262,7 +262,17 @@ async fn client_ids_are_kept_and_duplicates_conflict() {
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(created["data"]["id"], json!(id));
     let answer = server
-        .send(Method::POST, "/asyncQuery", "alice", Some(doc))
+        .send(Method::POST, "/asyncQuery", "alice", Some(doc.clone()))
+        .await;
+    refused(&answer, StatusCode::CONFLICT, "duplicate_id");
+    // Anyone else learns only that the id cannot be used, not whose it is.
+    let answer = server
+        .send(Method::POST, "/asyncQuery", "bob", Some(doc.clone()))
+        .await;
+    refused(&answer, StatusCode::CONFLICT, "id_unavailable");
+    assert!(!answer.1.to_string().contains("alice"), "{}", answer.1);
+    let answer = server
+        .send(Method::POST, "/asyncQuery", "root", Some(doc))
         .await;
     refused(&answer, StatusCode::CONFLICT, "duplicate_id");
     let mut bad = submission("asyncQuery", "SELECT 1", json!({}));

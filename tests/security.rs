@@ -207,3 +207,53 @@ async fn a_principal_without_a_name_is_refused_everywhere() {
         .unwrap();
     assert_eq!(everyone.jobs.len(), 1, "nothing was stored for them");
 }
+
+/// A client id taken by someone else's job is only "unavailable": the
+/// answer is the same whether that job is running here or long finished,
+/// and says nothing of whose it is. Its owner (or an admin) hears that it
+/// is a duplicate.
+#[tokio::test(start_paused = true)]
+async fn a_taken_client_id_is_a_duplicate_only_to_those_who_may_see_it() {
+    let h = harness(config());
+    let running = uuid::Uuid::new_v4();
+    let finished = uuid::Uuid::new_v4();
+    submit(
+        &h.service,
+        SubmitRequest::query("block")
+            .with_id(running)
+            .with_async_after(Duration::ZERO),
+    )
+    .await;
+    let done = submit(
+        &h.service,
+        SubmitRequest::query("sleep 1").with_id(finished),
+    )
+    .await;
+    assert_eq!(done.status, QueryStatus::Complete);
+    for id in [running, finished] {
+        let again = |who: async_query::Principal| {
+            let service = h.service.clone();
+            async move {
+                service
+                    .submit(&who, SubmitRequest::query("sleep 1").with_id(id))
+                    .await
+            }
+        };
+        assert!(matches!(again(alice()).await, Err(Error::DuplicateId { id: i }) if i == id));
+        assert!(matches!(again(admin()).await, Err(Error::DuplicateId { id: i }) if i == id));
+        match again(bob()).await {
+            Err(e @ Error::IdUnavailable { .. }) => {
+                assert!(!e.to_string().contains("alice"), "{e}")
+            }
+            other => panic!("{other:?}"),
+        }
+        let batch = h
+            .service
+            .submit_many(&bob(), vec![SubmitRequest::query("sleep 1").with_id(id)])
+            .await;
+        assert!(
+            matches!(batch, Err(Error::IdUnavailable { .. })),
+            "{batch:?}"
+        );
+    }
+}

@@ -87,6 +87,9 @@ impl From<Error> for ApiError {
             Error::NoResult { .. } => Self::new(StatusCode::NOT_FOUND, "no_result", detail),
             Error::ResultExpired { .. } => Self::new(StatusCode::GONE, "result_expired", detail),
             Error::DuplicateId { .. } => Self::new(StatusCode::CONFLICT, "duplicate_id", detail),
+            Error::IdUnavailable { .. } => {
+                Self::new(StatusCode::CONFLICT, "id_unavailable", detail)
+            }
             Error::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_transition", detail)
             }

@@ -67,7 +67,7 @@
 //! | 404 | unknown route, unknown id, or a job of another principal (the same answer, so ids cannot be probed); an export without a stored result |
 //! | 405 | a method the route does not have (with `Allow`) |
 //! | 410 | an export whose result outlived [`Config::result_lifetime`](crate::Config::result_lifetime) (the record stays and says so) |
-//! | 409 | duplicate client id; `type` or `id` in the document does not match the URL |
+//! | 409 | a client id already taken: `duplicate_id` to whoever may see that job, `id_unavailable` (saying nothing of whose) to anyone else; `type` or `id` in the document does not match the URL |
 //! | 413 | request body above [`HttpOptions::max_body_bytes`] |
 //! | 415 | a body that is not `application/vnd.api+json` / `application/json` |
 //! | 416 | a `Range` outside the file (with `Content-Range: bytes */len`) |

@@ -200,10 +200,10 @@ impl Runtime {
         if let Some(id) = crate::dao::first_repeated(jobs.iter().map(|job| job.id)) {
             return Err(Error::DuplicateId { id });
         }
-        let (permit, follow, token) = {
+        let admitted = 'table: {
             let mut table = self.jobs.lock();
             if let Some(job) = jobs.iter().find(|job| table.contains(job.id)) {
-                return Err(Error::DuplicateId { id: job.id });
+                break 'table Err(job.id);
             }
             // A slot only when nobody older waits, to keep FIFO.
             let permit = match start {
@@ -244,7 +244,11 @@ impl Runtime {
                 }
                 _ => None,
             };
-            (permit, follow, token)
+            Ok((permit, follow, token))
+        };
+        let (permit, follow, token) = match admitted {
+            Ok(admitted) => admitted,
+            Err(id) => return Err(self.taken(&jobs[0].principal, id).await),
         };
         let stored = match self.store(&jobs).await {
             Ok(stored) => stored,
@@ -252,7 +256,10 @@ impl Runtime {
                 for job in &jobs {
                     self.jobs.forget(job.id);
                 }
-                return Err(e);
+                return Err(match e {
+                    Error::DuplicateId { id } => self.taken(&jobs[0].principal, id).await,
+                    e => e,
+                });
             }
         };
         self.announce(jobs.iter().map(|job| &**job));
@@ -285,6 +292,19 @@ impl Runtime {
             follow,
             run,
         })
+    }
+
+    /// The error for a submission by `principal` whose id `id` is taken: a
+    /// duplicate of a job `principal` may see; for anyone else only
+    /// unavailable, which says nothing of whose job it is.
+    async fn taken(&self, principal: &Principal, id: Uuid) -> Error {
+        match self.dao.get(id).await {
+            Ok(Some(job)) if job.is_visible_to(principal, &self.config.admin_role) => {
+                Error::DuplicateId { id }
+            }
+            Ok(_) => Error::IdUnavailable { id },
+            Err(e) => e,
+        }
     }
 
     /// Stores admitted records: one with `create`, several with one
