@@ -423,3 +423,24 @@ async fn a_million_rows_through_the_filesystem() {
     }
     assert_eq!(count, 1_000_000);
 }
+
+/// The in-memory storage's byte limit ends an export that would pass it
+/// `FAILURE`, says why, and keeps nothing of it; smaller exports go on.
+#[tokio::test]
+async fn memory_storage_refuses_an_export_past_its_limit() {
+    let storage = async_query::MemoryStorage::new().with_max_bytes(64 * 1024);
+    let service = AsyncQueryService::builder()
+        .config(config())
+        .storage(Arc::new(storage.clone()))
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let big = export_csv(&service, "rows 100000").await;
+    assert_eq!(big.status, QueryStatus::Failure);
+    let message = big.result.and_then(|r| r.message).unwrap_or_default();
+    assert!(message.contains("storage"), "{message}");
+    assert_eq!(storage.used_bytes(), 0, "nothing of it is kept");
+    let small = export_csv(&service, "rows 100").await;
+    assert_eq!(small.status, QueryStatus::Complete);
+    assert!(storage.used_bytes() > 0);
+}

@@ -651,3 +651,48 @@ async fn the_service_clock_follows_the_store_clock_unless_the_reading_is_vague_o
         "a failing store clock is ignored"
     );
 }
+
+/// The in-memory job store's record limit refuses a submit with a typed
+/// error naming the limit, stores nothing, and takes jobs again once
+/// records go.
+#[tokio::test(start_paused = true)]
+async fn a_full_memory_store_refuses_submits_until_records_go() {
+    use async_query::AsyncApiDao;
+    let dao = Arc::new(MemoryDao::new().with_max_records(3));
+    let service = AsyncQueryService::builder()
+        .config(Config {
+            max_queued: 100,
+            ..Config::default()
+        })
+        .dao(dao.clone())
+        .executor(Arc::new(async_query::testing::ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let alice = async_query::Principal::new("alice");
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let job = service
+            .submit(&alice, SubmitRequest::query("sleep 1"))
+            .await
+            .unwrap();
+        ids.push(job.id);
+    }
+    let full = service
+        .submit(&alice, SubmitRequest::query("sleep 1"))
+        .await;
+    match &full {
+        Err(e @ Error::Dao { .. }) => assert!(e.to_string().contains("full"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    let batch = service
+        .submit_many(&alice, vec![SubmitRequest::query("sleep 1")])
+        .await;
+    assert!(matches!(batch, Err(Error::Dao { .. })), "{batch:?}");
+    assert_eq!(dao.list(&Default::default()).await.unwrap().len(), 3);
+    dao.delete(&ids[..1]).await.unwrap();
+    let again = service
+        .submit(&alice, SubmitRequest::query("sleep 1"))
+        .await
+        .unwrap();
+    assert_eq!(again.status, QueryStatus::Complete);
+}

@@ -18,10 +18,27 @@ use crate::model::{AsyncQuery, Lease, QueryStatus, ResultBody};
 /// queued jobs so claims are `O(log n)`.
 ///
 /// Records live as long as the `MemoryDao` (share it with `Arc` to keep them
-/// across service restarts in tests).
-#[derive(Debug, Default)]
+/// across service restarts in tests), until retention deletes them. It
+/// holds at most [`MEMORY_DAO_MAX_RECORDS`] (change it with
+/// [`with_max_records`](Self::with_max_records)): a submit past that fails
+/// with [`Error::Dao`], so a service on the default back-ends cannot run
+/// out of memory through its records.
+#[derive(Debug)]
 pub struct MemoryDao {
     state: Mutex<State>,
+    max_records: usize,
+}
+
+/// The records a [`MemoryDao`] holds at most unless told otherwise.
+pub const MEMORY_DAO_MAX_RECORDS: usize = 250_000;
+
+impl Default for MemoryDao {
+    fn default() -> Self {
+        MemoryDao {
+            state: Mutex::default(),
+            max_records: MEMORY_DAO_MAX_RECORDS,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -39,9 +56,31 @@ struct Entry {
 }
 
 impl MemoryDao {
-    /// An empty store.
+    /// An empty store holding at most [`MEMORY_DAO_MAX_RECORDS`].
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Holds at most `records` records.
+    #[must_use]
+    pub fn with_max_records(mut self, records: usize) -> Self {
+        self.max_records = records;
+        self
+    }
+
+    /// Refuses `new` more records if they do not fit.
+    fn fits(&self, state: &State, new: usize) -> Result<()> {
+        if state.jobs.len() + new <= self.max_records {
+            return Ok(());
+        }
+        Err(Error::dao(
+            format!(
+                "storing a job: the in-memory job store is full ({} records at most; use \
+                 MemoryDao::with_max_records, a shorter Config::retention, or a database)",
+                self.max_records
+            ),
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -153,11 +192,15 @@ impl State {
 #[async_trait]
 impl AsyncApiDao for MemoryDao {
     async fn create(&self, job: &AsyncQuery) -> Result<()> {
-        self.lock().insert(std::slice::from_ref(job))
+        let mut state = self.lock();
+        self.fits(&state, 1)?;
+        state.insert(std::slice::from_ref(job))
     }
 
     async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
-        self.lock().insert(jobs)
+        let mut state = self.lock();
+        self.fits(&state, jobs.len())?;
+        state.insert(jobs)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>> {

@@ -26,7 +26,7 @@ pub use self::object_store::ObjectStoreStorage;
 #[cfg(feature = "redis")]
 pub use self::redis::RedisStorage;
 pub use fs::FileSystemStorage;
-pub use memory::MemoryStorage;
+pub use memory::{MEMORY_STORAGE_MAX_BYTES, MemoryStorage};
 
 /// An object being written. Nothing is visible to readers until
 /// [`publish`](ResultWriter::publish) succeeds; [`abort`](ResultWriter::abort)
