@@ -43,6 +43,7 @@ struct Admitted {
 }
 
 impl Runtime {
+    #[tracing::instrument(name = "submit", skip_all, fields(principal = %principal.name, job = tracing::field::Empty))]
     pub(crate) async fn submit(
         self: &Arc<Self>,
         principal: &Principal,
@@ -52,6 +53,7 @@ impl Runtime {
         let now = self.clock.now();
         let job = self.new_record(principal, request, now)?;
         let (id, async_after) = (job.id, job.async_after);
+        tracing::Span::current().record("job", tracing::field::display(id));
         let Admitted {
             jobs, follow, run, ..
         } = self
@@ -119,6 +121,7 @@ impl Runtime {
         }
     }
 
+    #[tracing::instrument(name = "submit", skip_all, fields(principal = %principal.name, jobs = requests.len()))]
     pub(crate) async fn submit_many(
         self: &Arc<Self>,
         principal: &Principal,

@@ -50,6 +50,7 @@ impl Runtime {
         rx.await.unwrap_or(Err(Error::ShuttingDown))
     }
 
+    #[tracing::instrument(name = "cancel", skip_all, fields(job = %id, principal = %principal.name))]
     pub(crate) async fn cancel(&self, principal: &Principal, id: Uuid) -> Result<CancelOutcome> {
         self.clock_ready().await;
         let mut job = self.get(principal, id).await?;

@@ -130,6 +130,7 @@ impl Runtime {
     }
 
     /// One pass of the cleaner.
+    #[tracing::instrument(name = "clean", skip_all)]
     async fn sweep(&self) -> Result<Sweep> {
         self.clock_ready().await;
         let now = self.clock.now();

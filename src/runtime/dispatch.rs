@@ -220,6 +220,7 @@ impl Runtime {
     /// Runs one job in the slot `permit` holds and writes how it ended.
     /// Returns the job its slot runs next, if any, and the job's final
     /// record when this write learnt it.
+    #[tracing::instrument(name = "run", skip_all, fields(job = %claimed.job.id, principal = %claimed.job.principal.name))]
     pub(super) async fn run_one(
         self: &Arc<Self>,
         claimed: Claimed,
@@ -311,8 +312,14 @@ impl Runtime {
                 .claim_limit(permits.len() - jobs.len(), self.tasks.accepting());
             if limit > 0 {
                 let now = self.clock.now();
-                match self.dao.claim(&self.lease(now), limit, now).await {
-                    Ok(claimed) => jobs.extend(self.adopt(claimed)),
+                let lease = self.lease(now);
+                let claim = self.dao.claim(&lease, limit, now);
+                let span = tracing::info_span!("claim", limit, claimed = tracing::field::Empty);
+                match tracing::Instrument::instrument(claim, span.clone()).await {
+                    Ok(claimed) => {
+                        span.record("claimed", claimed.len());
+                        jobs.extend(self.adopt(claimed));
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming queued jobs failed; retrying at the next poll");
                     }

@@ -29,6 +29,7 @@ impl Runtime {
     }
 
     /// Streams records into result storage; publishes only on success.
+    #[tracing::instrument(name = "store", skip_all, fields(job = %job.id, principal = %job.principal.name, ?format))]
     pub(super) async fn export(
         &self,
         job: &AsyncQuery,

@@ -178,7 +178,38 @@ impl Writer {
     }
 }
 
+/// What one `update_and_claim` answers.
+type Written = crate::error::Result<(Vec<CasOutcome>, Vec<AsyncQuery>)>;
+
 impl Runtime {
+    /// Writes finished jobs' `changes` and claims up to `limit` queued jobs
+    /// in one DAO call, timed for the writer and traced as a `claim` span.
+    async fn write_and_claim(
+        &self,
+        changes: &[(uuid::Uuid, StatusChange)],
+        limit: usize,
+    ) -> Written {
+        let now = self.clock.now();
+        let lease = self.lease(now);
+        let span = tracing::info_span!(
+            "claim",
+            written = changes.len(),
+            limit,
+            claimed = tracing::field::Empty
+        );
+        let start = std::time::Instant::now();
+        let written = tracing::Instrument::instrument(
+            self.dao.update_and_claim(changes, &lease, limit, now),
+            span.clone(),
+        )
+        .await;
+        self.writer.record(start.elapsed());
+        if let Ok((_, claimed)) = &written {
+            span.record("claimed", claimed.len());
+        }
+        written
+    }
+
     /// Hands a finished run to the writer and returns the job claimed for
     /// its slot, if any, to run next, with the run's final record. If no
     /// write was in flight, this task writes (with whatever else waits, and
@@ -269,14 +300,8 @@ impl Runtime {
         let ready = self.dispatch.take_ready(1).pop();
         let free = usize::from(ready.is_none());
         let limit = self.dispatch.claim_limit(free, self.tasks.accepting());
-        let now = self.clock.now();
         let pair = [(settlement.id(), change)];
-        let start = std::time::Instant::now();
-        let written = self
-            .dao
-            .update_and_claim(&pair, &self.lease(now), limit, now)
-            .await;
-        self.writer.record(start.elapsed());
+        let written = self.write_and_claim(&pair, limit).await;
         let [(_, change)] = pair;
         let (outcome, claimed) = match written {
             Ok((mut outcomes, claimed)) if outcomes.len() == 1 => (outcomes.pop(), claimed),
@@ -344,13 +369,7 @@ impl Runtime {
         let limit = self
             .dispatch
             .claim_limit(slots - jobs.len(), self.tasks.accepting());
-        let now = self.clock.now();
-        let start = std::time::Instant::now();
-        let written = self
-            .dao
-            .update_and_claim(&changes, &self.lease(now), limit, now)
-            .await;
-        self.writer.record(start.elapsed());
+        let written = self.write_and_claim(&changes, limit).await;
         let (outcomes, claimed) = match written {
             Ok((outcomes, claimed)) if outcomes.len() == changes.len() => (outcomes, claimed),
             // Some may have been applied (an applied one then conflicts
