@@ -17,6 +17,8 @@ mod history;
 mod memory;
 #[cfg(feature = "postgres")]
 mod pg_events;
+#[cfg(all(test, feature = "postgres"))]
+pub(crate) mod pg_test;
 #[cfg(feature = "postgres")]
 mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

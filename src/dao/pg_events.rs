@@ -267,40 +267,19 @@ impl PostgresDao {
 
 #[cfg(test)]
 mod tests {
-    use sqlx::{ConnectOptions, Connection, Executor};
+    use sqlx::Executor;
 
     use super::*;
-
-    /// The largest row count of any node of a JSON plan.
-    fn widest(plan: &serde_json::Value) -> u64 {
-        let own = plan["Actual Rows"].as_u64().unwrap_or(0);
-        let children = plan["Plans"].as_array().into_iter().flatten();
-        children.map(widest).fold(own, u64::max)
-    }
+    use crate::dao::pg_test::widest;
 
     /// With 20,000 events of two principals kept, a page of 100 reads at
     /// most 100 event rows through an index, in either stream.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_page_reads_a_bounded_number_of_rows() {
-        let Ok(url) = std::env::var("ASYNC_QUERY_TEST_POSTGRES_URL") else {
-            eprintln!(
-                "\n*** SKIPPED: set ASYNC_QUERY_TEST_POSTGRES_URL to run the PostgreSQL tests ***\n"
-            );
+        let Some(db) = crate::dao::pg_test::fresh("async_query_plan").await else {
             return;
         };
-        let server: sqlx::postgres::PgConnectOptions = url.parse().expect("a PostgreSQL URL");
-        let name = format!("async_query_plan_{}", uuid::Uuid::new_v4().simple());
-        let mut admin = server.connect().await.expect("connect");
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("create");
-        let dao = PostgresDao::from_pool(
-            sqlx::PgPool::connect_with(server.clone().database(&name))
-                .await
-                .expect("connect"),
-        );
-        dao.migrate().await.expect("migrate");
+        let dao = &db.dao;
         dao.pool
             .execute(
                 "INSERT INTO async_query_event (owner, job_id, kind, to_status, at, pos, gpos)
@@ -344,11 +323,6 @@ mod tests {
             (page.events.len(), page.last_id, page.newest),
             (100, 5_100, 10_000)
         );
-        dao.pool.close().await;
-        admin
-            .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-            .await
-            .expect("drop");
-        admin.close().await.expect("close");
+        db.drop_db().await;
     }
 }

@@ -169,44 +169,16 @@ mod tests {
         }
     }
 
-    /// The most rows a node of `plan` read: those it returned and those it
-    /// read and dropped.
-    fn widest(plan: &serde_json::Value) -> u64 {
-        let own = ["Actual Rows", "Rows Removed by Filter"]
-            .iter()
-            .filter_map(|field| plan[field].as_u64())
-            .sum();
-        let children = plan["Plans"].as_array().into_iter().flatten();
-        children.map(widest).fold(own, u64::max)
-    }
-
     /// With 20,000 records, a page of 100 reads at most 100 rows, through
     /// an index, also for a principal with few of them.
     #[cfg(feature = "postgres")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn postgres_pages_read_a_bounded_number_of_rows() {
-        use sqlx::ConnectOptions;
-
-        use crate::dao::PostgresDao;
-        let Ok(url) = std::env::var("ASYNC_QUERY_TEST_POSTGRES_URL") else {
-            eprintln!(
-                "\n*** SKIPPED: set ASYNC_QUERY_TEST_POSTGRES_URL to run the PostgreSQL tests ***\n"
-            );
+        use crate::dao::pg_test::{fresh, widest};
+        let Some(db) = fresh("async_query_history").await else {
             return;
         };
-        let server: sqlx::postgres::PgConnectOptions = url.parse().expect("a PostgreSQL URL");
-        let name = format!("async_query_history_{}", Uuid::new_v4().simple());
-        let mut admin = server.connect().await.expect("connect");
-        admin
-            .execute(format!("CREATE DATABASE {name}").as_str())
-            .await
-            .expect("create");
-        let dao = PostgresDao::from_pool(
-            sqlx::PgPool::connect_with(server.clone().database(&name))
-                .await
-                .expect("connect"),
-        );
-        dao.migrate().await.expect("migrate");
+        let dao = &db.dao;
         let fill = FILL
             .replace("{id}", "gen_random_uuid()")
             .replace("{series}", "generate_series(1, 20000) g");
@@ -234,10 +206,6 @@ mod tests {
                 "{filter:?} reads more than a page: {root:#}"
             );
         }
-        dao.pool().close().await;
-        admin
-            .execute(format!("DROP DATABASE {name} WITH (FORCE)").as_str())
-            .await
-            .expect("drop");
+        db.drop_db().await;
     }
 }
