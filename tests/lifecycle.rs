@@ -285,9 +285,16 @@ async fn client_supplied_ids_are_used_once() {
         .submit(&bob(), SubmitRequest::query("b").with_id(id))
         .await
     {
-        Err(Error::DuplicateId { id: dup }) => assert_eq!(dup, id),
-        other => panic!("expected DuplicateId, got {other:?}"),
+        // Not bob's job: he learns only that the id cannot be used.
+        Err(Error::IdUnavailable { id: dup }) => assert_eq!(dup, id),
+        other => panic!("expected IdUnavailable, got {other:?}"),
     }
+    assert!(matches!(
+        h.service
+            .submit(&alice(), SubmitRequest::query("b").with_id(id))
+            .await,
+        Err(Error::DuplicateId { id: dup }) if dup == id
+    ));
     // The original is untouched.
     assert_eq!(h.service.get(&alice(), id).await.unwrap().query, "a");
     // Also while the first is still running (known to this instance only).
