@@ -208,6 +208,14 @@ impl Config {
         ]
     }
 
+    /// How long `submit` waits for a job that asked for `requested`: the
+    /// default if it asked for nothing, never above `max_async_after`.
+    pub(crate) fn async_after(&self, requested: Option<Duration>) -> Duration {
+        requested
+            .unwrap_or(self.default_async_after)
+            .min(self.max_async_after)
+    }
+
     pub(crate) fn validate(&self) -> crate::error::Result<()> {
         if let Some((name, _)) = self
             .durations()

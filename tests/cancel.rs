@@ -277,4 +277,18 @@ async fn on_wait_timeout_cancel_cancels_what_is_still_running() {
     );
     let after = h.dao.list(&Default::default()).await.unwrap().len();
     assert_eq!(before, after, "nothing stored for a refused request");
+
+    // A wait the configuration caps to nothing is no wait either.
+    let capped = harness(async_query::Config {
+        max_async_after: Duration::ZERO,
+        ..config()
+    });
+    let refused = capped
+        .service
+        .submit(&alice(), cancel_after("block", 5 * SECOND))
+        .await;
+    assert!(
+        matches!(refused, Err(Error::InvalidRequest { .. })),
+        "{refused:?}"
+    );
 }

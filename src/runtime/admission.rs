@@ -168,10 +168,7 @@ impl Runtime {
         if max_run_time.is_zero() {
             return Err(Error::invalid("max_run_time must be above zero"));
         }
-        let async_after = request
-            .async_after
-            .unwrap_or(config.default_async_after)
-            .min(config.max_async_after);
+        let async_after = config.async_after(request.async_after);
         Ok(AsyncQuery {
             id: request.id.unwrap_or_else(Uuid::new_v4),
             kind: request.kind,

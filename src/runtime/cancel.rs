@@ -24,11 +24,7 @@ impl Runtime {
         if request.on_wait_timeout == WaitTimeout::Continue {
             return self.submit(principal, request).await;
         }
-        if request
-            .async_after
-            .unwrap_or(self.config.default_async_after)
-            .is_zero()
-        {
+        if self.config.async_after(request.async_after).is_zero() {
             return Err(Error::invalid(
                 "on_wait_timeout CANCEL needs an async-after above zero: with none the job \
                  would be cancelled at once",
