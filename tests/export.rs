@@ -5,7 +5,6 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_query::testing::ScriptedExecutor;
 use async_query::{
     AsyncQueryService, Config, Error, ExportFormat, FileSystemStorage, QueryStatus, ResultBody,
     SubmitRequest,
@@ -17,13 +16,7 @@ async fn fs_service(
     config: Config,
 ) -> (AsyncQueryService, FileSystemStorage) {
     let storage = FileSystemStorage::new(dir).await.unwrap();
-    let service = AsyncQueryService::builder()
-        .config(config)
-        .storage(Arc::new(storage.clone()))
-        .executor(Arc::new(ScriptedExecutor::new()))
-        .build()
-        .unwrap();
-    (service, storage)
+    (storage_service(config, Arc::new(storage.clone())), storage)
 }
 
 fn files(dir: &std::path::Path) -> Vec<String> {
@@ -429,12 +422,7 @@ async fn a_million_rows_through_the_filesystem() {
 #[tokio::test]
 async fn memory_storage_refuses_an_export_past_its_limit() {
     let storage = async_query::MemoryStorage::new().with_max_bytes(64 * 1024);
-    let service = AsyncQueryService::builder()
-        .config(config())
-        .storage(Arc::new(storage.clone()))
-        .executor(Arc::new(ScriptedExecutor::new()))
-        .build()
-        .unwrap();
+    let service = storage_service(config(), Arc::new(storage.clone()));
     let big = export_csv(&service, "rows 100000").await;
     assert_eq!(big.status, QueryStatus::Failure);
     let message = big.result.and_then(|r| r.message).unwrap_or_default();

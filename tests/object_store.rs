@@ -17,7 +17,7 @@ use async_query::object_store::{
     CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore,
     PutMultipartOptions, PutOptions, PutPayload, PutResult, UploadPart,
 };
-use async_query::testing::{ScriptedExecutor, read_object, storage_conformance};
+use async_query::testing::{read_object, storage_conformance};
 use async_query::{
     AsyncQueryService, ObjectStoreStorage, QueryStatus, ResultBody, ResultStorageEngine,
 };
@@ -317,12 +317,7 @@ impl ObjectStore for FailingParts {
 }
 
 fn export_service(storage: ObjectStoreStorage) -> AsyncQueryService {
-    AsyncQueryService::builder()
-        .config(config())
-        .storage(Arc::new(storage))
-        .executor(Arc::new(ScriptedExecutor::new()))
-        .build()
-        .unwrap()
+    storage_service(config(), Arc::new(storage))
 }
 
 #[tokio::test]

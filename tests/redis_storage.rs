@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_query::redis::AsyncCommands;
-use async_query::testing::{ScriptedExecutor, read_object, storage_conformance};
-use async_query::{AsyncQueryService, Error, QueryStatus, RedisStorage, ResultStorageEngine};
+use async_query::testing::{read_object, storage_conformance};
+use async_query::{Error, QueryStatus, RedisStorage, ResultStorageEngine};
 use common::*;
 use futures::StreamExt;
 
@@ -206,12 +206,7 @@ async fn an_export_through_the_service_downloads_the_same_rows() {
         return;
     };
     let storage = storage.with_chunk_size(64 * 1024);
-    let service = AsyncQueryService::builder()
-        .config(config())
-        .storage(Arc::new(storage.clone()))
-        .executor(Arc::new(ScriptedExecutor::new()))
-        .build()
-        .unwrap();
+    let service = storage_service(config(), Arc::new(storage.clone()));
     let job = export_csv(&service, "rows 50000").await;
     assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
     assert_eq!(

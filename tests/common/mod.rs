@@ -56,6 +56,20 @@ pub fn harness(config: Config) -> Harness {
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
+/// A service with `config` and the scripted executor that keeps its
+/// exports in `storage`.
+pub fn storage_service(
+    config: Config,
+    storage: Arc<dyn async_query::ResultStorageEngine>,
+) -> AsyncQueryService {
+    AsyncQueryService::builder()
+        .config(config)
+        .storage(storage)
+        .executor(Arc::new(ScriptedExecutor::new()))
+        .build()
+        .expect("service builds")
+}
+
 /// Every byte of `stream`.
 pub async fn read_stream(stream: async_query::storage::ResultStream) -> Vec<u8> {
     use futures::TryStreamExt;
