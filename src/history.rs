@@ -126,6 +126,9 @@ pub struct HistoryPage {
     /// The cursor of the next page ([`HistoryQuery::after`]), if there is
     /// one.
     pub next: Option<String>,
+    /// The page size used: the query's, or the default, at most
+    /// [`MAX_PAGE_SIZE`].
+    pub page_size: usize,
 }
 
 impl HistoryPage {
@@ -139,7 +142,11 @@ impl HistoryPage {
         } else {
             None
         };
-        HistoryPage { jobs, next }
+        HistoryPage {
+            jobs,
+            next,
+            page_size: size,
+        }
     }
 }
 

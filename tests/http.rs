@@ -1467,6 +1467,10 @@ async fn history_is_listed_by_collection_filtered_and_paged_by_cursor() {
     assert_eq!(status, StatusCode::OK, "{first}");
     assert_eq!(ids(&first), newest_first[..2]);
     assert_eq!(first["meta"]["pageSize"], 2);
+    let (_, default) = get("/asyncQuery".into(), "alice").await;
+    assert_eq!(default["meta"]["pageSize"], 100, "the default page size");
+    let (_, huge) = get("/asyncQuery?page[size]=5000".into(), "alice").await;
+    assert_eq!(huge["meta"]["pageSize"], 1000, "lowered to the largest");
     assert_eq!(first["data"][0]["attributes"]["status"], "COMPLETE");
     let next = first["links"]["next"]
         .as_str()

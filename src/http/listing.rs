@@ -15,7 +15,7 @@ use super::document::{self, ApiError, Collection, respond};
 use super::handlers::{download_link, principal};
 use super::{App, PrincipalResolver};
 use crate::dao::{HistoryOrder, KindFilter};
-use crate::history::{DEFAULT_PAGE_SIZE, HistoryQuery, MAX_PAGE_SIZE};
+use crate::history::HistoryQuery;
 use crate::model::QueryStatus;
 
 fn invalid(detail: String) -> ApiError {
@@ -76,7 +76,7 @@ fn history_query(
                             "page[size] must be a positive integer, not {value:?}"
                         ))
                     })?;
-                query.page_size = Some(size.min(MAX_PAGE_SIZE));
+                query.page_size = Some(size);
             }
             "page[cursor]" => query.cursor = Some(value.clone()),
             other if other.starts_with("filter[") || other.starts_with("page[") => {
@@ -143,9 +143,8 @@ pub(super) async fn list<R: PrincipalResolver>(
     if let Some(next) = &page.next {
         links["next"] = json!(link(&parts, &pairs, Some(next)));
     }
-    let size = query.page_size.unwrap_or(DEFAULT_PAGE_SIZE);
     Ok(respond(
         StatusCode::OK,
-        &json!({ "data": data, "links": links, "meta": { "pageSize": size } }),
+        &json!({ "data": data, "links": links, "meta": { "pageSize": page.page_size } }),
     ))
 }
