@@ -43,9 +43,23 @@ struct Admitted {
 }
 
 impl Runtime {
-    #[tracing::instrument(name = "submit", skip_all, fields(principal = %principal.name, job = tracing::field::Empty))]
-    pub(crate) async fn submit(
+    /// `submit`, in a `submit` span (see [`traced`](super::traced)).
+    pub(crate) fn submit<'a>(
+        self: &'a Arc<Self>,
+        principal: &'a Principal,
+        request: SubmitRequest,
+    ) -> impl Future<Output = Result<AsyncQuery>> + Send + 'a {
+        let span = tracing::info_span!(
+            "submit",
+            principal = %principal.name,
+            job = tracing::field::Empty
+        );
+        super::traced(span.clone(), self.submit_in(span, principal, request))
+    }
+
+    async fn submit_in(
         self: &Arc<Self>,
+        span: tracing::Span,
         principal: &Principal,
         request: SubmitRequest,
     ) -> Result<AsyncQuery> {
@@ -53,7 +67,7 @@ impl Runtime {
         let now = self.clock.now();
         let job = self.new_record(principal, request, now)?;
         let (id, async_after) = (job.id, job.async_after);
-        tracing::Span::current().record("job", tracing::field::display(id));
+        span.record("job", tracing::field::display(id));
         let Admitted {
             jobs, follow, run, ..
         } = self

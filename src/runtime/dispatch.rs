@@ -220,12 +220,21 @@ impl Runtime {
     /// Runs one job in the slot `permit` holds and writes how it ended.
     /// Returns the job its slot runs next, if any, and the job's final
     /// record when this write learnt it.
-    #[tracing::instrument(name = "run", skip_all, fields(job = %claimed.job.id, principal = %claimed.job.principal.name))]
-    pub(super) async fn run_one(
+    /// In a `run` span (see [`traced`](super::traced)).
+    pub(super) fn run_one(
         self: &Arc<Self>,
         claimed: Claimed,
         permit: OwnedSemaphorePermit,
-    ) -> Ran {
+    ) -> impl Future<Output = Ran> + Send + '_ {
+        let span = tracing::info_span!(
+            "run",
+            job = %claimed.job.id,
+            principal = %claimed.job.principal.name
+        );
+        super::traced(span, self.run_claimed(claimed, permit))
+    }
+
+    async fn run_claimed(self: &Arc<Self>, claimed: Claimed, permit: OwnedSemaphorePermit) -> Ran {
         let Claimed {
             job,
             token,
