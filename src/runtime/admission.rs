@@ -43,18 +43,18 @@ struct Admitted {
 }
 
 impl Runtime {
-    /// `submit`, in a `submit` span (see [`traced`](super::traced)).
-    pub(crate) fn submit<'a>(
-        self: &'a Arc<Self>,
-        principal: &'a Principal,
+    /// `submit`, in a `submit` span (see `traced!`).
+    pub(crate) async fn submit(
+        self: &Arc<Self>,
+        principal: &Principal,
         request: SubmitRequest,
-    ) -> impl Future<Output = Result<AsyncQuery>> + Send + 'a {
+    ) -> Result<AsyncQuery> {
         let span = tracing::info_span!(
             "submit",
             principal = %principal.name,
             job = tracing::field::Empty
         );
-        super::traced(span.clone(), self.submit_in(span, principal, request))
+        traced!(span.clone(), self.submit_in(span, principal, request))
     }
 
     async fn submit_in(

@@ -220,18 +220,18 @@ impl Runtime {
     /// Runs one job in the slot `permit` holds and writes how it ended.
     /// Returns the job its slot runs next, if any, and the job's final
     /// record when this write learnt it.
-    /// In a `run` span (see [`traced`](super::traced)).
-    pub(super) fn run_one(
+    /// In a `run` span (see `traced!`).
+    pub(super) async fn run_one(
         self: &Arc<Self>,
         claimed: Claimed,
         permit: OwnedSemaphorePermit,
-    ) -> impl Future<Output = Ran> + Send + '_ {
+    ) -> Ran {
         let span = tracing::info_span!(
             "run",
             job = %claimed.job.id,
             principal = %claimed.job.principal.name
         );
-        super::traced(span, self.run_claimed(claimed, permit))
+        traced!(span, self.run_claimed(claimed, permit))
     }
 
     async fn run_claimed(self: &Arc<Self>, claimed: Claimed, permit: OwnedSemaphorePermit) -> Ran {
@@ -324,7 +324,7 @@ impl Runtime {
                 let lease = self.lease(now);
                 let claim = self.dao.claim(&lease, limit, now);
                 let span = tracing::info_span!("claim", limit, claimed = tracing::field::Empty);
-                match tracing::Instrument::instrument(claim, span.clone()).await {
+                match traced!(span.clone(), claim) {
                     Ok(claimed) => {
                         span.record("claimed", claimed.len());
                         jobs.extend(self.adopt(claimed));

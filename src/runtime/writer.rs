@@ -198,11 +198,10 @@ impl Runtime {
             claimed = tracing::field::Empty
         );
         let start = std::time::Instant::now();
-        let written = tracing::Instrument::instrument(
-            self.dao.update_and_claim(changes, &lease, limit, now),
+        let written = traced!(
             span.clone(),
-        )
-        .await;
+            self.dao.update_and_claim(changes, &lease, limit, now)
+        );
         self.writer.record(start.elapsed());
         if let Ok((_, claimed)) = &written {
             span.record("claimed", claimed.len());
