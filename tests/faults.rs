@@ -696,3 +696,45 @@ async fn a_full_memory_store_refuses_submits_until_records_go() {
         .unwrap();
     assert_eq!(again.status, QueryStatus::Complete);
 }
+
+/// The in-memory job store's cap on inline result bytes ends a job whose
+/// result does not fit as `FAILURE`, with a message naming the limit,
+/// keeps the results it holds, and takes results again once records go.
+#[tokio::test(start_paused = true)]
+async fn a_memory_store_full_of_results_fails_the_job_that_does_not_fit() {
+    use async_query::AsyncApiDao;
+    let dao = Arc::new(MemoryDao::new().with_max_result_bytes(100));
+    let service = AsyncQueryService::builder()
+        .config(Config::default())
+        .dao(dao.clone())
+        .executor(Arc::new(async_query::testing::ScriptedExecutor::new()))
+        .build()
+        .unwrap();
+    let alice = async_query::Principal::new("alice");
+    // The scripted executor answers an unknown query with its own text.
+    let first = service
+        .submit(&alice, SubmitRequest::query("a".repeat(60)))
+        .await
+        .unwrap();
+    assert_eq!(first.status, QueryStatus::Complete);
+    assert_eq!(dao.result_bytes(), 60);
+    let second = service
+        .submit(&alice, SubmitRequest::query("b".repeat(60)))
+        .await
+        .unwrap();
+    assert_eq!(second.status, QueryStatus::Failure);
+    let message = second.result.as_ref().and_then(|r| r.message.clone());
+    let message = message.unwrap_or_default();
+    assert!(message.contains("could not be saved"), "{message}");
+    assert_eq!(dao.result_bytes(), 60, "the stored result is kept");
+    let kept = dao.get(first.id).await.unwrap().unwrap();
+    assert_eq!(kept.result.unwrap().inline_body(), Some(&*"a".repeat(60)));
+    dao.delete(&[first.id]).await.unwrap();
+    assert_eq!(dao.result_bytes(), 0);
+    let third = service
+        .submit(&alice, SubmitRequest::query("c".repeat(60)))
+        .await
+        .unwrap();
+    assert_eq!(third.status, QueryStatus::Complete);
+    assert_eq!(dao.result_bytes(), 60);
+}

@@ -22,21 +22,32 @@ use crate::model::{AsyncQuery, Lease, QueryStatus, ResultBody};
 /// holds at most [`MEMORY_DAO_MAX_RECORDS`] (change it with
 /// [`with_max_records`](Self::with_max_records)): a submit past that fails
 /// with [`Error::Dao`], so a service on the default back-ends cannot run
-/// out of memory through its records.
+/// out of memory through its records. The inline bodies of
+/// [`JobKind::Query`](crate::JobKind::Query) results are capped the same
+/// way, at [`MEMORY_DAO_MAX_RESULT_BYTES`] in all (change it with
+/// [`with_max_result_bytes`](Self::with_max_result_bytes)): a result that
+/// does not fit is refused, and its job ends `FAILURE` ("the result could
+/// not be saved") instead of growing the store.
 #[derive(Debug)]
 pub struct MemoryDao {
     state: Mutex<State>,
     max_records: usize,
+    max_result_bytes: usize,
 }
 
 /// The records a [`MemoryDao`] holds at most unless told otherwise.
 pub const MEMORY_DAO_MAX_RECORDS: usize = 250_000;
+
+/// The bytes of inline result bodies a [`MemoryDao`] holds at most, over
+/// all its records, unless told otherwise: 256 MiB.
+pub const MEMORY_DAO_MAX_RESULT_BYTES: usize = 256 << 20;
 
 impl Default for MemoryDao {
     fn default() -> Self {
         MemoryDao {
             state: Mutex::default(),
             max_records: MEMORY_DAO_MAX_RECORDS,
+            max_result_bytes: MEMORY_DAO_MAX_RESULT_BYTES,
         }
     }
 }
@@ -47,6 +58,8 @@ struct State {
     /// Queued jobs by creation sequence.
     queue: BTreeMap<u64, Uuid>,
     next_seq: u64,
+    /// The bytes of the inline result bodies in `jobs`.
+    result_bytes: usize,
 }
 
 #[derive(Debug)]
@@ -66,6 +79,46 @@ impl MemoryDao {
     pub fn with_max_records(mut self, records: usize) -> Self {
         self.max_records = records;
         self
+    }
+
+    /// Holds at most `bytes` bytes of inline result bodies, over all records.
+    #[must_use]
+    pub fn with_max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = bytes;
+        self
+    }
+
+    /// The bytes of inline result bodies held now.
+    pub fn result_bytes(&self) -> usize {
+        self.lock().result_bytes
+    }
+
+    /// Refuses inline result bodies of `added` more bytes if they do not
+    /// fit.
+    fn fits_results(&self, state: &State, added: usize) -> Result<()> {
+        if added == 0 || state.result_bytes.saturating_add(added) <= self.max_result_bytes {
+            return Ok(());
+        }
+        Err(Error::dao(
+            format!(
+                "storing a result of {added} bytes: the in-memory job store is full ({} bytes of \
+                 query results at most, {} held; use MemoryDao::with_max_result_bytes, a shorter \
+                 Config::retention or Config::result_lifetime, a table export, or a database)",
+                self.max_result_bytes, state.result_bytes
+            ),
+            std::io::Error::from(std::io::ErrorKind::StorageFull),
+        ))
+    }
+
+    /// Refuses a batch of changes, before applying any, if their results
+    /// together do not fit (counting each as added, as if none replaced a
+    /// body).
+    fn fits_changes(&self, state: &State, changes: &[(Uuid, StatusChange)]) -> Result<()> {
+        let added = changes
+            .iter()
+            .map(|(_, change)| inline_len(change.result.as_ref()))
+            .sum();
+        self.fits_results(state, added)
     }
 
     /// Refuses `new` more records if they do not fit.
@@ -127,6 +180,7 @@ impl State {
             if job.status == QueryStatus::Queued {
                 self.queue.insert(seq, job.id);
             }
+            self.result_bytes += inline_len(job.result.as_ref());
             self.jobs.insert(
                 job.id,
                 Entry {
@@ -146,6 +200,10 @@ impl State {
         }
         if change.from == QueryStatus::Queued {
             self.queue.remove(&entry.seq);
+        }
+        if change.result.is_some() {
+            self.result_bytes -= inline_len(entry.job.result.as_ref());
+            self.result_bytes += inline_len(change.result.as_ref());
         }
         apply_change(&mut entry.job, change);
         Ok(CasOutcome::Applied(entry.job.clone()))
@@ -194,12 +252,15 @@ impl AsyncApiDao for MemoryDao {
     async fn create(&self, job: &AsyncQuery) -> Result<()> {
         let mut state = self.lock();
         self.fits(&state, 1)?;
+        self.fits_results(&state, inline_len(job.result.as_ref()))?;
         state.insert(std::slice::from_ref(job))
     }
 
     async fn create_many(&self, jobs: &[AsyncQuery]) -> Result<()> {
         let mut state = self.lock();
         self.fits(&state, jobs.len())?;
+        let added = jobs.iter().map(|j| inline_len(j.result.as_ref())).sum();
+        self.fits_results(&state, added)?;
         state.insert(jobs)
     }
 
@@ -208,14 +269,18 @@ impl AsyncApiDao for MemoryDao {
     }
 
     async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
-        self.lock().cas(id, change)
+        let mut state = self.lock();
+        self.fits_results(&state, inline_len(change.result.as_ref()))?;
+        state.cas(id, change)
     }
 
     async fn update_status_many(
         &self,
         changes: &[(Uuid, StatusChange)],
     ) -> Result<Vec<CasOutcome>> {
-        self.lock().cas_many(changes)
+        let mut state = self.lock();
+        self.fits_changes(&state, changes)?;
+        state.cas_many(changes)
     }
 
     async fn update_and_claim(
@@ -226,6 +291,7 @@ impl AsyncApiDao for MemoryDao {
         at: DateTime<Utc>,
     ) -> Result<(Vec<CasOutcome>, Vec<AsyncQuery>)> {
         let mut state = self.lock();
+        self.fits_changes(&state, changes)?;
         let outcomes = state.cas_many(changes)?;
         let claimed = state.claim(lease, limit, at, changes);
         Ok((outcomes, claimed))
@@ -310,7 +376,8 @@ impl AsyncApiDao for MemoryDao {
             .collect();
         let found = outlived.len();
         let ids = reap(outlived).await;
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let mut expired = 0;
         for id in ids {
             let result = state
@@ -318,6 +385,9 @@ impl AsyncApiDao for MemoryDao {
                 .get_mut(&id)
                 .and_then(|entry| entry.job.result.as_mut());
             if let Some(result) = result {
+                if let ResultBody::Inline(body) = &result.body {
+                    state.result_bytes -= body.len();
+                }
                 result.body = ResultBody::Expired;
                 result.message = Some(message.to_owned());
                 expired += 1;
@@ -332,10 +402,19 @@ impl AsyncApiDao for MemoryDao {
         for id in ids {
             if let Some(entry) = state.jobs.remove(id) {
                 state.queue.remove(&entry.seq);
+                state.result_bytes -= inline_len(entry.job.result.as_ref());
                 deleted += 1;
             }
         }
         Ok(deleted)
+    }
+}
+
+/// The bytes of `result`'s inline body (0 for any other body).
+fn inline_len(result: Option<&crate::model::QueryResult>) -> usize {
+    match result.map(|r| &r.body) {
+        Some(ResultBody::Inline(body)) => body.len(),
+        _ => 0,
     }
 }
 
@@ -346,4 +425,56 @@ fn result_outlived(job: &AsyncQuery, before: DateTime<Utc>) -> bool {
     job.status == QueryStatus::Complete
         && job.updated_on < before
         && job.result.as_ref().is_some_and(|r| r.body.has_output())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobKind, Principal, QueryResult};
+
+    fn finished(body: &str, at: DateTime<Utc>) -> AsyncQuery {
+        AsyncQuery {
+            id: Uuid::new_v4(),
+            kind: JobKind::Query,
+            query: "q".into(),
+            query_type: "SQL".into(),
+            principal: Principal::new("alice"),
+            status: QueryStatus::Complete,
+            async_after: std::time::Duration::ZERO,
+            max_run_time: std::time::Duration::from_secs(60),
+            created_on: at,
+            updated_on: at,
+            result: Some(QueryResult {
+                body: ResultBody::Inline(body.into()),
+                ..QueryResult::message(at, "done")
+            }),
+            lease: None,
+        }
+    }
+
+    /// Every way a body leaves (its result expiring, its record deleted)
+    /// gives its bytes back, and a batch that does not fit is refused whole.
+    #[tokio::test]
+    async fn result_bytes_follow_bodies_in_and_out() {
+        let dao = MemoryDao::new().with_max_result_bytes(10);
+        let at = Utc::now() - chrono::Duration::hours(1);
+        let (a, b) = (finished("abcd", at), finished("efgh", at));
+        dao.create_many(&[a.clone(), b.clone()]).await.unwrap();
+        assert_eq!(dao.result_bytes(), 8);
+        let refused = dao.create(&finished("ijk", at)).await;
+        assert!(matches!(refused, Err(Error::Dao { .. })), "{refused:?}");
+        assert_eq!(dao.result_bytes(), 8);
+        let mut reap = |records: Vec<ExpiredRecord>| {
+            let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+            Box::pin(async move { ids }) as futures::future::BoxFuture<'static, Vec<Uuid>>
+        };
+        let purged = dao
+            .expire_results(Utc::now(), 1, "expired", &mut reap)
+            .await
+            .unwrap();
+        assert_eq!(purged, Purged::new(1, 1));
+        assert_eq!(dao.result_bytes(), 4);
+        dao.delete(&[a.id, b.id]).await.unwrap();
+        assert_eq!(dao.result_bytes(), 0);
+    }
 }

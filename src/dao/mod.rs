@@ -28,7 +28,7 @@ mod sqlite;
 mod types;
 
 pub use history::{HistoryFilter, HistoryOrder, HistoryPosition, KindFilter};
-pub use memory::{MEMORY_DAO_MAX_RECORDS, MemoryDao};
+pub use memory::{MEMORY_DAO_MAX_RECORDS, MEMORY_DAO_MAX_RESULT_BYTES, MemoryDao};
 #[cfg(feature = "postgres")]
 pub use postgres::{EVENTS_PER_PRINCIPAL, PostgresDao};
 #[cfg(feature = "sqlite")]
