@@ -11,6 +11,8 @@
 //! 127.0.0.1:8080. The principal comes from the `X-User` header (admins:
 //! `X-Roles: admin`) — a demo convenience, not authentication. The README
 //! shows curl commands for the whole flow. Ctrl-C stops it gracefully.
+//! `GET /metrics` answers in Prometheus' text format (add `--features
+//! metrics` for the service's own series).
 //!
 //! # Two instances, one API
 //!

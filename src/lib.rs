@@ -60,6 +60,7 @@
 //! | `sqlite` | [`dao::SqliteDao`](crate::dao): durable job records in an embedded SQLite file |
 //! | `postgres` | [`dao::PostgresDao`](crate::dao): job records in PostgreSQL shared by many instances, with LISTEN/NOTIFY |
 //! | `axum` | `async_query::http`: an axum router with Elide-compatible JSON:API routes, downloads with ranges and event polling |
+//! | `metrics` | counters, gauges and histograms through the `metrics` facade, named in [`metrics`] |
 //!
 //! Further reading in the repository: `docs/architecture.md`,
 //! `docs/lifecycle.md` (every transition and who makes it),
@@ -78,6 +79,7 @@ pub mod format;
 pub mod history;
 #[cfg(feature = "axum")]
 pub mod http;
+pub mod metrics;
 pub mod model;
 pub mod policy;
 pub mod request;

@@ -239,6 +239,13 @@ impl Api {
     }
 }
 
+/// The value of `series` in a Prometheus text page (0 when absent).
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn status_of(document: &Value) -> &str {
     document["data"]["attributes"]["status"]
         .as_str()
@@ -326,6 +333,22 @@ async fn two_instances_serve_one_api() {
         serde_json::from_str::<Value>(body).expect("JSON rows"),
         json!([{ "n": ORDERS }])
     );
+    // Each instance serves its own metrics: A stored the query, and the
+    // instance that ran it counted it finished, once between them.
+    let mut finished = 0;
+    for (instance, submitted) in [(&a, 1), (&b, 0)] {
+        let (status, text) = api.bytes(&format!("{}/metrics", instance.base), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = String::from_utf8_lossy(&text);
+        let value = |series: &str| metric(&text, series);
+        assert_eq!(
+            value(r#"async_query_jobs_submitted{kind="query"}"#),
+            submitted,
+            "{text}"
+        );
+        finished += value(r#"async_query_jobs_finished{kind="query",status="COMPLETE"}"#);
+    }
+    assert_eq!(finished, 1);
     // The floor the figures below are compared with: one read on B.
     let mut reads = Vec::new();
     for _ in 0..21 {

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use async_query::http::{self, DownloadLinks, HeaderPrincipal, HttpOptions};
 use async_query::{AsyncApiDao, AsyncQueryService, Config, ResultStorageEngine};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::lab;
 
@@ -133,7 +134,21 @@ impl Lab {
         if let Some(key) = &settings.link_key {
             options = options.with_download_links(DownloadLinks::new(key, LINK_LIFETIME)?);
         }
-        let app = http::router_with_options(service.clone(), HeaderPrincipal, options);
+        let metrics = prometheus();
+        let app = http::router_with_options(service.clone(), HeaderPrincipal, options).route(
+            "/metrics",
+            axum::routing::get(move || {
+                let text = metrics.as_ref().map_or_else(
+                    |e| format!("# metrics are off: {e}\n"),
+                    |handle| {
+                        // Drains histogram buckets; a scrape is often enough.
+                        handle.run_upkeep();
+                        handle.render()
+                    },
+                );
+                std::future::ready(text)
+            }),
+        );
         let listener = tokio::net::TcpListener::bind(&settings.addr)
             .await
             .map_err(|e| format!("listening on {}: {e}", settings.addr))?;
@@ -166,6 +181,26 @@ impl Lab {
         );
         Ok(())
     }
+}
+
+/// This process's Prometheus recorder, installed by the first lab to
+/// start; its text is served at `/metrics`.
+fn prometheus() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<Result<PrometheusHandle, String>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            if !cfg!(feature = "metrics") {
+                return Err("run the SQL Lab with --features metrics".into());
+            }
+            let handle = PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| format!("installing the Prometheus recorder: {e}"))?;
+            #[cfg(feature = "metrics")]
+            async_query::metrics::describe();
+            Ok(handle)
+        })
+        .clone()
 }
 
 /// `url` without a password.

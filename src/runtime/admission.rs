@@ -54,7 +54,11 @@ impl Runtime {
             principal = %principal.name,
             job = tracing::field::Empty
         );
-        traced!(span.clone(), self.submit_in(span, principal, request))
+        let answer = traced!(span.clone(), self.submit_in(span, principal, request));
+        if let Ok(job) = &answer {
+            crate::metrics::answered(job.status);
+        }
+        answer
     }
 
     async fn submit_in(
@@ -250,6 +254,7 @@ impl Runtime {
                 };
                 table.insert(Arc::clone(job), cancel, place);
             }
+            crate::metrics::local(table.running_count(), table.queued());
             // Follow a queued job from before it can change, unless not
             // waiting (a job started here is run by the caller itself).
             let follow = match start {
@@ -276,6 +281,7 @@ impl Runtime {
                 });
             }
         };
+        crate::metrics::submitted(jobs.iter().map(|job| &**job));
         self.announce(jobs.iter().map(|job| &**job));
         let mut run = None;
         match (permit, token) {

@@ -144,7 +144,10 @@ impl Runtime {
                 match self.end_orphan(&job, &ending, now).await? {
                     Some(QueryStatus::CancelComplete) => sweep.cancel_completed += 1,
                     Some(_) => sweep.timed_out += 1,
-                    None => {}
+                    None => continue,
+                }
+                if matches!(ending, Ending::LeaseExpired(_)) {
+                    crate::metrics::leases_expired(1);
                 }
             }
         }
@@ -154,14 +157,19 @@ impl Runtime {
         let oldest_live = now - to_delta(self.config.max_run_time + self.config.lease);
         match self.storage.remove_stale_partials(oldest_live.into()).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(files = n, "removed partial exports left by stopped writers"),
+            Ok(n) => {
+                crate::metrics::cleaned("partials", n);
+                tracing::info!(files = n, "removed partial exports left by stopped writers");
+            }
             Err(e) => tracing::warn!(error = %e, "removing stale partial exports failed"),
         }
 
         if let Some(lifetime) = self.config.result_lifetime {
             sweep.results_expired = self.purge(Purge::Results(now, lifetime)).await?;
+            crate::metrics::cleaned("results", sweep.results_expired as u64);
         }
         sweep.deleted = self.purge(Purge::Records(now)).await?;
+        crate::metrics::cleaned("records", sweep.deleted as u64);
         sweep.events_tidied = self.tidy_events().await?;
         Ok(sweep)
     }

@@ -50,6 +50,7 @@ impl Runtime {
         if self.tasks.is_stopped() {
             return None;
         }
+        let run = crate::metrics::run_started(job, || self.clock.now());
         let ctx = ExecutionContext::new(cancel.clone(), job.principal.clone());
         let work = AssertUnwindSafe(async {
             let output = self
@@ -60,7 +61,7 @@ impl Runtime {
             self.save(job, output).await
         })
         .catch_unwind();
-        tokio::select! {
+        let outcome = tokio::select! {
             biased;
             () = cancel.cancelled() => {
                 (!self.tasks.is_stopped()).then(|| Outcome::ended(Ending::Cancelled))
@@ -71,7 +72,15 @@ impl Runtime {
                 Ok(Ok(Err(message))) => Outcome::ended(Ending::Failed(message)),
                 Ok(Ok(Ok(result))) => Outcome { ending: Ending::Finished, result: Some(result) },
             }),
-        }
+        };
+        run.ended(match outcome.as_ref().map(|o| &o.ending) {
+            Some(Ending::Finished) => "finished",
+            Some(Ending::Cancelled) => "cancelled",
+            Some(Ending::RunTimeLimit(_)) => "timed_out",
+            Some(_) => "failed",
+            None => "stopped",
+        });
+        outcome
     }
 
     /// Turns executor output into the stored result.

@@ -95,6 +95,7 @@ impl Runtime {
             .publish()
             .await
             .map_err(|e| storage_failed(job, &e, format!("could not publish the export: {e}")))?;
+        crate::metrics::exported(format.extension(), record_count, content_length);
         Ok(QueryResult {
             record_count: Some(record_count),
             content_length: Some(content_length),

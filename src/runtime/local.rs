@@ -59,9 +59,10 @@ impl LocalJobs {
         new_token: impl FnOnce() -> CancellationToken,
         emit: Emit<'_>,
     ) -> Option<CancellationToken> {
-        let mirrored = self
-            .lock()
-            .mirror(from, job, how, self.instance, new_token, emit);
+        let mut table = self.lock();
+        let mirrored = table.mirror(from, job, how, self.instance, new_token, emit);
+        crate::metrics::local(table.running_count(), table.queued());
+        drop(table);
         if mirrored.left {
             self.departed();
         }
@@ -71,7 +72,11 @@ impl LocalJobs {
     /// Drops a job's entry without a terminal status (it runs elsewhere,
     /// or its record could not be written); waiters fall back to the DAO.
     pub(super) fn forget(&self, id: Uuid) {
-        if self.lock().remove(id) {
+        let mut table = self.lock();
+        let removed = table.remove(id);
+        crate::metrics::local(table.running_count(), table.queued());
+        drop(table);
+        if removed {
             self.departed();
         }
     }

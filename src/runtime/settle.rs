@@ -115,6 +115,7 @@ impl Runtime {
                         .into_iter()
                         .find(|&(_, to)| to == record.status);
                     if let Some((from, _)) = ours {
+                        crate::metrics::changed(&record);
                         self.mirror(Some(from), Arc::clone(&record), Mirror::Follow);
                     } else if let Some(next) = ending_change(record.status, &ending, now, None) {
                         change = next;

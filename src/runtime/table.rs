@@ -167,6 +167,11 @@ impl JobTable {
         self.jobs.len() > self.queued
     }
 
+    /// Jobs running (or claimed) here.
+    pub(super) fn running_count(&self) -> usize {
+        self.jobs.len() - self.queued
+    }
+
     /// Ids of the jobs running here.
     pub(super) fn running(&self) -> Vec<Uuid> {
         self.jobs

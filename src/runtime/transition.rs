@@ -31,6 +31,7 @@ impl Runtime {
     ) -> CasOutcome<Arc<AsyncQuery>> {
         let outcome = outcome.map(Arc::new);
         if let CasOutcome::Applied(job) = &outcome {
+            crate::metrics::changed(job);
             self.mirror(Some(from), Arc::clone(job), Mirror::Follow);
         }
         outcome
