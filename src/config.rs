@@ -74,6 +74,13 @@ pub struct Config {
     /// Default `None`: results live as long as their records.
     #[serde(default, with = "humantime_serde")]
     pub result_lifetime: Option<Duration>,
+    /// How long an idempotency key returns its job
+    /// ([`SubmitRequest::with_idempotency_key`](crate::SubmitRequest::with_idempotency_key)):
+    /// a repeat within this time of the job's creation gets the job back;
+    /// a later one starts a new job. A key also ends with its record
+    /// (see [`retention`](Self::retention)). Default 24 hours.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
     /// Role whose holders may see and cancel everyone's jobs. Default `"admin"`.
     pub admin_role: String,
     /// Largest inline body a [`JobKind::Query`](crate::JobKind::Query) may
@@ -149,6 +156,7 @@ impl Default for Config {
             max_run_time: Duration::from_secs(3_600),
             retention: Duration::from_secs(7 * 24 * 3_600),
             result_lifetime: None,
+            idempotency_window: Duration::from_secs(24 * 3_600),
             admin_role: "admin".to_owned(),
             max_inline_result_bytes: 1 << 20,
             cleaner_enabled: true,
@@ -190,13 +198,14 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3_600);
 
 impl Config {
     /// Every duration setting, by name.
-    fn durations(&self) -> [(&'static str, Option<Duration>); 10] {
+    fn durations(&self) -> [(&'static str, Option<Duration>); 11] {
         [
             ("max_async_after", Some(self.max_async_after)),
             ("default_async_after", Some(self.default_async_after)),
             ("max_run_time", Some(self.max_run_time)),
             ("retention", Some(self.retention)),
             ("result_lifetime", self.result_lifetime),
+            ("idempotency_window", Some(self.idempotency_window)),
             ("cleaner_interval", Some(self.cleaner_interval)),
             (
                 "cancellation_check_interval",

@@ -40,6 +40,31 @@ pub enum Error {
         id: Uuid,
     },
 
+    /// A job store refused a record because its principal already has a
+    /// record with its idempotency key: what an
+    /// [`AsyncApiDao`](crate::AsyncApiDao) returns from `create` so that
+    /// the service answers with the existing job. A service caller sees it
+    /// only if that job vanished again and again while being looked up.
+    #[error("the idempotency key {key:?} is taken by another job")]
+    IdempotencyKeyTaken {
+        /// The key.
+        key: String,
+    },
+
+    /// A submit repeated an idempotency key with a different query, query
+    /// type or kind than the job the key belongs to (HTTP 422
+    /// `idempotency_key_reused`).
+    #[error(
+        "the idempotency key {key:?} belongs to job {id}, submitted with a different request; \
+         use a new key for a new request"
+    )]
+    IdempotencyKeyReused {
+        /// The key.
+        key: String,
+        /// The job that has it.
+        id: Uuid,
+    },
+
     /// Too many jobs are waiting; retry later or raise `Config::max_queued`.
     #[error("the queue is full ({limit} jobs waiting); retry later")]
     QueueFull {

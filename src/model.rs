@@ -397,6 +397,12 @@ pub struct AsyncQuery {
     pub result: Option<QueryResult>,
     /// Set while the job runs.
     pub lease: Option<Lease>,
+    /// The key a retried submit repeats to get this job back instead of a
+    /// second run (see
+    /// [`SubmitRequest::with_idempotency_key`](crate::SubmitRequest::with_idempotency_key)).
+    /// Unique per principal among the records that have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
 }
 
 impl AsyncQuery {

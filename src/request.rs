@@ -35,7 +35,13 @@ pub struct SubmitRequest {
     /// What happens to a job still running when `submit` stops waiting
     /// for it: it goes on (the default), or it is cancelled.
     pub on_wait_timeout: WaitTimeout,
+    /// Makes a retried submit safe: see
+    /// [`with_idempotency_key`](Self::with_idempotency_key).
+    pub idempotency_key: Option<String>,
 }
+
+/// The longest [`SubmitRequest::idempotency_key`] accepted, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
 /// What happens to a job still running when its async-after wait ends (as
 /// Databricks' `on_wait_timeout`).
@@ -63,6 +69,7 @@ impl SubmitRequest {
             async_after: None,
             max_run_time: None,
             on_wait_timeout: WaitTimeout::Continue,
+            idempotency_key: None,
         }
     }
 
@@ -101,6 +108,37 @@ impl SubmitRequest {
     /// Sets [`on_wait_timeout`](Self::on_wait_timeout).
     pub fn with_on_wait_timeout(mut self, policy: WaitTimeout) -> Self {
         self.on_wait_timeout = policy;
+        self
+    }
+
+    /// Makes the submit idempotent, as BigQuery's and Snowflake's request
+    /// ids and the HTTP `Idempotency-Key` header: a submit by the same
+    /// principal with the same key within
+    /// [`Config::idempotency_window`](crate::Config::idempotency_window)
+    /// of the first gets that first job back (waiting for it up to its own
+    /// async-after, as a new job would be) and never runs the query again,
+    /// also when the two race on two instances: the job store keeps a key
+    /// unique per principal. A repeat whose query, query type or kind
+    /// differs is refused with
+    /// [`Error::IdempotencyKeyReused`](crate::Error::IdempotencyKeyReused).
+    /// Keys of different principals never meet. After the window the key
+    /// starts a new job.
+    ///
+    /// A key is 1 to [`MAX_IDEMPOTENCY_KEY_LEN`] bytes of visible ASCII;
+    /// `submit_many` refuses keys.
+    ///
+    /// ```
+    /// # async fn demo(service: async_query::AsyncQueryService) -> async_query::Result<()> {
+    /// use async_query::{Principal, SubmitRequest};
+    /// let alice = Principal::new("alice");
+    /// let request = SubmitRequest::query("select 1").with_idempotency_key("report-2026-11-25");
+    /// let first = service.submit(&alice, request.clone()).await?;
+    /// let retried = service.submit(&alice, request).await?; // the reply was lost; try again
+    /// assert_eq!(first.id, retried.id);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
         self
     }
 }

@@ -231,6 +231,12 @@ impl AsyncQueryService {
                  cannot apply; submit it alone"
             )));
         }
+        if let Some(i) = requests.iter().position(|r| r.idempotency_key.is_some()) {
+            return Err(Error::invalid(format!(
+                "request {i}: submit_many takes no idempotency keys (a batch is stored all or \
+                 nothing, so one repeated key would refuse it all); submit keyed jobs one by one"
+            )));
+        }
         self.inner.submit_many(principal, requests).await
     }
 
@@ -248,7 +254,8 @@ impl AsyncQueryService {
     /// # Errors
     ///
     /// [`Error::InvalidRequest`] (empty query, rejected by the executor's
-    /// validation, or `WaitTimeout::Cancel` without an async-after),
+    /// validation, `WaitTimeout::Cancel` without an async-after, or a
+    /// malformed idempotency key), [`Error::IdempotencyKeyReused`],
     /// [`Error::DuplicateId`], [`Error::QueueFull`],
     /// [`Error::ShuttingDown`], or [`Error::Dao`] if the record cannot be
     /// stored. In every error case nothing was stored and nothing runs.

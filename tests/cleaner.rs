@@ -42,6 +42,7 @@ fn foreign(status: QueryStatus, owner: Option<Lease>, age: TimeDelta) -> AsyncQu
         updated_on: at,
         result: None,
         lease: owner,
+        idempotency_key: None,
     }
 }
 

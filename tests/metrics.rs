@@ -182,6 +182,7 @@ async fn the_service_records_its_lifecycle_in_metrics() {
             owner: uuid::Uuid::new_v4(),
             expires_at: now - chrono::TimeDelta::seconds(1),
         }),
+        idempotency_key: None,
     };
     dao.create(&orphan).await.unwrap();
     tokio::time::sleep(Duration::from_secs(61)).await;

@@ -60,6 +60,8 @@ struct State {
     next_seq: u64,
     /// The bytes of the inline result bodies in `jobs`.
     result_bytes: usize,
+    /// Idempotency keys, by principal name and key.
+    keys: HashMap<(String, String), Uuid>,
 }
 
 #[derive(Debug)]
@@ -173,6 +175,16 @@ impl State {
         if let Some(job) = jobs.iter().find(|j| self.jobs.contains_key(&j.id)) {
             return Err(Error::DuplicateId { id: job.id });
         }
+        let mut new_keys = std::collections::HashSet::new();
+        for (name, key) in jobs.iter().filter_map(key_of) {
+            if self.keys.contains_key(&(name.to_owned(), key.to_owned()))
+                || !new_keys.insert((name, key))
+            {
+                return Err(Error::IdempotencyKeyTaken {
+                    key: key.to_owned(),
+                });
+            }
+        }
         self.jobs.reserve(jobs.len());
         for job in jobs {
             let seq = self.next_seq;
@@ -181,6 +193,9 @@ impl State {
                 self.queue.insert(seq, job.id);
             }
             self.result_bytes += inline_len(job.result.as_ref());
+            if let Some((name, key)) = key_of(job) {
+                self.keys.insert((name.to_owned(), key.to_owned()), job.id);
+            }
             self.jobs.insert(
                 job.id,
                 Entry {
@@ -266,6 +281,32 @@ impl AsyncApiDao for MemoryDao {
 
     async fn get(&self, id: Uuid) -> Result<Option<AsyncQuery>> {
         Ok(self.lock().jobs.get(&id).map(|entry| entry.job.clone()))
+    }
+
+    async fn find_by_idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<AsyncQuery>> {
+        let state = self.lock();
+        let id = state.keys.get(&(principal.to_owned(), key.to_owned()));
+        Ok(id.and_then(|id| state.jobs.get(id)).map(|e| e.job.clone()))
+    }
+
+    async fn release_idempotency_key(&self, id: Uuid, key: &str) -> Result<bool> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let Some(entry) = state.jobs.get_mut(&id) else {
+            return Ok(false);
+        };
+        if entry.job.idempotency_key.as_deref() != Some(key) {
+            return Ok(false);
+        }
+        entry.job.idempotency_key = None;
+        state
+            .keys
+            .remove(&(entry.job.principal.name.clone(), key.to_owned()));
+        Ok(true)
     }
 
     async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
@@ -403,11 +444,20 @@ impl AsyncApiDao for MemoryDao {
             if let Some(entry) = state.jobs.remove(id) {
                 state.queue.remove(&entry.seq);
                 state.result_bytes -= inline_len(entry.job.result.as_ref());
+                if let Some((name, key)) = key_of(&entry.job) {
+                    state.keys.remove(&(name.to_owned(), key.to_owned()));
+                }
                 deleted += 1;
             }
         }
         Ok(deleted)
     }
+}
+
+/// A record's principal name and idempotency key, if it has one.
+fn key_of(job: &AsyncQuery) -> Option<(&str, &str)> {
+    let key = job.idempotency_key.as_deref()?;
+    Some((job.principal.name.as_str(), key))
 }
 
 /// The bytes of `result`'s inline body (0 for any other body).
@@ -428,53 +478,4 @@ fn result_outlived(job: &AsyncQuery, before: DateTime<Utc>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::model::{JobKind, Principal, QueryResult};
-
-    fn finished(body: &str, at: DateTime<Utc>) -> AsyncQuery {
-        AsyncQuery {
-            id: Uuid::new_v4(),
-            kind: JobKind::Query,
-            query: "q".into(),
-            query_type: "SQL".into(),
-            principal: Principal::new("alice"),
-            status: QueryStatus::Complete,
-            async_after: std::time::Duration::ZERO,
-            max_run_time: std::time::Duration::from_secs(60),
-            created_on: at,
-            updated_on: at,
-            result: Some(QueryResult {
-                body: ResultBody::Inline(body.into()),
-                ..QueryResult::message(at, "done")
-            }),
-            lease: None,
-        }
-    }
-
-    /// Every way a body leaves (its result expiring, its record deleted)
-    /// gives its bytes back, and a batch that does not fit is refused whole.
-    #[tokio::test]
-    async fn result_bytes_follow_bodies_in_and_out() {
-        let dao = MemoryDao::new().with_max_result_bytes(10);
-        let at = Utc::now() - chrono::Duration::hours(1);
-        let (a, b) = (finished("abcd", at), finished("efgh", at));
-        dao.create_many(&[a.clone(), b.clone()]).await.unwrap();
-        assert_eq!(dao.result_bytes(), 8);
-        let refused = dao.create(&finished("ijk", at)).await;
-        assert!(matches!(refused, Err(Error::Dao { .. })), "{refused:?}");
-        assert_eq!(dao.result_bytes(), 8);
-        let mut reap = |records: Vec<ExpiredRecord>| {
-            let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
-            Box::pin(async move { ids }) as futures::future::BoxFuture<'static, Vec<Uuid>>
-        };
-        let purged = dao
-            .expire_results(Utc::now(), 1, "expired", &mut reap)
-            .await
-            .unwrap();
-        assert_eq!(purged, Purged::new(1, 1));
-        assert_eq!(dao.result_bytes(), 4);
-        dao.delete(&[a.id, b.id]).await.unwrap();
-        assert_eq!(dao.result_bytes(), 0);
-    }
-}
+mod tests;

@@ -72,11 +72,48 @@ pub use types::{
 pub trait AsyncApiDao: Send + Sync + 'static {
     /// Stores a new record.
     ///
+    /// A record with an [`idempotency_key`](AsyncQuery::idempotency_key)
+    /// is refused while another record of the same principal has that key:
+    /// the store enforces it (a unique index), so two instances racing
+    /// cannot both store one.
+    ///
     /// # Errors
     ///
     /// [`Error::DuplicateId`](crate::error::Error::DuplicateId) if the id exists;
+    /// [`Error::IdempotencyKeyTaken`](crate::error::Error::IdempotencyKeyTaken)
+    /// if the principal's key is taken;
     /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
     async fn create(&self, job: &AsyncQuery) -> Result<()>;
+
+    /// The record of `principal` (a principal name) that has idempotency
+    /// key `key`, if any. The default says the store has no keys, which
+    /// makes keyed submits fail with that message instead of running twice.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::error::Error::Config) from the default;
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
+    async fn find_by_idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<AsyncQuery>> {
+        let _ = (principal, key);
+        Err(no_keys())
+    }
+
+    /// Takes idempotency key `key` off record `id` if the record still has
+    /// it (its window has passed; a new job takes the key). Returns whether
+    /// it did. Other records, and the record's status, are untouched.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::error::Error::Config) from the default;
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
+    async fn release_idempotency_key(&self, id: Uuid, key: &str) -> Result<bool> {
+        let _ = (id, key);
+        Err(no_keys())
+    }
 
     /// Stores several new records, all or nothing, in this order (claims
     /// take them first to last). Back-ends should make this one round trip
@@ -385,6 +422,15 @@ pub trait AsyncApiDao: Send + Sync + 'static {
 }
 
 /// Checks a change against the transition table; shared by back-ends.
+/// What a store without idempotency keys answers.
+fn no_keys() -> crate::error::Error {
+    crate::error::Error::Config {
+        reason: "this job store does not support idempotency keys (implement \
+                 AsyncApiDao::find_by_idempotency_key and release_idempotency_key)"
+            .into(),
+    }
+}
+
 pub(crate) fn check_transition(change: &StatusChange) -> Result<()> {
     if change.from.can_transition_to(change.to) {
         Ok(())

@@ -130,7 +130,8 @@ impl PostgresDao {
         let v4 = results_index(<Self as SqlBackend>::BODY_TYPE);
         let v5 = super::pg_events::schema_v5();
         let v6 = super::sql::history_indexes();
-        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6], Some(lock))
+        let v7 = super::sql::idempotency_keys();
+        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6, v7], Some(lock))
             .await
     }
 }

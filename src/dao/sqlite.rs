@@ -74,7 +74,8 @@ impl SqliteDao {
         let v1 = schema_v1("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB", "INTEGER");
         let v2 = super::sql::results_index(<Self as SqlBackend>::BODY_TYPE);
         let v3 = super::sql::history_indexes();
-        self.apply_migrations(vec![v1, v2, v3], None).await
+        let v4 = super::sql::idempotency_keys();
+        self.apply_migrations(vec![v1, v2, v3, v4], None).await
     }
 }
 

@@ -90,6 +90,14 @@ impl From<Error> for ApiError {
             Error::IdUnavailable { .. } => {
                 Self::new(StatusCode::CONFLICT, "id_unavailable", detail)
             }
+            Error::IdempotencyKeyTaken { .. } => {
+                Self::new(StatusCode::CONFLICT, "idempotency_key_taken", detail)
+            }
+            Error::IdempotencyKeyReused { .. } => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                detail,
+            ),
             Error::InvalidTransition { .. } => {
                 Self::new(StatusCode::CONFLICT, "invalid_transition", detail)
             }
@@ -183,6 +191,9 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<S
     attributes.insert("principalName".into(), json!(job.principal.name));
     attributes.insert("createdOn".into(), json!(time(job.created_on)));
     attributes.insert("updatedOn".into(), json!(time(job.updated_on)));
+    if let Some(key) = &job.idempotency_key {
+        attributes.insert("idempotencyKey".into(), json!(key));
+    }
     let http_status = match job.status {
         QueryStatus::Complete => 200,
         QueryStatus::TimedOut => 408,
@@ -355,10 +366,17 @@ pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRe
         }
         if !matches!(
             name.as_str(),
-            "query" | "queryType" | "status" | "asyncAfterSeconds" | "resultType" | "onWaitTimeout"
+            "query"
+                | "queryType"
+                | "status"
+                | "asyncAfterSeconds"
+                | "resultType"
+                | "onWaitTimeout"
+                | "idempotencyKey"
         ) {
             return Err(ApiError::bad_request(format!(
-                "unknown attribute {name:?}; known: query, queryType, status, asyncAfterSeconds, resultType, onWaitTimeout"
+                "unknown attribute {name:?}; known: query, queryType, status, asyncAfterSeconds, \
+                 resultType, onWaitTimeout, idempotencyKey"
             )));
         }
     }
@@ -427,6 +445,9 @@ pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRe
                 "onWaitTimeout must be \"CONTINUE\" or \"CANCEL\", not {other:?}"
             )));
         }
+    }
+    if let Some(key) = string(attributes, "idempotencyKey")? {
+        request = request.with_idempotency_key(key);
     }
     if let Some(id) = data.id {
         request = request.with_id(parse_id(&id)?);

@@ -96,7 +96,20 @@ pub(super) async fn create<R: PrincipalResolver>(
     let (parts, body) = request.into_parts();
     let principal = principal(&app, &parts).await?;
     let body = document_body(&app, &parts, body).await?;
-    let submission = document::submission(&body, collection)?;
+    let mut submission = document::submission(&body, collection)?;
+    if let Some(header) = parts.headers.get("idempotency-key") {
+        let key = header.to_str().map_err(|_| {
+            ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
+        })?;
+        match &submission.idempotency_key {
+            Some(attribute) if attribute != key => {
+                return Err(ApiError::bad_request(
+                    "the Idempotency-Key header and the idempotencyKey attribute differ",
+                ));
+            }
+            _ => submission = submission.with_idempotency_key(key),
+        }
+    }
     let job = app.service.submit(&principal, submission).await?;
     let mut response = respond(StatusCode::CREATED, &job_document(&app, &job, None).await);
     if let Ok(location) = HeaderValue::try_from(location(&parts, job.id)) {

@@ -70,6 +70,20 @@ impl Runtime {
         self.clock_ready().await;
         let now = self.clock.now();
         let job = self.new_record(principal, request, now)?;
+        if let Some(key) = job.idempotency_key.clone() {
+            return self.submit_keyed(span, principal, job, key, now).await;
+        }
+        self.start_new(span, principal, job, now).await
+    }
+
+    /// Admits a new record and follows it for its async-after.
+    pub(super) async fn start_new(
+        self: &Arc<Self>,
+        span: tracing::Span,
+        principal: &Principal,
+        job: AsyncQuery,
+        now: DateTime<Utc>,
+    ) -> Result<AsyncQuery> {
         let (id, async_after) = (job.id, job.async_after);
         span.record("job", tracing::field::display(id));
         let Admitted {
@@ -178,6 +192,9 @@ impl Runtime {
         if request.query.trim().is_empty() {
             return Err(Error::invalid("the query is empty"));
         }
+        if let Some(key) = &request.idempotency_key {
+            super::idempotency::check_key(key)?;
+        }
         self.executor.validate(&request).map_err(Error::invalid)?;
         let config = &self.config;
         let max_run_time = request
@@ -200,6 +217,7 @@ impl Runtime {
             updated_on: now,
             result: None,
             lease: None,
+            idempotency_key: request.idempotency_key,
         })
     }
 

@@ -60,6 +60,7 @@ mod events;
 mod execution;
 mod export;
 mod heartbeat;
+mod idempotency;
 mod listener;
 mod local;
 mod retention;

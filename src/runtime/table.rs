@@ -339,6 +339,7 @@ mod tests {
                 owner,
                 expires_at: now,
             }),
+            idempotency_key: None,
         }
     }
 

@@ -228,6 +228,20 @@ impl AsyncApiDao for FaultyDao {
         self.faults.dao("get", self.inner.get(id)).await
     }
 
+    async fn find_by_idempotency_key(
+        &self,
+        principal: &str,
+        key: &str,
+    ) -> Result<Option<AsyncQuery>> {
+        let found = self.inner.find_by_idempotency_key(principal, key);
+        self.faults.dao("find_by_idempotency_key", found).await
+    }
+
+    async fn release_idempotency_key(&self, id: Uuid, key: &str) -> Result<bool> {
+        let released = self.inner.release_idempotency_key(id, key);
+        self.faults.dao("release_idempotency_key", released).await
+    }
+
     async fn update_status(&self, id: Uuid, change: StatusChange) -> Result<CasOutcome> {
         self.faults
             .dao("update_status", self.inner.update_status(id, change))

@@ -74,6 +74,18 @@ pub(crate) fn results_index(body_type: &str) -> Vec<String> {
     )]
 }
 
+/// The schema version that adds idempotency keys: a nullable column and a
+/// unique index over the principal's keys, which is what stops two
+/// instances racing with one key from both storing a job.
+pub(crate) fn idempotency_keys() -> Vec<String> {
+    vec![
+        "ALTER TABLE async_query ADD COLUMN idempotency_key TEXT".to_owned(),
+        "CREATE UNIQUE INDEX IF NOT EXISTS async_query_idempotency ON async_query \
+         (principal_name, idempotency_key) WHERE idempotency_key IS NOT NULL"
+            .to_owned(),
+    ]
+}
+
 /// `statement` restricted to the rows with these ids.
 pub(crate) fn where_ids<DB: sqlx::Database>(
     statement: &str,
@@ -116,7 +128,7 @@ pub(crate) fn push_list<DB: sqlx::Database>(
 /// The columns every query selects, in `RawJob` order.
 pub(crate) const COLUMNS: &str = "id, kind, query, query_type, principal_name, principal_roles, \
      status, async_after_ms, max_run_time_ms, created_on, updated_on, result, lease_owner, \
-     lease_expires_at";
+     lease_expires_at, idempotency_key";
 
 /// One row of `async_query`.
 #[derive(Debug, sqlx::FromRow)]
@@ -135,6 +147,7 @@ pub(crate) struct RawJob {
     pub(crate) result: Option<String>,
     pub(crate) lease_owner: Option<Uuid>,
     pub(crate) lease_expires_at: Option<i64>,
+    pub(crate) idempotency_key: Option<String>,
 }
 
 pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
@@ -205,6 +218,7 @@ impl RawJob {
             updated_on: time(self.updated_on, "updated_on")?,
             result,
             lease,
+            idempotency_key: self.idempotency_key,
         })
     }
 }

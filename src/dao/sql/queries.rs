@@ -42,7 +42,7 @@ macro_rules! sql_dao {
                 insert.push(concat!(
                     "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
                     "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
-                    "updated_on, result, lease_owner, lease_expires_at) "
+                    "updated_on, result, lease_owner, lease_expires_at, idempotency_key) "
                 ));
                 insert.push_values(rows, |mut row, (job, kind, roles, result)| {
                     row.push_bind(job.id)
@@ -58,7 +58,8 @@ macro_rules! sql_dao {
                         .push_bind(micros(job.updated_on))
                         .push_bind(result.as_deref())
                         .push_bind(job.lease.as_ref().map(|l| l.owner))
-                        .push_bind(job.lease.as_ref().map(|l| micros(l.expires_at)));
+                        .push_bind(job.lease.as_ref().map(|l| micros(l.expires_at)))
+                        .push_bind(job.idempotency_key.as_deref());
                 });
                 if let Some([_, close]) = record {
                     insert.push(
@@ -205,7 +206,7 @@ macro_rules! sql_dao {
                         job.result.as_ref().map(json).transpose()?,
                     ));
                 }
-                // 14 parameters a row: 500 rows stay below every database's
+                // 15 parameters a row: 500 rows stay below every database's
                 // parameter limit. One statement is atomic by itself; more
                 // share a transaction.
                 const CHUNK: usize = 500;
@@ -236,10 +237,56 @@ macro_rules! sql_dao {
                                 return Err($crate::Error::DuplicateId { id: job.id });
                             }
                         }
+                        // Or a principal's idempotency key that exists or
+                        // repeats in the batch.
+                        let mut keys = std::collections::HashSet::new();
+                        for job in jobs {
+                            if let Some(key) = &job.idempotency_key {
+                                let name = job.principal.name.as_str();
+                                if !keys.insert((name, key.as_str()))
+                                    || $crate::AsyncApiDao::find_by_idempotency_key(self, name, key)
+                                        .await?
+                                        .is_some()
+                                {
+                                    return Err($crate::Error::IdempotencyKeyTaken { key: key.clone() });
+                                }
+                            }
+                        }
                         Err(fail(sqlx::Error::Database(e)))
                     }
                     Err(e) => Err(fail(e)),
                 }
+            }
+
+            async fn find_by_idempotency_key(
+                &self,
+                principal: &str,
+                key: &str,
+            ) -> $crate::Result<Option<$crate::model::AsyncQuery>> {
+                let sql = format!(
+                    "SELECT {} FROM async_query WHERE principal_name = $1 AND idempotency_key = $2",
+                    $crate::dao::sql::COLUMNS
+                );
+                sqlx::query_as::<_, $crate::dao::sql::RawJob>(&sql)
+                    .bind(principal)
+                    .bind(key)
+                    .fetch_optional($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("reading a job by idempotency key", e))?
+                    .map($crate::dao::sql::RawJob::into_job)
+                    .transpose()
+            }
+
+            async fn release_idempotency_key(&self, id: uuid::Uuid, key: &str) -> $crate::Result<bool> {
+                let done = sqlx::query(
+                    "UPDATE async_query SET idempotency_key = NULL WHERE id = $1 AND idempotency_key = $2",
+                )
+                .bind(id)
+                .bind(key)
+                .execute($crate::dao::sql::SqlBackend::pool(self))
+                .await
+                .map_err(|e| $crate::dao::sql::db_error("releasing an idempotency key", e))?;
+                Ok(done.rows_affected() > 0)
             }
 
             async fn get(&self, id: uuid::Uuid) -> $crate::Result<Option<$crate::model::AsyncQuery>> {

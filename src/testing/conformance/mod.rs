@@ -10,6 +10,7 @@
 mod claims;
 mod events;
 mod history;
+mod keys;
 mod lifetime;
 mod records;
 mod status;
@@ -19,6 +20,7 @@ mod writes;
 pub use claims::{dao_claims, dao_clock, dao_leases, dao_list, dao_watch};
 pub use events::dao_events;
 pub use history::dao_history;
+pub use keys::dao_idempotency_keys;
 pub use lifetime::dao_expire_results;
 pub use records::sample_job;
 pub use status::{dao_batches, dao_compare_and_set};
@@ -49,6 +51,7 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_clock(dao).await;
     dao_list(dao).await;
     dao_history(dao).await;
+    dao_idempotency_keys(dao).await;
     dao_delete(dao).await;
     dao_delete_expired(dao).await;
     dao_expire_results(dao).await;

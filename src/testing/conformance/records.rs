@@ -26,6 +26,7 @@ pub(super) fn record(now: DateTime<Utc>, status: QueryStatus) -> AsyncQuery {
         updated_on: now,
         result: None,
         lease: None,
+        idempotency_key: None,
     }
 }
 

@@ -1,0 +1,51 @@
+//! Unit tests of the in-memory store's accounting.
+
+use super::*;
+use crate::model::{JobKind, Principal, QueryResult};
+
+fn finished(body: &str, at: DateTime<Utc>) -> AsyncQuery {
+    AsyncQuery {
+        id: Uuid::new_v4(),
+        kind: JobKind::Query,
+        query: "q".into(),
+        query_type: "SQL".into(),
+        principal: Principal::new("alice"),
+        status: QueryStatus::Complete,
+        async_after: std::time::Duration::ZERO,
+        max_run_time: std::time::Duration::from_secs(60),
+        created_on: at,
+        updated_on: at,
+        result: Some(QueryResult {
+            body: ResultBody::Inline(body.into()),
+            ..QueryResult::message(at, "done")
+        }),
+        lease: None,
+        idempotency_key: None,
+    }
+}
+
+/// Every way a body leaves (its result expiring, its record deleted)
+/// gives its bytes back, and a batch that does not fit is refused whole.
+#[tokio::test]
+async fn result_bytes_follow_bodies_in_and_out() {
+    let dao = MemoryDao::new().with_max_result_bytes(10);
+    let at = Utc::now() - chrono::Duration::hours(1);
+    let (a, b) = (finished("abcd", at), finished("efgh", at));
+    dao.create_many(&[a.clone(), b.clone()]).await.unwrap();
+    assert_eq!(dao.result_bytes(), 8);
+    let refused = dao.create(&finished("ijk", at)).await;
+    assert!(matches!(refused, Err(Error::Dao { .. })), "{refused:?}");
+    assert_eq!(dao.result_bytes(), 8);
+    let mut reap = |records: Vec<ExpiredRecord>| {
+        let ids: Vec<Uuid> = records.iter().map(|r| r.id).collect();
+        Box::pin(async move { ids }) as futures::future::BoxFuture<'static, Vec<Uuid>>
+    };
+    let purged = dao
+        .expire_results(Utc::now(), 1, "expired", &mut reap)
+        .await
+        .unwrap();
+    assert_eq!(purged, Purged::new(1, 1));
+    assert_eq!(dao.result_bytes(), 4);
+    dao.delete(&[a.id, b.id]).await.unwrap();
+    assert_eq!(dao.result_bytes(), 0);
+}
