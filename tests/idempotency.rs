@@ -150,10 +150,8 @@ async fn malformed_keys_and_keyed_batches_are_refused() {
 async fn race(dao_a: Arc<dyn AsyncApiDao>, dao_b: Arc<dyn AsyncApiDao>, rounds: usize) {
     let config = || Config {
         max_queued: 1_000,
-        // Without store signals (the shared `MemoryDao`), an instance
-        // learns that the other claimed a job queued here at its next
-        // heartbeat (a third of the lease), and waits poll the store.
-        lease: Duration::from_millis(300),
+        // Without store signals (the shared `MemoryDao`), waits for a job
+        // the other instance runs poll the store.
         poll_interval: Duration::from_millis(10),
         ..config()
     };

@@ -702,3 +702,48 @@ async fn durations_beyond_a_hundred_years_are_refused_at_build() {
         .expect("submit");
     assert_eq!(job.status, QueryStatus::Complete);
 }
+
+/// Two instances over a store that pushes no changes (one `MemoryDao`):
+/// a job queued on the busy instance and run by the idle one is seen
+/// finished by the submitter's wait within a poll interval, not at its
+/// next heartbeat (a third of the lease).
+#[tokio::test(start_paused = true)]
+async fn a_wait_sees_a_job_another_instance_ran_within_a_poll_interval() {
+    use std::sync::Arc;
+    let dao = Arc::new(async_query::MemoryDao::new());
+    let instance = || {
+        async_query::AsyncQueryService::builder()
+            .config(async_query::Config {
+                pool_size: 1,
+                lease: Duration::from_secs(30),
+                poll_interval: Duration::from_secs(1),
+                ..config()
+            })
+            .dao(dao.clone())
+            .executor(Arc::new(async_query::testing::ScriptedExecutor::new()))
+            .build()
+            .expect("service builds")
+    };
+    let (busy, idle) = (instance(), instance());
+    let blocker = submit(
+        &busy,
+        SubmitRequest::query("block").with_async_after(Duration::ZERO),
+    )
+    .await;
+    let started = tokio::time::Instant::now();
+    let job = submit(
+        &busy,
+        SubmitRequest::query("sleep 10").with_async_after(Duration::from_secs(5)),
+    )
+    .await;
+    assert_eq!(job.status, QueryStatus::Complete, "{job:?}");
+    assert!(
+        started.elapsed() <= Duration::from_secs(3),
+        "seen {:?} after the submit",
+        started.elapsed()
+    );
+    busy.cancel(&alice(), blocker.id).await.unwrap();
+    for service in [busy, idle] {
+        service.shutdown(Duration::from_secs(1)).await.unwrap();
+    }
+}

@@ -110,11 +110,14 @@ impl Runtime {
             return Ok(AsyncQuery::clone(&jobs[0]));
         };
         drop(jobs);
-        match follow_local(&mut follow, deadline).await {
-            Some(latest) => Ok(latest),
-            // Another instance took the job (this one is submit-only or
-            // busy): follow it through the DAO for the rest of the wait.
-            None => {
+        // Bounded as `wait` bounds it: another instance may claim the job.
+        let until = deadline.min(Instant::now() + self.config.poll_interval);
+        match follow_local(&mut follow, until).await {
+            Some(latest) if latest.status.is_terminal() || until >= deadline => Ok(latest),
+            // Still unfinished at the poll interval, or another instance
+            // took the job (this one is submit-only or busy): `wait` looks
+            // at the DAO for the rest of the wait.
+            _ => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 self.wait(principal, id, left).await
             }

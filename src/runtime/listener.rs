@@ -121,8 +121,8 @@ impl Runtime {
                     // tracking it, so its waiters follow the DAO (and these
                     // signals) instead of a local state that will not change.
                     // If this instance claimed it, the claim re-adopts it.
-                    if signal.status != QueryStatus::Queued && self.jobs.is_queued(signal.id) {
-                        self.jobs.forget(signal.id);
+                    if signal.status != QueryStatus::Queued {
+                        self.jobs.forget_queued(signal.id);
                     }
                     self.waiters.remote_change();
                     self.events.remote_change();

@@ -81,6 +81,19 @@ impl LocalJobs {
         }
     }
 
+    /// Drops a job's entry if it still waits for a slot here (it left the
+    /// queue elsewhere); checked and removed under one lock, so a claim
+    /// mirrored meanwhile is never dropped.
+    pub(super) fn forget_queued(&self, id: Uuid) {
+        let mut table = self.lock();
+        let removed = table.is_queued(id) && table.remove(id);
+        crate::metrics::local(table.running_count(), table.queued());
+        drop(table);
+        if removed {
+            self.departed();
+        }
+    }
+
     /// Fires the cancellation token of a local job, if any.
     pub(super) fn fire(&self, id: Uuid) {
         if let Some(token) = self.lock().token(id) {

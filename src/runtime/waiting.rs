@@ -12,7 +12,7 @@ use uuid::Uuid;
 use super::Runtime;
 use crate::error::{Error, Result};
 use crate::history::{HistoryPage, HistoryQuery};
-use crate::model::{AsyncQuery, Principal};
+use crate::model::{AsyncQuery, Principal, QueryStatus};
 
 /// Wakes waiters that follow jobs through the DAO.
 #[derive(Default)]
@@ -79,11 +79,24 @@ impl Runtime {
                 {
                     return Err(Error::NotFound { id });
                 }
-                if let Some(latest) = follow_local(&mut rx, deadline).await {
-                    return Ok(latest);
+                // A job only queued here may have been claimed by another
+                // instance, which only a store that pushes changes says at
+                // once: look at the store every poll interval meanwhile.
+                let until = if self.jobs.is_queued(id) {
+                    deadline.min(Instant::now() + self.config.poll_interval)
+                } else {
+                    deadline
+                };
+                match follow_local(&mut rx, until).await {
+                    Some(latest) if latest.status.is_terminal() || until >= deadline => {
+                        return Ok(latest);
+                    }
+                    // Still queued here at the poll interval: read the DAO.
+                    Some(_) => {}
+                    // The job left this instance's table without a terminal
+                    // status: read the DAO instead.
+                    None => {}
                 }
-                // The job left this instance's table without a terminal
-                // status: read the DAO instead.
             }
             // Registered before reading, so a change pushed in between is
             // not missed.
@@ -91,6 +104,18 @@ impl Runtime {
             tokio::pin!(changed);
             changed.as_mut().enable();
             let job = self.get(principal, id).await?;
+            let ours = job
+                .lease
+                .as_ref()
+                .is_some_and(|lease| lease.owner == self.config.instance_id);
+            if job.status != QueryStatus::Queued && !ours {
+                // It left the queue elsewhere (as the listener learns from
+                // a signal): its waiters follow the DAO from now on.
+                self.jobs.forget_queued(id);
+            } else if job.status == QueryStatus::Queued && self.jobs.is_queued(id) {
+                // Still queued here: following it locally is the next poll.
+                continue;
+            }
             let now = Instant::now();
             if job.status.is_terminal() || now >= deadline {
                 return Ok(job);
