@@ -81,6 +81,13 @@ pub struct Config {
     /// (see [`retention`](Self::retention)). Default 24 hours.
     #[serde(with = "humantime_serde")]
     pub idempotency_window: Duration,
+    /// Answer submits with the result of an earlier identical job created
+    /// within this time, instead of running them again (see
+    /// [`Reuse`](crate::Reuse); a request can ask for another window or
+    /// for [`Reuse::Force`](crate::Reuse::Force)). Default `None`: every
+    /// submit runs unless it asks for reuse.
+    #[serde(default, with = "humantime_serde")]
+    pub result_reuse: Option<Duration>,
     /// Role whose holders may see and cancel everyone's jobs. Default `"admin"`.
     pub admin_role: String,
     /// Largest inline body a [`JobKind::Query`](crate::JobKind::Query) may
@@ -157,6 +164,7 @@ impl Default for Config {
             retention: Duration::from_secs(7 * 24 * 3_600),
             result_lifetime: None,
             idempotency_window: Duration::from_secs(24 * 3_600),
+            result_reuse: None,
             admin_role: "admin".to_owned(),
             max_inline_result_bytes: 1 << 20,
             cleaner_enabled: true,
@@ -198,7 +206,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3_600);
 
 impl Config {
     /// Every duration setting, by name.
-    fn durations(&self) -> [(&'static str, Option<Duration>); 11] {
+    fn durations(&self) -> [(&'static str, Option<Duration>); 12] {
         [
             ("max_async_after", Some(self.max_async_after)),
             ("default_async_after", Some(self.default_async_after)),
@@ -206,6 +214,7 @@ impl Config {
             ("retention", Some(self.retention)),
             ("result_lifetime", self.result_lifetime),
             ("idempotency_window", Some(self.idempotency_window)),
+            ("result_reuse", self.result_reuse),
             ("cleaner_interval", Some(self.cleaner_interval)),
             (
                 "cancellation_check_interval",

@@ -109,7 +109,7 @@ pub use executor::{ExecutionContext, QueryExecutor, QueryOutput, RecordStream};
 pub use model::{
     AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, Record, ResultBody,
 };
-pub use request::{CancelOutcome, ShutdownReport, SubmitRequest, WaitTimeout};
+pub use request::{CancelOutcome, Reuse, ShutdownReport, SubmitRequest, WaitTimeout};
 pub use service::{AsyncQueryService, AsyncQueryServiceBuilder};
 #[cfg(feature = "object-store")]
 pub use storage::ObjectStoreStorage;

@@ -406,6 +406,18 @@ pub struct AsyncQuery {
 }
 
 impl AsyncQuery {
+    /// Whether this record's result may answer `like` (see
+    /// [`Reuse`](crate::Reuse)): `COMPLETE` with its output kept, and the
+    /// same principal, kind, query type and query text.
+    pub(crate) fn may_answer(&self, like: &AsyncQuery) -> bool {
+        self.status == QueryStatus::Complete
+            && self.result.as_ref().is_some_and(|r| r.body.has_output())
+            && self.principal.name == like.principal.name
+            && self.kind == like.kind
+            && self.query_type == like.query_type
+            && self.query == like.query
+    }
+
     /// Whether `principal` may see this job: its owner, or anyone holding
     /// `admin_role`.
     pub fn is_visible_to(&self, principal: &Principal, admin_role: &str) -> bool {

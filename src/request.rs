@@ -38,6 +38,30 @@ pub struct SubmitRequest {
     /// Makes a retried submit safe: see
     /// [`with_idempotency_key`](Self::with_idempotency_key).
     pub idempotency_key: Option<String>,
+    /// Whether an earlier job's result may answer this submit: see
+    /// [`with_reuse`](Self::with_reuse).
+    pub reuse: Reuse,
+}
+
+/// Whether a submit may be answered with the result of an earlier,
+/// identical job instead of running (Superset's cached results).
+///
+/// Identical means the same principal, kind (with its export format),
+/// query type and query text. The earlier job must be `COMPLETE`, created
+/// within the reuse window, with its output still kept (an inline body or
+/// a stored export; not one past its result lifetime). Results are never
+/// shared between principals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Reuse {
+    /// As [`Config::result_reuse`](crate::Config::result_reuse) says (by
+    /// default it is off).
+    #[default]
+    Configured,
+    /// Reuse a result of a job created within this time, whatever the
+    /// configuration says.
+    Within(Duration),
+    /// Run the query even if a result could be reused (Superset's `force`).
+    Force,
 }
 
 /// The longest [`SubmitRequest::idempotency_key`] accepted, in bytes.
@@ -70,6 +94,7 @@ impl SubmitRequest {
             max_run_time: None,
             on_wait_timeout: WaitTimeout::Continue,
             idempotency_key: None,
+            reuse: Reuse::Configured,
         }
     }
 
@@ -139,6 +164,32 @@ impl SubmitRequest {
     /// ```
     pub fn with_idempotency_key(mut self, key: impl Into<String>) -> Self {
         self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Sets whether an earlier identical job's result may answer this
+    /// submit ([`Reuse`]); `submit` then returns that earlier job, already
+    /// `COMPLETE`, and nothing runs.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> async_query::Result<()> {
+    /// use std::time::Duration;
+    /// use async_query::{AsyncQueryService, Principal, Reuse, SubmitRequest};
+    /// # let service = AsyncQueryService::builder()
+    /// #     .executor(std::sync::Arc::new(async_query::testing::ScriptedExecutor::new()))
+    /// #     .build()?;
+    /// let alice = Principal::new("alice");
+    /// let first = service.submit(&alice, SubmitRequest::query("select 1")).await?;
+    /// let hour = Reuse::Within(Duration::from_secs(3600));
+    /// let again = service.submit(&alice, SubmitRequest::query("select 1").with_reuse(hour)).await?;
+    /// assert_eq!(again.id, first.id); // answered from the first job's result
+    /// let forced = SubmitRequest::query("select 1").with_reuse(Reuse::Force);
+    /// assert_ne!(service.submit(&alice, forced).await?.id, first.id);
+    /// # Ok(()) }
+    /// ```
+    pub fn with_reuse(mut self, reuse: Reuse) -> Self {
+        self.reuse = reuse;
         self
     }
 }

@@ -231,6 +231,14 @@ impl AsyncQueryService {
                  cannot apply; submit it alone"
             )));
         }
+        if let Some(i) = requests
+            .iter()
+            .position(|r| matches!(r.reuse, crate::Reuse::Within(_)))
+        {
+            return Err(Error::invalid(format!(
+                "request {i}: submit_many does not reuse results; submit it alone"
+            )));
+        }
         if let Some(i) = requests.iter().position(|r| r.idempotency_key.is_some()) {
             return Err(Error::invalid(format!(
                 "request {i}: submit_many takes no idempotency keys (a batch is stored all or \

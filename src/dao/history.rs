@@ -143,3 +143,32 @@ impl HistoryFilter {
         found.into_iter().map(|(_, job)| job).collect()
     }
 }
+
+/// The default [`AsyncApiDao::find_reusable`](super::AsyncApiDao::find_reusable):
+/// pages through `like`'s principal's `COMPLETE` history from
+/// `created_from` on, newest first, comparing in memory.
+pub(super) async fn reusable<D: super::AsyncApiDao + ?Sized>(
+    dao: &D,
+    like: &AsyncQuery,
+    created_from: DateTime<Utc>,
+) -> crate::Result<Option<AsyncQuery>> {
+    let mut filter = HistoryFilter {
+        principal: Some(like.principal.name.clone()),
+        statuses: vec![QueryStatus::Complete],
+        created_from: Some(created_from),
+        limit: 100,
+        ..HistoryFilter::default()
+    };
+    loop {
+        let page = dao.history(&filter).await?;
+        if let Some(found) = page.iter().find(|job| job.may_answer(like)) {
+            return Ok(Some(found.clone()));
+        }
+        match page.last() {
+            Some(last) if page.len() == filter.limit => {
+                filter.after = Some(HistoryPosition::of(last));
+            }
+            _ => return Ok(None),
+        }
+    }
+}

@@ -102,6 +102,27 @@ pub trait AsyncApiDao: Send + Sync + 'static {
         Err(no_keys())
     }
 
+    /// The newest `COMPLETE` record that `like` may be answered with: the
+    /// same principal, kind (with its format), query type and query text,
+    /// created at or after `created_from`, with its output kept (an inline
+    /// body or a stored export). See [`Reuse`](crate::Reuse).
+    ///
+    /// The default pages through the principal's
+    /// [`history`](Self::history) of `COMPLETE` records from
+    /// `created_from` on, newest first (index-backed where `history` is),
+    /// comparing in memory.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
+    async fn find_reusable(
+        &self,
+        like: &AsyncQuery,
+        created_from: DateTime<Utc>,
+    ) -> Result<Option<AsyncQuery>> {
+        history::reusable(self, like, created_from).await
+    }
+
     /// Takes idempotency key `key` off record `id` if the record still has
     /// it (its window has passed; a new job takes the key). Returns whether
     /// it did. Other records, and the record's status, are untouched.

@@ -1,8 +1,6 @@
 //! JSON:API documents: parsing submissions and changes, rendering records,
 //! events and errors.
 
-use std::time::Duration;
-
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -13,7 +11,6 @@ use super::JSON_API;
 use crate::error::Error;
 use crate::event::EventPage;
 use crate::model::{AsyncQuery, ExportFormat, JobKind, QueryStatus, ResultBody};
-use crate::request::SubmitRequest;
 
 /// The two resource types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,10 +267,10 @@ pub(super) fn events(page: &EventPage) -> Value {
 }
 
 /// The `data` member of a request document.
-struct Data {
+pub(super) struct Data {
     type_name: String,
-    id: Option<String>,
-    attributes: Map<String, Value>,
+    pub(super) id: Option<String>,
+    pub(super) attributes: Map<String, Value>,
 }
 
 /// Parses a body as a JSON:API document with one resource object.
@@ -320,7 +317,7 @@ fn parse(body: &[u8]) -> Result<Data, ApiError> {
 }
 
 /// [`parse`], and the resource type must be `collection`'s (409 if not).
-fn parse_for(body: &[u8], collection: Collection) -> Result<Data, ApiError> {
+pub(super) fn parse_for(body: &[u8], collection: Collection) -> Result<Data, ApiError> {
     let data = parse(body)?;
     if data.type_name != collection.type_name() {
         return Err(ApiError::conflict(format!(
@@ -342,9 +339,12 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     })
 }
 
-const READ_ONLY: [&str; 4] = ["principalName", "createdOn", "updatedOn", "result"];
+pub(super) const READ_ONLY: [&str; 4] = ["principalName", "createdOn", "updatedOn", "result"];
 
-fn string(attributes: &Map<String, Value>, name: &str) -> Result<Option<String>, ApiError> {
+pub(super) fn string(
+    attributes: &Map<String, Value>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
     match attributes.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -352,107 +352,6 @@ fn string(attributes: &Map<String, Value>, name: &str) -> Result<Option<String>,
             "attribute {name} must be a string"
         ))),
     }
-}
-
-/// A submission document into a [`SubmitRequest`].
-pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRequest, ApiError> {
-    let data = parse_for(body, collection)?;
-    let attributes = &data.attributes;
-    for name in attributes.keys() {
-        if READ_ONLY.contains(&name.as_str()) {
-            return Err(ApiError::forbidden(format!(
-                "attribute {name} is set by the server"
-            )));
-        }
-        if !matches!(
-            name.as_str(),
-            "query"
-                | "queryType"
-                | "status"
-                | "asyncAfterSeconds"
-                | "resultType"
-                | "onWaitTimeout"
-                | "idempotencyKey"
-        ) {
-            return Err(ApiError::bad_request(format!(
-                "unknown attribute {name:?}; known: query, queryType, status, asyncAfterSeconds, \
-                 resultType, onWaitTimeout, idempotencyKey"
-            )));
-        }
-    }
-    let query = string(attributes, "query")?
-        .filter(|q| !q.trim().is_empty())
-        .ok_or_else(|| ApiError::bad_request("attribute query is required"))?;
-    if let Some(status) = string(attributes, "status")?
-        && status != "QUEUED"
-    {
-        return Err(ApiError::bad_request(format!(
-            "a new job's status must be \"QUEUED\", not {status:?}"
-        )));
-    }
-    let result_type = string(attributes, "resultType")?;
-    let kind = match collection {
-        Collection::Query => match result_type.as_deref() {
-            None | Some("EMBEDDED") => JobKind::Query,
-            Some(other) => {
-                return Err(ApiError::bad_request(format!(
-                    "resultType {other:?} is not available for an asyncQuery; use \"EMBEDDED\" or a tableExport"
-                )));
-            }
-        },
-        Collection::TableExport => {
-            let format = match result_type
-                .as_deref()
-                .map(str::to_ascii_uppercase)
-                .as_deref()
-            {
-                None | Some("CSV") => ExportFormat::Csv,
-                Some("JSON") => ExportFormat::Json,
-                Some("NDJSON") => ExportFormat::Ndjson,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "resultType must be \"CSV\", \"JSON\" or \"NDJSON\"",
-                    ));
-                }
-            };
-            JobKind::TableExport { format }
-        }
-    };
-    let mut request = match kind {
-        JobKind::Query => SubmitRequest::query(query),
-        JobKind::TableExport { format } => SubmitRequest::export(query, format),
-    };
-    if let Some(query_type) = string(attributes, "queryType")? {
-        request = request.with_query_type(query_type);
-    }
-    match attributes.get("asyncAfterSeconds") {
-        None | Some(Value::Null) => {}
-        Some(value) => {
-            let seconds = value
-                .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s <= 86_400.0)
-                .ok_or_else(|| {
-                    ApiError::bad_request("asyncAfterSeconds must be a number from 0 to 86400")
-                })?;
-            request = request.with_async_after(Duration::from_secs_f64(seconds));
-        }
-    }
-    match string(attributes, "onWaitTimeout")?.as_deref() {
-        None | Some("CONTINUE") => {}
-        Some("CANCEL") => request = request.with_on_wait_timeout(crate::WaitTimeout::Cancel),
-        Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "onWaitTimeout must be \"CONTINUE\" or \"CANCEL\", not {other:?}"
-            )));
-        }
-    }
-    if let Some(key) = string(attributes, "idempotencyKey")? {
-        request = request.with_idempotency_key(key);
-    }
-    if let Some(id) = data.id {
-        request = request.with_id(parse_id(&id)?);
-    }
-    Ok(request)
 }
 
 /// A change document: the only allowed change is `status: "CANCELLED"`.

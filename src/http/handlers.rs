@@ -96,7 +96,7 @@ pub(super) async fn create<R: PrincipalResolver>(
     let (parts, body) = request.into_parts();
     let principal = principal(&app, &parts).await?;
     let body = document_body(&app, &parts, body).await?;
-    let mut submission = document::submission(&body, collection)?;
+    let mut submission = super::submission::submission(&body, collection)?;
     if let Some(header) = parts.headers.get("idempotency-key") {
         let key = header.to_str().map_err(|_| {
             ApiError::bad_request("the Idempotency-Key header must be visible ASCII")

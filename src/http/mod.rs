@@ -80,6 +80,7 @@ mod links;
 mod listing;
 mod principal;
 mod range;
+mod submission;
 
 use std::sync::Arc;
 

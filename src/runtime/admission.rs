@@ -69,11 +69,14 @@ impl Runtime {
     ) -> Result<AsyncQuery> {
         self.clock_ready().await;
         let now = self.clock.now();
+        let reuse = request.reuse;
         let job = self.new_record(principal, request, now)?;
         if let Some(key) = job.idempotency_key.clone() {
-            return self.submit_keyed(span, principal, job, key, now).await;
+            return self
+                .submit_keyed(span, principal, (job, reuse), key, now)
+                .await;
         }
-        self.start_new(span, principal, job, now).await
+        self.reuse_or_start(span, principal, job, reuse, now).await
     }
 
     /// Admits a new record and follows it for its async-after.

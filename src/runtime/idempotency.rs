@@ -11,7 +11,7 @@ use super::Runtime;
 use super::clock::to_delta;
 use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, Principal};
-use crate::request::MAX_IDEMPOTENCY_KEY_LEN;
+use crate::request::{MAX_IDEMPOTENCY_KEY_LEN, Reuse};
 
 /// How often a submit looks for the key's job and tries to store its own
 /// before giving up: each round means the key's job vanished (deleted, or
@@ -40,7 +40,7 @@ impl Runtime {
         self: &Arc<Self>,
         span: tracing::Span,
         principal: &Principal,
-        job: AsyncQuery,
+        (job, reuse): (AsyncQuery, Reuse),
         key: String,
         now: DateTime<Utc>,
     ) -> Result<AsyncQuery> {
@@ -60,10 +60,8 @@ impl Runtime {
                 }
                 None => {}
             }
-            match self
-                .start_new(span.clone(), principal, job.clone(), now)
-                .await
-            {
+            let started = self.reuse_or_start(span.clone(), principal, job.clone(), reuse, now);
+            match started.await {
                 // Another submit stored the key first: answer with its job.
                 Err(Error::IdempotencyKeyTaken { .. }) => continue,
                 answer => return answer,

@@ -64,6 +64,7 @@ mod idempotency;
 mod listener;
 mod local;
 mod retention;
+mod reuse;
 mod settle;
 mod shutdown;
 mod table;

@@ -13,6 +13,7 @@ mod history;
 mod keys;
 mod lifetime;
 mod records;
+mod reuse;
 mod status;
 mod storage;
 mod writes;
@@ -23,6 +24,7 @@ pub use history::dao_history;
 pub use keys::dao_idempotency_keys;
 pub use lifetime::dao_expire_results;
 pub use records::sample_job;
+pub use reuse::dao_reuse;
 pub use status::{dao_batches, dao_compare_and_set};
 pub use storage::{
     read_object, storage_conformance, storage_delete, storage_names, storage_publish,
@@ -52,6 +54,7 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_list(dao).await;
     dao_history(dao).await;
     dao_idempotency_keys(dao).await;
+    dao_reuse(dao).await;
     dao_delete(dao).await;
     dao_delete_expired(dao).await;
     dao_expire_results(dao).await;
