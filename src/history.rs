@@ -162,7 +162,16 @@ fn decode(cursor: &str) -> Result<HistoryPosition> {
             "the cursor {cursor:?} is not one this service handed out"
         ))
     };
+    // Exactly what `encode` writes (`docs/openapi.json` gives the pattern).
     let (micros, id) = cursor.split_once('_').ok_or_else(invalid)?;
+    let digits = micros.strip_prefix('-').unwrap_or(micros);
+    let well_formed = (1..=18).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && id.len() == 32
+        && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if !well_formed {
+        return Err(invalid());
+    }
     Ok(HistoryPosition {
         created_micros: micros.parse().map_err(|_| invalid())?,
         id: Uuid::try_parse(id).map_err(|_| invalid())?,

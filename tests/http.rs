@@ -649,7 +649,13 @@ async fn events_are_polled_by_cursor() {
     assert_eq!(after_bob["data"], json!([]));
     assert_eq!(after_bob["meta"]["lastId"], caught_up);
     assert_eq!(after_bob["meta"]["newest"], caught_up);
-    for bad in ["last_id=abc", "last_id=-1", "limit=x"] {
+    for bad in [
+        "last_id=abc",
+        "last_id=-1",
+        "last_id=",
+        "limit=x",
+        "limit=0",
+    ] {
         let (status, answer) = server
             .send(Method::GET, &format!("/asyncEvents?{bad}"), "alice", None)
             .await;
@@ -1099,9 +1105,10 @@ async fn signed_download_links_are_bearer_secrets_that_expire() {
     let (status, answer) = get(format!("{path}?{old}")).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert_eq!(code(answer), "link_expired");
-    // Half a link.
-    let (status, _) = get(format!("{path}?{expires}")).await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Half a link is not a valid one.
+    let (status, answer) = get(format!("{path}?{expires}")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(code(answer), "link_invalid");
 }
 
 /// `docs/openapi.json` describes exactly the router's routes and methods,
@@ -1567,4 +1574,48 @@ async fn on_wait_timeout_cancel_ends_a_query_still_running_after_its_wait() {
             .await;
         refused(&answer, StatusCode::BAD_REQUEST, code);
     }
+}
+
+/// What `docs/openapi.json` states as patterns is what the router accepts:
+/// ids only in their hyphenated form, download names with a known
+/// extension or none, cursors and status lists exactly as handed out, and
+/// a `data.id` that is a string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parameters_are_exactly_what_the_openapi_description_says() {
+    let (server, _) = sql_server().await;
+    let id = uuid::Uuid::new_v4();
+    let malformed = [
+        (format!("/asyncQuery/{}", id.simple()), "invalid_id"),
+        (format!("/asyncQuery/{{{id}}}"), "invalid_id"),
+        (format!("/export/{id}.txt"), "invalid_id"),
+        (
+            format!("/asyncQuery?page[cursor]=%2B1_{}", id.simple()),
+            "invalid_parameter",
+        ),
+        (
+            format!("/asyncQuery?page[cursor]=1_{id}"),
+            "invalid_parameter",
+        ),
+        (
+            "/asyncQuery?filter[status]=%20QUEUED".to_owned(),
+            "invalid_parameter",
+        ),
+    ];
+    for (path, code) in malformed {
+        let answer = server.send(Method::GET, &path, "alice", None).await;
+        refused(&answer, StatusCode::BAD_REQUEST, code);
+    }
+    for path in [format!("/asyncQuery/{id}"), format!("/export/{id}.csv")] {
+        let answer = server.send(Method::GET, &path, "alice", None).await;
+        assert_eq!(answer.0, StatusCode::NOT_FOUND, "{path}: {}", answer.1);
+    }
+    let cursor = format!("/asyncQuery?page[cursor]=1_{}", id.simple());
+    let answer = server.send(Method::GET, &cursor, "alice", None).await;
+    assert_eq!(answer.0, StatusCode::OK, "{}", answer.1);
+    let mut null_id = submission("asyncQuery", "SELECT 1", json!({}));
+    null_id["data"]["id"] = Value::Null;
+    let answer = server
+        .send(Method::POST, "/asyncQuery", "alice", Some(null_id))
+        .await;
+    refused(&answer, StatusCode::BAD_REQUEST, "invalid_document");
 }

@@ -292,7 +292,7 @@ fn parse(body: &[u8]) -> Result<Data, ApiError> {
         _ => return Err(ApiError::bad_request("data.type must be a string")),
     };
     let id = match data.remove("id") {
-        None | Some(Value::Null) => None,
+        None => None,
         Some(Value::String(id)) => Some(id),
         Some(_) => return Err(ApiError::bad_request("data.id must be a string")),
     };
@@ -329,17 +329,32 @@ pub(super) fn parse_for(body: &[u8], collection: Collection) -> Result<Data, Api
     Ok(data)
 }
 
+/// A job id: a UUID in its hyphenated form (`8-4-4-4-12` hex digits), the
+/// form the API hands out and `docs/openapi.json` describes.
 pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::try_parse(id).map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_id",
-            format!("{id:?} is not a UUID"),
-        )
-    })
+    let hyphenated = id.len() == 36
+        && id
+            .char_indices()
+            .all(|(i, c)| matches!(i, 8 | 13 | 18 | 23) == (c == '-'));
+    hyphenated
+        .then(|| Uuid::try_parse(id).ok())
+        .flatten()
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+                format!("{id:?} is not a UUID"),
+            )
+        })
 }
 
-pub(super) const READ_ONLY: [&str; 4] = ["principalName", "createdOn", "updatedOn", "result"];
+pub(super) const READ_ONLY: [&str; 5] = [
+    "principalName",
+    "createdOn",
+    "updatedOn",
+    "result",
+    "idempotencyKey",
+];
 
 pub(super) fn string(
     attributes: &Map<String, Value>,
@@ -360,7 +375,7 @@ pub(super) fn cancellation(body: &[u8], collection: Collection, id: Uuid) -> Res
     let Some(given) = data.id else {
         return Err(ApiError::bad_request("data.id is required in a change"));
     };
-    if Uuid::try_parse(&given).ok() != Some(id) {
+    if parse_id(&given).ok() != Some(id) {
         return Err(ApiError::conflict(format!(
             "data.id {given:?} does not match the URL's id {id}"
         )));

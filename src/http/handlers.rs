@@ -101,14 +101,7 @@ pub(super) async fn create<R: PrincipalResolver>(
         let key = header.to_str().map_err(|_| {
             ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
         })?;
-        match &submission.idempotency_key {
-            Some(attribute) if attribute != key => {
-                return Err(ApiError::bad_request(
-                    "the Idempotency-Key header and the idempotencyKey attribute differ",
-                ));
-            }
-            _ => submission = submission.with_idempotency_key(key),
-        }
+        submission = submission.with_idempotency_key(key);
     }
     let job = app.service.submit(&principal, submission).await?;
     let mut response = respond(StatusCode::CREATED, &job_document(&app, &job, None).await);
@@ -204,8 +197,11 @@ async fn download_access<R: PrincipalResolver>(
     let (expires, signature) = match (expires, signature) {
         (None, None) => return Ok(Access::Principal(principal(app, parts).await?)),
         (Some(expires), Some(signature)) => (expires, signature),
+        // Half a link is a link that is not valid.
         _ => {
-            return Err(ApiError::bad_request(
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "link_invalid",
                 "a download link needs both `expires` and `signature`",
             ));
         }
@@ -302,7 +298,17 @@ pub(super) async fn download<R: PrincipalResolver>(
     let (parts, _) = request.into_parts();
     // `/export/<id>` or `/export/<id>.<ext>`.
     let name = last_segment(&parts);
-    let id = document::parse_id(name.split('.').next().unwrap_or_default())?;
+    let id = match name.split_once('.') {
+        None => document::parse_id(name)?,
+        Some((id, "csv" | "json" | "ndjson")) => document::parse_id(id)?,
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_id",
+                format!("{name:?} is not a job id, with .csv, .json or .ndjson or without"),
+            ));
+        }
+    };
     let access = download_access(&app, &parts, id).await?;
     let requested = range::parse(
         parts
@@ -391,11 +397,17 @@ pub(super) async fn events<R: PrincipalResolver>(
             })
         };
         match key {
-            "last_id" if !value.is_empty() => after = Some(number("last_id")?),
-            "limit" => {
-                let n = number("limit")?;
-                limit = usize::try_from(n).unwrap_or(max).clamp(1, max);
-            }
+            "last_id" => after = Some(number("last_id")?),
+            "limit" => match number("limit")? {
+                0 => {
+                    return Err(ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_parameter",
+                        "limit must be at least 1",
+                    ));
+                }
+                n => limit = usize::try_from(n).unwrap_or(max).min(max),
+            },
             _ => {}
         }
     }

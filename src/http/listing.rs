@@ -46,8 +46,7 @@ fn history_query(
                 query.statuses = value
                     .split(',')
                     .map(|s| {
-                        s.trim()
-                            .parse::<QueryStatus>()
+                        s.parse::<QueryStatus>()
                             .map_err(|e| invalid(format!("filter[status]: {e}")))
                     })
                     .collect::<Result<_, _>>()?;

@@ -28,18 +28,18 @@ pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRe
                 | "asyncAfterSeconds"
                 | "resultType"
                 | "onWaitTimeout"
-                | "idempotencyKey"
                 | "reuseWithinSeconds"
                 | "force"
         ) {
             return Err(ApiError::bad_request(format!(
                 "unknown attribute {name:?}; known: query, queryType, status, asyncAfterSeconds, \
-                 resultType, onWaitTimeout, idempotencyKey, reuseWithinSeconds, force"
+                 resultType, onWaitTimeout, reuseWithinSeconds, force (an idempotency key goes \
+                 in the Idempotency-Key header)"
             )));
         }
     }
     let query = string(attributes, "query")?
-        .filter(|q| !q.trim().is_empty())
+        .filter(|q| !q.is_empty())
         .ok_or_else(|| ApiError::bad_request("attribute query is required"))?;
     if let Some(status) = string(attributes, "status")?
         && status != "QUEUED"
@@ -103,9 +103,6 @@ pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRe
                 "onWaitTimeout must be \"CONTINUE\" or \"CANCEL\", not {other:?}"
             )));
         }
-    }
-    if let Some(key) = string(attributes, "idempotencyKey")? {
-        request = request.with_idempotency_key(key);
     }
     request = request.with_reuse(reuse(attributes)?);
     if let Some(id) = data.id {

@@ -195,8 +195,16 @@ impl Runtime {
         request: SubmitRequest,
         now: DateTime<Utc>,
     ) -> Result<AsyncQuery> {
-        if request.query.trim().is_empty() {
-            return Err(Error::invalid("the query is empty"));
+        // Only ASCII white space counts as empty: the rule
+        // `docs/openapi.json` states as a pattern.
+        if request
+            .query
+            .bytes()
+            .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c'))
+        {
+            return Err(Error::invalid(
+                "the query is empty (or only spaces, tabs and line breaks)",
+            ));
         }
         if let Some(key) = &request.idempotency_key {
             super::idempotency::check_key(key)?;

@@ -120,6 +120,7 @@ pub async fn write_object(
 
 #[cfg(feature = "s3")]
 pub mod moto;
+pub mod venv;
 
 /// A fresh PostgreSQL database for one test, from
 /// `ASYNC_QUERY_TEST_POSTGRES_URL`; `None` (and a loud message) without it.

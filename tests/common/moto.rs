@@ -10,9 +10,8 @@
 //!   `ASYNC_QUERY_REQUIRE_S3=1` (set by `.ci/run`) makes that a failure.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_query::object_store::ObjectStore;
@@ -115,36 +114,6 @@ fn skip_or_fail(why: &str) -> Option<S3Server> {
     None
 }
 
-/// `moto_server` in `target/moto-venv`, installed on first use. One
-/// installation per test binary at a time.
-fn moto_server() -> Result<PathBuf, String> {
-    static INSTALL: OnceLock<Mutex<()>> = OnceLock::new();
-    let _one = INSTALL
-        .get_or_init(|| Mutex::new(()))
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/moto-venv");
-    let server = venv.join("bin/moto_server");
-    if server.exists() {
-        return Ok(server);
-    }
-    eprintln!("installing moto[server] into {} …", venv.display());
-    let run = |cmd: &mut Command| -> Result<(), String> {
-        let out = cmd.output().map_err(|e| format!("{cmd:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{cmd:?}: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    };
-    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(venv.join("bin/pip")).args(["install", "-q", "moto[server]"]))?;
-    Ok(server)
-}
-
 /// An S3-compatible server for one test, or `None` (skipped, loudly).
 pub fn start() -> Option<S3Server> {
     if let Ok(endpoint) = std::env::var("ASYNC_QUERY_TEST_S3_ENDPOINT") {
@@ -153,7 +122,7 @@ pub fn start() -> Option<S3Server> {
             child: None,
         });
     }
-    let server = match moto_server() {
+    let server = match super::venv::tool("moto-venv", "moto[server]", "moto_server") {
         Ok(server) => server,
         Err(why) => return skip_or_fail(&why),
     };
