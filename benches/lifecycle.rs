@@ -361,6 +361,17 @@ fn main() {
         });
         return;
     }
+    // With `--features metrics`, `-- --prometheus` installs the exporter's
+    // recorder, as the SQL Lab does (without it, the facade's calls find no
+    // recorder).
+    if args.iter().any(|a| a == "--prometheus") {
+        #[cfg(feature = "metrics")]
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder");
+        #[cfg(not(feature = "metrics"))]
+        panic!("--prometheus needs --features metrics");
+    }
     let rt = runtime();
     inline(&rt);
     throughput(&rt);

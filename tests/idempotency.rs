@@ -245,53 +245,30 @@ async fn sqlite_keeps_keys_across_a_restart() {
 #[cfg(feature = "axum")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idempotency_key_header_returns_the_first_job() {
-    use async_query::http::{self, HeaderPrincipal, JSON_API};
     use reqwest::StatusCode;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     let Harness {
         service, executor, ..
     } = harness(config());
-    let app = http::router(service, HeaderPrincipal);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
-    let post = |query: &str, key: Option<&str>, attribute: Option<&str>| {
-        let mut attributes = json!({ "query": query, "queryType": "SQL", "status": "QUEUED" });
-        if let Some(attribute) = attribute {
-            attributes["idempotencyKey"] = json!(attribute);
-        }
-        let document = json!({ "data": { "type": "asyncQuery", "attributes": attributes } });
-        let mut request = client
-            .post(format!("{base}/asyncQuery"))
-            .header("X-User", "alice")
-            .header("Content-Type", JSON_API)
-            .body(document.to_string());
-        if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
-        }
-        async move {
-            let response = request.send().await.expect("answer");
-            let status = response.status();
-            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            (status, body)
-        }
-    };
-    let (status, first) = post("q", Some("h-1"), None).await;
+    let http = HttpClient::serve(service).await;
+    let key = |key| [("Idempotency-Key", key)];
+    let (status, first) = http.submit(json!({}), &key("h-1")).await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
     assert_eq!(first["data"]["attributes"]["idempotencyKey"], json!("h-1"));
-    let (status, repeat) = post("q", Some("h-1"), None).await;
+    let (status, repeat) = http.submit(json!({}), &key("h-1")).await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(repeat["data"]["id"], first["data"]["id"]);
     assert_eq!(executor.started().len(), 1);
 
-    let (status, reused) = post("another query", Some("h-1"), None).await;
+    let (status, reused) = http
+        .submit(json!({ "query": "another query" }), &key("h-1"))
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{reused}");
     assert_eq!(reused["errors"][0]["code"], json!("idempotency_key_reused"));
     // The key is the header's; the attribute only shows it.
-    let (status, attribute) = post("q", None, Some("h-1")).await;
+    let (status, attribute) = http.submit(json!({ "idempotencyKey": "h-1" }), &[]).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{attribute}");
-    let (status, malformed) = post("q", Some("has space"), None).await;
+    let (status, malformed) = http.submit(json!({}), &key("has space")).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{malformed}");
 }

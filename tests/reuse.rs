@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_query::testing::ScriptedExecutor;
 use async_query::{
-    AsyncApiDao, AsyncQueryService, Config, Error, ExportFormat, MemoryStorage, QueryStatus, Reuse,
+    AsyncQueryService, Config, Error, ExportFormat, MemoryStorage, QueryStatus, Reuse,
     SubmitRequest,
 };
 use common::*;
@@ -171,6 +171,7 @@ async fn read_download(service: &AsyncQueryService, id: uuid::Uuid) -> (Option<u
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_finds_reusable_results_through_its_history_index() {
+    use async_query::AsyncApiDao;
     let dao = async_query::dao::SqliteDao::connect("sqlite::memory:")
         .await
         .unwrap();
@@ -208,41 +209,20 @@ async fn sqlite_finds_reusable_results_through_its_history_index() {
 #[cfg(feature = "axum")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_asks_for_reuse_and_force() {
-    use async_query::http::{self, HeaderPrincipal, JSON_API};
     use reqwest::StatusCode;
-    use serde_json::{Value, json};
+    use serde_json::json;
 
     let Harness {
         service, executor, ..
     } = harness(config());
-    let app = http::router(service, HeaderPrincipal);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    let client = reqwest::Client::new();
-    let post = |extra: Value| {
-        let mut attributes = json!({ "query": "q", "queryType": "SQL", "status": "QUEUED" });
-        for (k, v) in extra.as_object().unwrap() {
-            attributes[k] = v.clone();
-        }
-        let document = json!({ "data": { "type": "asyncQuery", "attributes": attributes } });
-        let request = client
-            .post(format!("{base}/asyncQuery"))
-            .header("X-User", "alice")
-            .header("Content-Type", JSON_API)
-            .body(document.to_string());
-        async move {
-            let response = request.send().await.expect("answer");
-            let status = response.status();
-            let body: Value = serde_json::from_str(&response.text().await.unwrap()).unwrap();
-            (status, body)
-        }
-    };
-    let (status, first) = post(json!({})).await;
+    let http = HttpClient::serve(service).await;
+    let (status, first) = http.submit(json!({}), &[]).await;
     assert_eq!(status, StatusCode::CREATED, "{first}");
-    let (_, reused) = post(json!({ "reuseWithinSeconds": 3600 })).await;
+    let (_, reused) = http
+        .submit(json!({ "reuseWithinSeconds": 3600 }), &[])
+        .await;
     assert_eq!(reused["data"]["id"], first["data"]["id"]);
-    let (_, forced) = post(json!({ "force": true })).await;
+    let (_, forced) = http.submit(json!({ "force": true }), &[]).await;
     assert_ne!(forced["data"]["id"], first["data"]["id"]);
     assert_eq!(executor.started().len(), 2);
     for bad in [
@@ -251,7 +231,7 @@ async fn http_asks_for_reuse_and_force() {
         json!({ "reuseWithinSeconds": 1.5 }),
         json!({ "force": true, "reuseWithinSeconds": 60 }),
     ] {
-        let (status, answer) = post(bad.clone()).await;
+        let (status, answer) = http.submit(bad.clone(), &[]).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
     }
 }

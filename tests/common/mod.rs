@@ -212,3 +212,55 @@ pub mod pg {
         }
     }
 }
+
+/// `service` behind the HTTP router (principal from `X-User`) on a free
+/// port; posts `asyncQuery` submissions to it.
+#[cfg(feature = "axum")]
+pub struct HttpClient {
+    base: String,
+    client: reqwest::Client,
+}
+
+#[cfg(feature = "axum")]
+impl HttpClient {
+    pub async fn serve(service: AsyncQueryService) -> Self {
+        use async_query::http::{self, HeaderPrincipal};
+        let app = http::router(service, HeaderPrincipal);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        HttpClient {
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Alice submits query `q` with `attributes` added, and `headers`.
+    pub async fn submit(
+        &self,
+        attributes: serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut all = serde_json::json!({ "query": "q", "queryType": "SQL", "status": "QUEUED" });
+        for (name, value) in attributes.as_object().expect("an object") {
+            all[name] = value.clone();
+        }
+        let document = serde_json::json!({ "data": { "type": "asyncQuery", "attributes": all } });
+        let mut request = self
+            .client
+            .post(format!("{}/asyncQuery", self.base))
+            .header("X-User", "alice")
+            .header("Content-Type", async_query::http::JSON_API)
+            .body(document.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("an answer");
+        let status = response.status();
+        let text = response.text().await.expect("a body");
+        let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+        (status, body)
+    }
+}
