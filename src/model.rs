@@ -412,10 +412,16 @@ impl AsyncQuery {
     pub(crate) fn may_answer(&self, like: &AsyncQuery) -> bool {
         self.status == QueryStatus::Complete
             && self.result.as_ref().is_some_and(|r| r.body.has_output())
-            && self.principal.name == like.principal.name
-            && self.kind == like.kind
-            && self.query_type == like.query_type
-            && self.query == like.query
+            && self.same_request(like)
+    }
+
+    /// Whether this record and `other` ask the same thing: the same
+    /// principal, kind (with its format), query type and query text.
+    pub(crate) fn same_request(&self, other: &AsyncQuery) -> bool {
+        self.principal.name == other.principal.name
+            && self.kind == other.kind
+            && self.query_type == other.query_type
+            && self.query == other.query
     }
 
     /// Whether `principal` may see this job: its owner, or anyone holding

@@ -153,8 +153,12 @@ impl SubmitRequest {
     /// `submit_many` refuses keys.
     ///
     /// ```
-    /// # async fn demo(service: async_query::AsyncQueryService) -> async_query::Result<()> {
-    /// use async_query::{Principal, SubmitRequest};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> async_query::Result<()> {
+    /// use async_query::{AsyncQueryService, Principal, SubmitRequest};
+    /// # let service = AsyncQueryService::builder()
+    /// #     .executor(std::sync::Arc::new(async_query::testing::ScriptedExecutor::new()))
+    /// #     .build()?;
     /// let alice = Principal::new("alice");
     /// let request = SubmitRequest::query("select 1").with_idempotency_key("report-2026-11-25");
     /// let first = service.submit(&alice, request.clone()).await?;

@@ -222,27 +222,13 @@ impl AsyncQueryService {
                 })?;
             }
         }
-        if let Some(i) = requests
+        if let Some((i, why)) = requests
             .iter()
-            .position(|r| r.on_wait_timeout == crate::request::WaitTimeout::Cancel)
+            .enumerate()
+            .find_map(|(i, r)| only_alone(r).map(|why| (i, why)))
         {
             return Err(Error::invalid(format!(
-                "request {i}: submit_many does not wait for its jobs, so on_wait_timeout CANCEL \
-                 cannot apply; submit it alone"
-            )));
-        }
-        if let Some(i) = requests
-            .iter()
-            .position(|r| matches!(r.reuse, crate::Reuse::Within(_)))
-        {
-            return Err(Error::invalid(format!(
-                "request {i}: submit_many does not reuse results; submit it alone"
-            )));
-        }
-        if let Some(i) = requests.iter().position(|r| r.idempotency_key.is_some()) {
-            return Err(Error::invalid(format!(
-                "request {i}: submit_many takes no idempotency keys (a batch is stored all or \
-                 nothing, so one repeated key would refuse it all); submit keyed jobs one by one"
+                "request {i}: {why}; submit it alone"
             )));
         }
         self.inner.submit_many(principal, requests).await
@@ -461,6 +447,25 @@ impl AsyncQueryService {
     pub fn subscribe(&self, principal: &Principal) -> Subscription {
         self.inner.subscribe(principal)
     }
+}
+
+/// Why `request` cannot be part of a `submit_many` batch, if it cannot.
+fn only_alone(request: &SubmitRequest) -> Option<&'static str> {
+    if request.on_wait_timeout == crate::request::WaitTimeout::Cancel {
+        return Some(
+            "submit_many does not wait for its jobs, so on_wait_timeout CANCEL cannot apply",
+        );
+    }
+    if matches!(request.reuse, crate::Reuse::Within(_)) {
+        return Some("submit_many does not reuse results");
+    }
+    if request.idempotency_key.is_some() {
+        return Some(
+            "submit_many takes no idempotency keys (a batch is stored all or nothing, so one \
+             repeated key would refuse it all)",
+        );
+    }
+    None
 }
 
 /// Refuses a principal that cannot own or see jobs: one whose name is

@@ -235,3 +235,33 @@ async fn http_asks_for_reuse_and_force() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {answer}");
     }
 }
+
+/// A store that fails while a reusable result is looked up: the submit
+/// fails with the store's error, stores nothing and runs nothing; once
+/// the store answers again, reuse works.
+#[tokio::test(start_paused = true)]
+async fn a_failing_lookup_fails_the_submit_and_stores_nothing() {
+    use async_query::testing::FaultyDao;
+    use async_query::{AsyncApiDao, MemoryDao};
+    let memory = Arc::new(MemoryDao::new());
+    let (dao, faults) = FaultyDao::new(memory.clone());
+    let executor = Arc::new(ScriptedExecutor::new());
+    let service = AsyncQueryService::builder()
+        .config(reusing())
+        .dao(Arc::new(dao))
+        .executor(executor.clone())
+        .build()
+        .unwrap();
+    let first = submit(&service, SubmitRequest::query("q")).await;
+    faults.only(&["find_reusable"]);
+    faults.fail_always(true);
+    let failed = service.submit(&alice(), SubmitRequest::query("q")).await;
+    assert!(matches!(failed, Err(Error::Dao { .. })), "{failed:?}");
+    assert_eq!(memory.list(&Default::default()).await.unwrap().len(), 1);
+    assert_eq!(executor.started().len(), 1);
+    faults.fail_always(false);
+    assert_eq!(
+        submit(&service, SubmitRequest::query("q")).await.id,
+        first.id
+    );
+}

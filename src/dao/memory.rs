@@ -101,15 +101,12 @@ impl MemoryDao {
         if added == 0 || state.result_bytes.saturating_add(added) <= self.max_result_bytes {
             return Ok(());
         }
-        Err(Error::dao(
-            format!(
-                "storing a result of {added} bytes: the in-memory job store is full ({} bytes of \
-                 query results at most, {} held; use MemoryDao::with_max_result_bytes, a shorter \
-                 Config::retention or Config::result_lifetime, a table export, or a database)",
-                self.max_result_bytes, state.result_bytes
-            ),
-            std::io::Error::from(std::io::ErrorKind::StorageFull),
-        ))
+        Err(full(format!(
+            "storing a result of {added} bytes: the in-memory job store is full ({} bytes of \
+             query results at most, {} held; use MemoryDao::with_max_result_bytes, a shorter \
+             Config::retention or Config::result_lifetime, a table export, or a database)",
+            self.max_result_bytes, state.result_bytes
+        )))
     }
 
     /// Refuses a batch of changes, before applying any, if their results
@@ -128,14 +125,11 @@ impl MemoryDao {
         if state.jobs.len() + new <= self.max_records {
             return Ok(());
         }
-        Err(Error::dao(
-            format!(
-                "storing a job: the in-memory job store is full ({} records at most; use \
-                 MemoryDao::with_max_records, a shorter Config::retention, or a database)",
-                self.max_records
-            ),
-            std::io::Error::from(std::io::ErrorKind::StorageFull),
-        ))
+        Err(full(format!(
+            "storing a job: the in-memory job store is full ({} records at most; use \
+             MemoryDao::with_max_records, a shorter Config::retention, or a database)",
+            self.max_records
+        )))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -426,9 +420,7 @@ impl AsyncApiDao for MemoryDao {
                 .get_mut(&id)
                 .and_then(|entry| entry.job.result.as_mut());
             if let Some(result) = result {
-                if let ResultBody::Inline(body) = &result.body {
-                    state.result_bytes -= body.len();
-                }
+                state.result_bytes -= inline_len(Some(result));
                 result.body = ResultBody::Expired;
                 result.message = Some(message.to_owned());
                 expired += 1;
@@ -452,6 +444,14 @@ impl AsyncApiDao for MemoryDao {
         }
         Ok(deleted)
     }
+}
+
+/// A refusal because the store is full.
+fn full(message: String) -> Error {
+    Error::dao(
+        message,
+        std::io::Error::from(std::io::ErrorKind::StorageFull),
+    )
 }
 
 /// A record's principal name and idempotency key, if it has one.

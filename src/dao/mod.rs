@@ -442,7 +442,6 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     }
 }
 
-/// Checks a change against the transition table; shared by back-ends.
 /// What a store without idempotency keys answers.
 fn no_keys() -> crate::error::Error {
     crate::error::Error::Config {
@@ -452,6 +451,7 @@ fn no_keys() -> crate::error::Error {
     }
 }
 
+/// Checks a change against the transition table; shared by back-ends.
 pub(crate) fn check_transition(change: &StatusChange) -> Result<()> {
     if change.from.can_transition_to(change.to) {
         Ok(())

@@ -286,7 +286,7 @@ impl Runtime {
                 };
                 table.insert(Arc::clone(job), cancel, place);
             }
-            crate::metrics::local(table.running_count(), table.queued());
+            super::local::counted(&table);
             // Follow a queued job from before it can change, unless not
             // waiting (a job started here is run by the caller itself).
             let follow = match start {

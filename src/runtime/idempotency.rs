@@ -78,10 +78,7 @@ impl Runtime {
         request: &AsyncQuery,
         found: AsyncQuery,
     ) -> Result<AsyncQuery> {
-        if found.query != request.query
-            || found.query_type != request.query_type
-            || found.kind != request.kind
-        {
+        if !found.same_request(request) {
             return Err(Error::IdempotencyKeyReused {
                 key: found.idempotency_key.unwrap_or_default(),
                 id: found.id,

@@ -25,6 +25,11 @@ pub(super) struct LocalJobs {
     draining: AtomicBool,
 }
 
+/// Publishes the table's running and queued counts (feature `metrics`).
+pub(super) fn counted(table: &JobTable) {
+    crate::metrics::local(table.running_count(), table.queued());
+}
+
 impl LocalJobs {
     pub(super) fn new(instance: Uuid) -> Self {
         LocalJobs {
@@ -61,7 +66,7 @@ impl LocalJobs {
     ) -> Option<CancellationToken> {
         let mut table = self.lock();
         let mirrored = table.mirror(from, job, how, self.instance, new_token, emit);
-        crate::metrics::local(table.running_count(), table.queued());
+        counted(&table);
         drop(table);
         if mirrored.left {
             self.departed();
@@ -72,22 +77,20 @@ impl LocalJobs {
     /// Drops a job's entry without a terminal status (it runs elsewhere,
     /// or its record could not be written); waiters fall back to the DAO.
     pub(super) fn forget(&self, id: Uuid) {
-        let mut table = self.lock();
-        let removed = table.remove(id);
-        crate::metrics::local(table.running_count(), table.queued());
-        drop(table);
-        if removed {
-            self.departed();
-        }
+        self.remove(id, false);
     }
 
     /// Drops a job's entry if it still waits for a slot here (it left the
     /// queue elsewhere); checked and removed under one lock, so a claim
     /// mirrored meanwhile is never dropped.
     pub(super) fn forget_queued(&self, id: Uuid) {
+        self.remove(id, true);
+    }
+
+    fn remove(&self, id: Uuid, only_if_queued: bool) {
         let mut table = self.lock();
-        let removed = table.is_queued(id) && table.remove(id);
-        crate::metrics::local(table.running_count(), table.queued());
+        let removed = (!only_if_queued || table.is_queued(id)) && table.remove(id);
+        counted(&table);
         drop(table);
         if removed {
             self.departed();

@@ -237,6 +237,15 @@ impl AsyncApiDao for FaultyDao {
         self.faults.dao("find_by_idempotency_key", found).await
     }
 
+    async fn find_reusable(
+        &self,
+        like: &AsyncQuery,
+        created_from: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<AsyncQuery>> {
+        let found = self.inner.find_reusable(like, created_from);
+        self.faults.dao("find_reusable", found).await
+    }
+
     async fn release_idempotency_key(&self, id: Uuid, key: &str) -> Result<bool> {
         let released = self.inner.release_idempotency_key(id, key);
         self.faults.dao("release_idempotency_key", released).await

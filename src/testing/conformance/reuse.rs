@@ -60,49 +60,38 @@ pub async fn dao_reuse(dao: &dyn AsyncApiDao) {
     let old = made(dao, mine, at(50), QueryStatus::Complete, inline()).await;
     let newest = made(dao, mine, at(30), QueryStatus::Complete, inline()).await;
     // Newer, but none may answer: failed, expired, another principal,
-    // another query, another kind.
-    let others = [
-        made(dao, mine, at(20), QueryStatus::Failure, ResultBody::None).await,
-        made(
-            dao,
-            mine,
-            at(15),
-            QueryStatus::Complete,
-            ResultBody::Expired,
-        )
-        .await,
-        made(
-            dao,
-            ("someone-else", &q, JobKind::Query),
+    // another query; the last is an export.
+    let stored = ResultBody::Stored("x.csv".into());
+    let complete = QueryStatus::Complete;
+    let specs = [
+        (mine, at(20), QueryStatus::Failure, ResultBody::None),
+        (mine, at(15), complete, ResultBody::Expired),
+        (
+            ("someone-else", q.as_str(), JobKind::Query),
             at(10),
-            QueryStatus::Complete,
+            complete,
             inline(),
-        )
-        .await,
-        made(
-            dao,
-            (&me, "select other", JobKind::Query),
+        ),
+        (
+            (me.as_str(), "select other", JobKind::Query),
             at(10),
-            QueryStatus::Complete,
+            complete,
             inline(),
-        )
-        .await,
-        made(
-            dao,
-            (&me, &q, csv),
-            at(5),
-            QueryStatus::Complete,
-            ResultBody::Stored("x.csv".into()),
-        )
-        .await,
+        ),
+        ((me.as_str(), q.as_str(), csv), at(5), complete, stored),
     ];
-    let like = AsyncQuery {
-        principal: Principal::new(&me),
-        query: q.clone(),
-        ..record(t, QueryStatus::Queued)
-    };
-    let found = |from: DateTime<Utc>| {
-        let like = like.clone();
+    let mut others = Vec::new();
+    for (owner, created, status, body) in specs {
+        others.push(made(dao, owner, created, status, body).await);
+    }
+    // The id of the record that answers `like` in `kind`, from `from` on.
+    let found = |kind: JobKind, from: DateTime<Utc>| {
+        let like = AsyncQuery {
+            principal: Principal::new(&me),
+            query: q.clone(),
+            kind,
+            ..record(t, QueryStatus::Queued)
+        };
         async move {
             dao.find_reusable(&like, from)
                 .await
@@ -110,45 +99,35 @@ pub async fn dao_reuse(dao: &dyn AsyncApiDao) {
                 .map(|job| job.id)
         }
     };
+    let query = JobKind::Query;
     assert_eq!(
-        found(at(60)).await,
+        found(query, at(60)).await,
         Some(newest.id),
         "the newest identical COMPLETE record answers"
     );
     assert_eq!(
-        found(at(30)).await,
+        found(query, at(30)).await,
         Some(newest.id),
         "created exactly at the window's start counts"
     );
     assert_eq!(
-        found(at(29)).await,
+        found(query, at(29)).await,
         None,
         "records created before the window do not answer"
     );
-    let export = AsyncQuery {
-        kind: csv,
-        ..like.clone()
-    };
-    let stored = dao
-        .find_reusable(&export, at(60))
-        .await
-        .expect("find_reusable failed");
     assert_eq!(
-        stored.map(|j| j.id),
+        found(csv, at(60)).await,
         Some(others[4].id),
         "a stored export answers its own format"
     );
-    let json = AsyncQuery {
-        kind: JobKind::TableExport {
-            format: ExportFormat::Json,
-        },
-        ..like.clone()
+    let json = JobKind::TableExport {
+        format: ExportFormat::Json,
     };
-    let none = dao
-        .find_reusable(&json, at(60))
-        .await
-        .expect("find_reusable failed");
-    assert!(none.is_none(), "another format does not answer");
+    assert_eq!(
+        found(json, at(60)).await,
+        None,
+        "another format does not answer"
+    );
 
     let mut created = vec![old.id, newest.id];
     created.extend(others.iter().map(|j| j.id));
