@@ -1,5 +1,7 @@
 //! The built-in back-ends pass the conformance suites they ship.
 
+mod common;
+
 use async_query::testing::{dao_conformance, storage_conformance};
 use async_query::{FileSystemStorage, MemoryDao, MemoryStorage};
 
@@ -61,67 +63,15 @@ async fn each_area_runs_on_its_own() {
 /// the area that holds the rule, and only that one.
 #[tokio::test]
 async fn a_broken_rule_fails_its_own_area() {
-    use async_query::dao::{CasOutcome, ListFilter, StatusChange};
-    use async_query::model::Lease;
     use async_query::testing::*;
-    use async_query::{AsyncApiDao, AsyncQuery, QueryStatus};
-    use chrono::{DateTime, Utc};
     use futures::FutureExt;
-    use uuid::Uuid;
 
-    struct ExtendsEveryLease(MemoryDao);
-
-    #[async_trait::async_trait]
-    impl AsyncApiDao for ExtendsEveryLease {
-        async fn create(&self, job: &AsyncQuery) -> async_query::Result<()> {
-            self.0.create(job).await
-        }
-        async fn get(&self, id: Uuid) -> async_query::Result<Option<AsyncQuery>> {
-            self.0.get(id).await
-        }
-        async fn update_status(
-            &self,
-            id: Uuid,
-            change: StatusChange,
-        ) -> async_query::Result<CasOutcome> {
-            self.0.update_status(id, change).await
-        }
-        async fn claim(
-            &self,
-            lease: &Lease,
-            limit: usize,
-            at: DateTime<Utc>,
-        ) -> async_query::Result<Vec<AsyncQuery>> {
-            self.0.claim(lease, limit, at).await
-        }
-        async fn renew_leases(
-            &self,
-            _owner: Uuid,
-            ids: &[Uuid],
-            expires_at: DateTime<Utc>,
-        ) -> async_query::Result<Vec<(Uuid, QueryStatus)>> {
-            // The broken rule: renews whoever holds the lease.
-            let mut statuses = Vec::new();
-            for id in ids {
-                let Some(job) = self.0.get(*id).await? else {
-                    continue;
-                };
-                if let Some(lease) = &job.lease {
-                    self.0.renew_leases(lease.owner, &[*id], expires_at).await?;
-                }
-                statuses.push((*id, job.status));
-            }
-            Ok(statuses)
-        }
-        async fn list(&self, filter: &ListFilter) -> async_query::Result<Vec<AsyncQuery>> {
-            self.0.list(filter).await
-        }
-        async fn delete(&self, ids: &[Uuid]) -> async_query::Result<u64> {
-            self.0.delete(ids).await
-        }
-    }
-
-    let dao = ExtendsEveryLease(MemoryDao::new());
+    // It extends leases it does not hold, and keeps every optional
+    // method's default.
+    let dao = common::RequiredOnly {
+        inner: MemoryDao::new(),
+        renews_every_lease: true,
+    };
     let leases = std::panic::AssertUnwindSafe(dao_leases(&dao))
         .catch_unwind()
         .await;

@@ -279,54 +279,10 @@ async fn the_idempotency_key_header_returns_the_first_job() {
 /// enforce a key must not run a job twice).
 #[tokio::test(start_paused = true)]
 async fn a_store_without_keys_refuses_keyed_submits() {
-    use async_query::dao::{CasOutcome, ListFilter, StatusChange};
-    use async_query::model::Lease;
-    use async_query::{AsyncQuery, MemoryDao};
-    use chrono::{DateTime, Utc};
-    use uuid::Uuid;
-
-    struct Keyless(MemoryDao);
-
-    #[async_trait::async_trait]
-    impl AsyncApiDao for Keyless {
-        async fn create(&self, job: &AsyncQuery) -> async_query::Result<()> {
-            self.0.create(job).await
-        }
-        async fn get(&self, id: Uuid) -> async_query::Result<Option<AsyncQuery>> {
-            self.0.get(id).await
-        }
-        async fn update_status(
-            &self,
-            id: Uuid,
-            change: StatusChange,
-        ) -> async_query::Result<CasOutcome> {
-            self.0.update_status(id, change).await
-        }
-        async fn claim(
-            &self,
-            lease: &Lease,
-            limit: usize,
-            at: DateTime<Utc>,
-        ) -> async_query::Result<Vec<AsyncQuery>> {
-            self.0.claim(lease, limit, at).await
-        }
-        async fn renew_leases(
-            &self,
-            owner: Uuid,
-            ids: &[Uuid],
-            expires_at: DateTime<Utc>,
-        ) -> async_query::Result<Vec<(Uuid, QueryStatus)>> {
-            self.0.renew_leases(owner, ids, expires_at).await
-        }
-        async fn list(&self, filter: &ListFilter) -> async_query::Result<Vec<AsyncQuery>> {
-            self.0.list(filter).await
-        }
-        async fn delete(&self, ids: &[Uuid]) -> async_query::Result<u64> {
-            self.0.delete(ids).await
-        }
-    }
-
-    let dao = Arc::new(Keyless(MemoryDao::new()));
+    let dao = Arc::new(RequiredOnly {
+        inner: MemoryDao::new(),
+        renews_every_lease: false,
+    });
     let (service, executor) = service_on(dao.clone(), config());
     match service.submit(&alice(), keyed("q", "k")).await {
         Err(Error::Config { reason }) => assert!(reason.contains("idempotency keys"), "{reason}"),

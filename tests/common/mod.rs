@@ -264,3 +264,70 @@ impl HttpClient {
         (status, body)
     }
 }
+
+/// A job store that implements only what `AsyncApiDao` requires, over a
+/// `MemoryDao`: every other method keeps the trait's default, as a host's
+/// first DAO would. With `renews_every_lease` it also breaks one rule: it
+/// extends leases whoever holds them.
+pub struct RequiredOnly {
+    pub inner: MemoryDao,
+    pub renews_every_lease: bool,
+}
+
+#[async_trait::async_trait]
+impl async_query::AsyncApiDao for RequiredOnly {
+    async fn create(&self, job: &AsyncQuery) -> async_query::Result<()> {
+        self.inner.create(job).await
+    }
+    async fn get(&self, id: uuid::Uuid) -> async_query::Result<Option<AsyncQuery>> {
+        self.inner.get(id).await
+    }
+    async fn update_status(
+        &self,
+        id: uuid::Uuid,
+        change: async_query::dao::StatusChange,
+    ) -> async_query::Result<async_query::dao::CasOutcome> {
+        self.inner.update_status(id, change).await
+    }
+    async fn claim(
+        &self,
+        lease: &async_query::model::Lease,
+        limit: usize,
+        at: chrono::DateTime<chrono::Utc>,
+    ) -> async_query::Result<Vec<AsyncQuery>> {
+        self.inner.claim(lease, limit, at).await
+    }
+    async fn renew_leases(
+        &self,
+        owner: uuid::Uuid,
+        ids: &[uuid::Uuid],
+        expires_at: chrono::DateTime<chrono::Utc>,
+    ) -> async_query::Result<Vec<(uuid::Uuid, async_query::QueryStatus)>> {
+        if !self.renews_every_lease {
+            return self.inner.renew_leases(owner, ids, expires_at).await;
+        }
+        // The broken rule: renews whoever holds the lease.
+        let mut statuses = Vec::new();
+        for id in ids {
+            let Some(job) = self.inner.get(*id).await? else {
+                continue;
+            };
+            if let Some(lease) = &job.lease {
+                self.inner
+                    .renew_leases(lease.owner, &[*id], expires_at)
+                    .await?;
+            }
+            statuses.push((*id, job.status));
+        }
+        Ok(statuses)
+    }
+    async fn list(
+        &self,
+        filter: &async_query::dao::ListFilter,
+    ) -> async_query::Result<Vec<AsyncQuery>> {
+        self.inner.list(filter).await
+    }
+    async fn delete(&self, ids: &[uuid::Uuid]) -> async_query::Result<u64> {
+        self.inner.delete(ids).await
+    }
+}
