@@ -406,15 +406,6 @@ pub struct AsyncQuery {
 }
 
 impl AsyncQuery {
-    /// Whether this record's result may answer `like` (see
-    /// [`Reuse`](crate::Reuse)): `COMPLETE` with its output kept, and the
-    /// same principal, kind, query type and query text.
-    pub(crate) fn may_answer(&self, like: &AsyncQuery) -> bool {
-        self.status == QueryStatus::Complete
-            && self.result.as_ref().is_some_and(|r| r.body.has_output())
-            && self.same_request(like)
-    }
-
     /// Whether this record and `other` ask the same thing: the same
     /// principal, kind (with its format), query type and query text.
     pub(crate) fn same_request(&self, other: &AsyncQuery) -> bool {

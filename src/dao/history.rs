@@ -161,7 +161,13 @@ pub(super) async fn reusable<D: super::AsyncApiDao + ?Sized>(
     };
     loop {
         let page = dao.history(&filter).await?;
-        if let Some(found) = page.iter().find(|job| job.may_answer(like)) {
+        // `COMPLETE` with its output kept, asking what `like` asks.
+        let answers = |job: &&AsyncQuery| {
+            job.status == QueryStatus::Complete
+                && job.result.as_ref().is_some_and(|r| r.body.has_output())
+                && job.same_request(like)
+        };
+        if let Some(found) = page.iter().find(answers) {
             return Ok(Some(found.clone()));
         }
         match page.last() {
