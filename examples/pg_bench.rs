@@ -6,6 +6,10 @@
 //! ```
 //!
 //! Creates a scratch database next to the one in the URL and drops it after.
+//! `PG_BENCH_QUICK=1` runs only the `submit_many` bursts;
+//! `PG_BENCH_MAX_RUNNING=n` sets `Config::max_running_per_principal` for
+//! them.
+//!
 //! Reports: jobs/s for 20,000 no-op jobs on one instance with 2 worker slots
 //! (bulk: all submitted detached, then awaited; one by one: each submitted and
 //! awaited inline), and submit → completion-seen latency over 1,000
@@ -16,7 +20,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_query::dao::{AsyncApiDao, PostgresDao};
+use async_query::dao::{AsyncApiDao, Claim, PostgresDao};
 use async_query::{
     AsyncQuery, AsyncQueryService, BoxError, Config, ExecutionContext, Principal, QueryExecutor,
     QueryOutput, QueryStatus, SubmitRequest,
@@ -86,7 +90,7 @@ async fn two_slot_ceiling(dao: &PostgresDao) -> Result<f64, Box<dyn std::error::
         expires_at: now,
     };
     let t = Instant::now();
-    let mut running = dao.claim(&lease, 2, now).await?;
+    let mut running = dao.claim(&Claim::new(lease.clone(), 2, now)).await?;
     while !running.is_empty() {
         let done: Vec<_> = running
             .iter()
@@ -96,7 +100,10 @@ async fn two_slot_ceiling(dao: &PostgresDao) -> Result<f64, Box<dyn std::error::
                 (job.id, change)
             })
             .collect();
-        running = dao.update_and_claim(&done, &lease, 2, now).await?.1;
+        running = dao
+            .update_and_claim(&done, &Claim::new(lease.clone(), 2, now))
+            .await?
+            .1;
     }
     let rate = JOBS as f64 / t.elapsed().as_secs_f64();
     let ids: Vec<uuid::Uuid> = jobs.iter().map(|job| job.id).collect();
@@ -114,6 +121,11 @@ async fn service(
             max_queued: JOBS,
             claim_batch,
             event_capacity: 4 * JOBS,
+            // `PG_BENCH_MAX_RUNNING=n`: claims keep the principal within n
+            // running jobs (`Config::max_running_per_principal`).
+            max_running_per_principal: std::env::var("PG_BENCH_MAX_RUNNING")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             ..Config::default()
         })
         .dao(Arc::new(dao.clone()))

@@ -34,6 +34,23 @@ pub struct Config {
     /// Jobs waiting `QUEUED` for a slot on this instance before `submit`
     /// returns [`Error::QueueFull`](crate::error::Error::QueueFull). Default 1,000.
     pub max_queued: usize,
+    /// Jobs one principal may have `QUEUED` (across every instance sharing
+    /// the job store) before its submits are refused with
+    /// [`Error::PrincipalQueueFull`](crate::error::Error::PrincipalQueueFull)
+    /// (HTTP 429 with `Retry-After`). Checked on every submit with one
+    /// count of the principal's queued jobs; submits racing on several
+    /// instances may overshoot it by a few. Default `None`: no limit but
+    /// `max_queued`. Claims are fair across principals either way.
+    pub max_queued_per_principal: Option<usize>,
+    /// Jobs one principal may have `PROCESSING` at once, across every
+    /// instance sharing the job store. A job past it stays `QUEUED` (it is
+    /// not refused) until one of the principal's jobs ends, while other
+    /// principals' jobs take the free slots. Every job then starts through
+    /// a claim, which enforces the limit: a submit no longer starts its job
+    /// directly, at the cost of one claim (on PostgreSQL, claims under a
+    /// limit also take turns on one advisory lock). Default `None`: no
+    /// limit. Claims are fair across principals either way.
+    pub max_running_per_principal: Option<usize>,
     /// How many queued jobs a slot that frees up claims. Default 1: jobs
     /// that no slot can start stay `QUEUED`, so `PROCESSING` means running.
     /// Finished jobs' records are always written with group commit: a job
@@ -137,6 +154,12 @@ pub struct Config {
     /// What reaching `export_max_records` or `export_max_bytes` does.
     /// Default [`ExportLimitAction::Fail`].
     pub export_limit_action: ExportLimitAction,
+    /// How often a running job's progress is written at most
+    /// ([`ExecutionContext::report_progress`](crate::ExecutionContext::report_progress)):
+    /// an executor may report after every record; the latest report is
+    /// written, then nothing more for this long. Default 1 s.
+    #[serde(with = "humantime_serde")]
+    pub progress_interval: Duration,
     /// Status-change events kept for slow subscribers before they lag.
     /// Default 1,024.
     pub event_capacity: usize,
@@ -158,6 +181,8 @@ impl Default for Config {
             pool_size: 5,
             max_queued: 1_000,
             claim_batch: 1,
+            max_queued_per_principal: None,
+            max_running_per_principal: None,
             max_async_after: Duration::from_secs(10),
             default_async_after: Duration::from_secs(10),
             max_run_time: Duration::from_secs(3_600),
@@ -178,6 +203,7 @@ impl Default for Config {
             export_max_records: None,
             export_max_bytes: None,
             export_limit_action: ExportLimitAction::Fail,
+            progress_interval: Duration::from_secs(1),
             event_capacity: 1_024,
             instance_id: Uuid::new_v4(),
         }
@@ -206,7 +232,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3_600);
 
 impl Config {
     /// Every duration setting, by name.
-    fn durations(&self) -> [(&'static str, Option<Duration>); 12] {
+    fn durations(&self) -> [(&'static str, Option<Duration>); 13] {
         [
             ("max_async_after", Some(self.max_async_after)),
             ("default_async_after", Some(self.default_async_after)),
@@ -223,6 +249,7 @@ impl Config {
             ("lease", Some(self.lease)),
             ("poll_interval", Some(self.poll_interval)),
             ("cancel_grace", Some(self.cancel_grace)),
+            ("progress_interval", Some(self.progress_interval)),
         ]
     }
 
@@ -250,8 +277,14 @@ impl Config {
             "lease must be at least 30 ms"
         } else if self.poll_interval.is_zero() {
             "poll_interval must be above zero"
+        } else if self.progress_interval.is_zero() {
+            "progress_interval must be above zero"
         } else if self.cleaner_interval.is_zero() {
             "cleaner_interval must be above zero"
+        } else if self.max_queued_per_principal == Some(0) {
+            "max_queued_per_principal must be at least 1 (None: no limit)"
+        } else if self.max_running_per_principal == Some(0) {
+            "max_running_per_principal must be at least 1 (None: no limit)"
         } else if self.claim_batch == 0 {
             "claim_batch must be at least 1"
         } else if self.max_run_time.is_zero() {

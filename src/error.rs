@@ -72,6 +72,22 @@ pub enum Error {
         limit: usize,
     },
 
+    /// The principal already has as many jobs queued as
+    /// [`Config::max_queued_per_principal`](crate::Config::max_queued_per_principal)
+    /// allows; nothing was stored. Retry after `retry_after`, when some of
+    /// them will likely have started.
+    #[error(
+        "you already have {max} jobs waiting, the most allowed per principal \
+         (max_queued_per_principal); retry in {}s",
+        retry_after.as_secs().max(1)
+    )]
+    PrincipalQueueFull {
+        /// The configured limit.
+        max: usize,
+        /// When to try again (the service's poll interval, at least 1 s).
+        retry_after: std::time::Duration,
+    },
+
     /// The lifecycle does not allow this status change.
     #[error("status cannot change from {from} to {to}")]
     InvalidTransition {

@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::model::{JobKind, Principal, QueryStatus};
+use crate::progress::Progress;
 
 /// A status change, as seen by [`Subscription`]s.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +28,11 @@ pub struct JobEvent {
     pub to: QueryStatus,
     /// When the change happened.
     pub at: DateTime<Utc>,
+    /// Set on a progress event, whose `from` and `to` are both
+    /// `PROCESSING`: the job's executor reported how far it got (see
+    /// [`ExecutionContext::report_progress`](crate::ExecutionContext::report_progress)).
+    /// `None` on status changes.
+    pub progress: Option<Progress>,
 }
 
 /// A [`JobEvent`] numbered in the stream it was read from, from

@@ -1,12 +1,15 @@
 //! The host's side: [`QueryExecutor`] runs one query and returns a
 //! [`QueryOutput`].
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BoxError;
 use crate::model::{AsyncQuery, Principal, Record};
+use crate::progress::{Progress, ProgressCell};
 use crate::request::SubmitRequest;
 
 /// Runs queries. The host implements this for its own query engine.
@@ -67,13 +70,52 @@ pub struct ExecutionContext {
     pub cancel: CancellationToken,
     /// The principal that submitted the job.
     pub principal: Principal,
+    /// Where progress reports go.
+    progress: Arc<ProgressCell>,
 }
 
 impl ExecutionContext {
     /// A context for calling an executor directly, e.g. in the host's own
-    /// unit tests.
+    /// unit tests; [`progress`](Self::progress) then shows what it
+    /// reported.
     pub fn new(cancel: CancellationToken, principal: Principal) -> Self {
-        ExecutionContext { cancel, principal }
+        ExecutionContext {
+            cancel,
+            principal,
+            progress: Arc::default(),
+        }
+    }
+
+    /// Reports how far the job has got. Cheap (a lock and a wake-up): call
+    /// it as often as you like, after every record if that is simplest.
+    /// The service writes the latest report to the record, the event
+    /// stream and the HTTP `progress` attribute, at most once per
+    /// [`Config::progress_interval`](crate::Config::progress_interval);
+    /// a report made less than that before the job ends may never be
+    /// written (the finished record's count is in its result).
+    ///
+    /// ```
+    /// use async_query::{ExecutionContext, Principal, Progress};
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let ctx = ExecutionContext::new(CancellationToken::new(), Principal::new("alice"));
+    /// for done in 1..=3 {
+    ///     ctx.report_progress(Progress::records(done).of(3).with_message("exporting"));
+    /// }
+    /// assert_eq!(ctx.progress().map(|p| p.records), Some(3));
+    /// ```
+    pub fn report_progress(&self, progress: Progress) {
+        self.progress.report(progress);
+    }
+
+    /// The latest report, written or not.
+    pub fn progress(&self) -> Option<Progress> {
+        self.progress.latest()
+    }
+
+    /// The cell the service's progress writer reads.
+    pub(crate) fn progress_cell(&self) -> Arc<ProgressCell> {
+        Arc::clone(&self.progress)
     }
 }
 

@@ -82,6 +82,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod progress;
 pub mod request;
 mod runtime;
 pub mod service;
@@ -109,6 +110,7 @@ pub use executor::{ExecutionContext, QueryExecutor, QueryOutput, RecordStream};
 pub use model::{
     AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, Record, ResultBody,
 };
+pub use progress::Progress;
 pub use request::{CancelOutcome, Reuse, ShutdownReport, SubmitRequest, WaitTimeout};
 pub use service::{AsyncQueryService, AsyncQueryServiceBuilder};
 #[cfg(feature = "object-store")]

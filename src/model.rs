@@ -10,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::progress::Progress;
+
 /// The lifecycle state of a job, with Elide's seven states spelled as Elide
 /// serialises them (`QUEUED`, `PROCESSING`, …).
 ///
@@ -403,6 +405,11 @@ pub struct AsyncQuery {
     /// Unique per principal among the records that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+    /// How far the job had got at its executor's last written report
+    /// ([`ExecutionContext::report_progress`](crate::ExecutionContext::report_progress));
+    /// kept once the job ends. `None` until a report is written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
 }
 
 impl AsyncQuery {
@@ -423,74 +430,4 @@ impl AsyncQuery {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::QueryStatus::{self, *};
-    use super::TRANSITIONS;
-
-    #[test]
-    fn terminal_states_are_exactly_the_four_elide_end_states() {
-        let terminal: Vec<QueryStatus> = QueryStatus::ALL
-            .into_iter()
-            .filter(|s| s.is_terminal())
-            .collect();
-        assert_eq!(terminal, vec![Complete, TimedOut, Failure, CancelComplete]);
-    }
-
-    #[test]
-    fn no_transition_leaves_a_terminal_state_or_stays_put() {
-        for from in QueryStatus::ALL {
-            for to in QueryStatus::ALL {
-                if from.is_terminal() || from == to {
-                    assert!(!from.can_transition_to(to), "{from} -> {to}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn every_state_is_reachable_from_queued() {
-        let mut seen = vec![Queued];
-        let mut i = 0;
-        while i < seen.len() {
-            for to in QueryStatus::ALL {
-                if seen[i].can_transition_to(to) && !seen.contains(&to) {
-                    seen.push(to);
-                }
-            }
-            i += 1;
-        }
-        assert_eq!(seen.len(), QueryStatus::ALL.len());
-    }
-
-    #[test]
-    fn serialises_as_elide_spells_it() {
-        for status in QueryStatus::ALL {
-            let json = serde_json::to_string(&status).unwrap();
-            assert_eq!(json, format!("\"{}\"", status.as_str()));
-            let back: QueryStatus = serde_json::from_str(&json).unwrap();
-            assert_eq!(back, status);
-            assert_eq!(status.as_str().parse::<QueryStatus>().unwrap(), status);
-        }
-        assert!("DONE".parse::<QueryStatus>().is_err());
-    }
-
-    /// `leads_to` (a compile-time table) is the transitive closure of
-    /// `TRANSITIONS`, computed here the slow way.
-    #[test]
-    fn leads_to_is_the_closure_of_the_transition_table() {
-        fn reaches(from: QueryStatus, to: QueryStatus) -> bool {
-            TRANSITIONS
-                .iter()
-                .any(|&(f, t)| f == from && (t == to || reaches(t, to)))
-        }
-        let mut pairs = 0;
-        for from in QueryStatus::ALL {
-            for to in QueryStatus::ALL {
-                assert_eq!(from.leads_to(to), reaches(from, to), "{from} -> {to}");
-                pairs += usize::from(from.leads_to(to));
-            }
-        }
-        // Queued: 6, Processing: 5, Cancelled: 1.
-        assert_eq!(pairs, 12);
-    }
-}
+mod tests;

@@ -43,6 +43,7 @@ fn foreign(status: QueryStatus, owner: Option<Lease>, age: TimeDelta) -> AsyncQu
         result: None,
         lease: owner,
         idempotency_key: None,
+        progress: None,
     }
 }
 

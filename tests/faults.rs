@@ -547,11 +547,9 @@ impl async_query::AsyncApiDao for PanicsOnComplete {
     }
     async fn claim(
         &self,
-        lease: &async_query::model::Lease,
-        limit: usize,
-        at: chrono::DateTime<chrono::Utc>,
+        claim: &async_query::dao::Claim,
     ) -> async_query::Result<Vec<async_query::AsyncQuery>> {
-        self.inner.claim(lease, limit, at).await
+        self.inner.claim(claim).await
     }
     async fn renew_leases(
         &self,

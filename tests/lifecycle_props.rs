@@ -16,7 +16,7 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -110,6 +110,8 @@ struct World {
     maybe: Vec<uuid::Uuid>,
     /// Last seen record of each job.
     seen: HashMap<uuid::Uuid, AsyncQuery>,
+    /// Jobs whose terminal event was delivered.
+    ended: HashSet<uuid::Uuid>,
 }
 
 /// A job-store fault reached the caller: a typed error, nothing else.
@@ -138,12 +140,29 @@ impl World {
     /// `end`, no stored object may be left without its record.
     async fn check(&mut self, end: bool) -> Result<(), TestCaseError> {
         while let Ok(Ok(event)) = tokio::time::timeout(Duration::ZERO, self.events.recv()).await {
-            if let Some(from) = event.from {
+            if event.progress.is_some() {
+                // Exports report their rows: a progress event, only while
+                // the job runs.
+                prop_assert!(
+                    event.from == Some(QueryStatus::Processing)
+                        && event.to == QueryStatus::Processing,
+                    "a progress event outside PROCESSING: {:?}",
+                    event
+                );
+                prop_assert!(
+                    !self.ended.contains(&event.id),
+                    "progress after the job's end: {:?}",
+                    event
+                );
+            } else if let Some(from) = event.from {
                 prop_assert!(
                     from.can_transition_to(event.to),
                     "illegal event {from} -> {}",
                     event.to
                 );
+                if event.to.is_terminal() {
+                    self.ended.insert(event.id);
+                }
             }
         }
         let records = self.dao.list(&ListFilter::default()).await.expect("list");
@@ -260,6 +279,7 @@ async fn run(ops: Vec<Op>, claim_batch: usize) -> Result<(), TestCaseError> {
         ids: Vec::new(),
         maybe: Vec::new(),
         seen: HashMap::new(),
+        ended: HashSet::new(),
     };
 
     for op in ops {

@@ -183,6 +183,7 @@ async fn the_service_records_its_lifecycle_in_metrics() {
             expires_at: now - chrono::TimeDelta::seconds(1),
         }),
         idempotency_key: None,
+        progress: None,
     };
     dao.create(&orphan).await.unwrap();
     tokio::time::sleep(Duration::from_secs(61)).await;

@@ -172,10 +172,7 @@ async fn read_download(service: &AsyncQueryService, id: uuid::Uuid) -> (Option<u
 #[tokio::test]
 async fn sqlite_finds_reusable_results_through_its_history_index() {
     use async_query::AsyncApiDao;
-    let dao = async_query::dao::SqliteDao::connect("sqlite::memory:")
-        .await
-        .unwrap();
-    dao.migrate().await.unwrap();
+    let dao = sqlite_in_memory().await;
     let dao = Arc::new(dao);
     let executor = Arc::new(ScriptedExecutor::new());
     let service = AsyncQueryService::builder()

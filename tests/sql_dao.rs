@@ -165,7 +165,7 @@ mod sqlite {
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
-    use async_query::dao::PostgresDao;
+    use async_query::dao::{Claim, PostgresDao};
     use sqlx::postgres::PgPoolOptions;
 
     use common::pg::fresh;
@@ -205,7 +205,7 @@ mod postgres {
                 };
                 let mut mine = Vec::new();
                 loop {
-                    let got = dao.claim(&lease, 3, now).await.unwrap();
+                    let got = dao.claim(&Claim::new(lease.clone(), 3, now)).await.unwrap();
                     if got.is_empty() {
                         return mine;
                     }
@@ -221,6 +221,74 @@ mod postgres {
         all.sort();
         queued.sort();
         assert_eq!(all, queued, "every job claimed exactly once");
+        db.drop_db().await;
+    }
+
+    /// Eight claimers on their own connections, each claiming one job at a
+    /// time under a limit of two for one principal, ending each job it
+    /// gets a moment later: the principal never has more than two jobs
+    /// `PROCESSING`, counted after every claim.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_claimers_keep_a_principal_within_its_running_limit() {
+        let Some(db) = fresh().await else { return };
+        let now = chrono::Utc::now();
+        for _ in 0..120 {
+            let mut job = async_query::testing::sample_job(now);
+            job.status = QueryStatus::Queued;
+            db.dao.create(&job).await.unwrap();
+        }
+        let principal = async_query::testing::sample_job(now).principal.name;
+        let claimers = (0..8).map(|_| {
+            let dao = db.dao.clone();
+            let principal = principal.clone();
+            tokio::spawn(async move {
+                let lease = async_query::model::Lease {
+                    owner: uuid::Uuid::new_v4(),
+                    expires_at: now,
+                };
+                let claim = Claim::new(lease, 1, now).with_max_running_per_principal(2);
+                let mut most = 0;
+                let mut idle = 0;
+                while idle < 50 {
+                    let got = dao.claim(&claim).await.expect("claim");
+                    let running: i64 = sqlx::query_scalar(
+                        "SELECT count(*) FROM async_query \
+                         WHERE status = 'PROCESSING' AND principal_name = $1",
+                    )
+                    .bind(&principal)
+                    .fetch_one(dao.pool())
+                    .await
+                    .expect("count");
+                    most = most.max(running);
+                    let Some(job) = got.into_iter().next() else {
+                        idle += 1;
+                        tokio::task::yield_now().await;
+                        continue;
+                    };
+                    idle = 0;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    let done = async_query::dao::StatusChange::new(
+                        QueryStatus::Processing,
+                        QueryStatus::Complete,
+                        now,
+                    );
+                    dao.update_status(job.id, done).await.expect("end");
+                }
+                most
+            })
+        });
+        let most = futures::future::join_all(claimers)
+            .await
+            .into_iter()
+            .map(|r| r.expect("claimer"))
+            .max();
+        assert_eq!(most, Some(2), "the limit is two, and it is reached");
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM async_query WHERE status <> 'COMPLETE'")
+                .fetch_one(db.dao.pool())
+                .await
+                .expect("count");
+        assert_eq!(left, 0, "every job ran");
         db.drop_db().await;
     }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use async_query::{AsyncQuery, BoxError, ExecutionContext, JobKind, QueryExecutor, QueryOutput};
-use async_query::{Record, SubmitRequest};
+use async_query::{Progress, Record, SubmitRequest};
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, InterruptHandle, OpenFlags};
 use serde_json::{Value, json};
@@ -207,7 +207,7 @@ impl QueryExecutor for SqlExecutor {
     async fn execute(
         &self,
         job: &AsyncQuery,
-        _ctx: ExecutionContext,
+        ctx: ExecutionContext,
     ) -> Result<QueryOutput, BoxError> {
         let conn = self.open()?;
         // `validate` checked it at submit, on this instance; a queued record
@@ -256,10 +256,15 @@ impl QueryExecutor for SqlExecutor {
                 tokio::task::spawn_blocking(move || {
                     let _running = Running::start(&running);
                     let mut columns_tx = Some(columns_tx);
+                    let mut rows = 0u64;
                     let ran = run(&conn, &sql, |columns, record| {
                         if let Some(tx) = columns_tx.take() {
                             let _ = tx.send(Ok(columns.to_vec()));
                         }
+                        // Cheap to call per row: the service writes the
+                        // latest report once per progress interval.
+                        rows += 1;
+                        ctx.report_progress(Progress::records(rows));
                         // A dropped receiver (cancel, time-out) stops the query.
                         Ok(rows_tx.blocking_send(Ok(record)).is_ok())
                     });

@@ -1,21 +1,25 @@
 //! The in-memory [`AsyncApiDao`]: fast, for one process and for tests.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+use self::limits::inline_len;
+use self::queue::FairQueue;
 use super::{
-    AsyncApiDao, CasOutcome, ExpiredRecord, ListFilter, Purged, Reaper, StatusChange, apply_change,
-    check_transition,
+    AsyncApiDao, CasOutcome, Claim, ExpiredRecord, ListFilter, Purged, Reaper, StatusChange,
+    apply_change, check_transition,
 };
 use crate::error::{Error, Result};
-use crate::model::{AsyncQuery, Lease, QueryStatus, ResultBody};
+use crate::model::{AsyncQuery, QueryStatus, ResultBody};
+use crate::progress::Progress;
 
-/// Job records in a `HashMap` behind a mutex, with an ordered index of
-/// queued jobs so claims are `O(log n)`.
+/// Job records in a `HashMap` behind a mutex, with each principal's queued
+/// jobs in order and its running count, so a fair claim costs
+/// `O(principals with queued jobs + log n)`.
 ///
 /// Records live as long as the `MemoryDao` (share it with `Arc` to keep them
 /// across service restarts in tests), until retention deletes them. It
@@ -56,7 +60,7 @@ impl Default for MemoryDao {
 struct State {
     jobs: HashMap<Uuid, Entry>,
     /// Queued jobs by creation sequence.
-    queue: BTreeMap<u64, Uuid>,
+    queue: FairQueue,
     next_seq: u64,
     /// The bytes of the inline result bodies in `jobs`.
     result_bytes: usize,
@@ -93,43 +97,6 @@ impl MemoryDao {
     /// The bytes of inline result bodies held now.
     pub fn result_bytes(&self) -> usize {
         self.lock().result_bytes
-    }
-
-    /// Refuses inline result bodies of `added` more bytes if they do not
-    /// fit.
-    fn fits_results(&self, state: &State, added: usize) -> Result<()> {
-        if added == 0 || state.result_bytes.saturating_add(added) <= self.max_result_bytes {
-            return Ok(());
-        }
-        Err(full(format!(
-            "storing a result of {added} bytes: the in-memory job store is full ({} bytes of \
-             query results at most, {} held; use MemoryDao::with_max_result_bytes, a shorter \
-             Config::retention or Config::result_lifetime, a table export, or a database)",
-            self.max_result_bytes, state.result_bytes
-        )))
-    }
-
-    /// Refuses a batch of changes, before applying any, if their results
-    /// together do not fit (counting each as added, as if none replaced a
-    /// body).
-    fn fits_changes(&self, state: &State, changes: &[(Uuid, StatusChange)]) -> Result<()> {
-        let added = changes
-            .iter()
-            .map(|(_, change)| inline_len(change.result.as_ref()))
-            .sum();
-        self.fits_results(state, added)
-    }
-
-    /// Refuses `new` more records if they do not fit.
-    fn fits(&self, state: &State, new: usize) -> Result<()> {
-        if state.jobs.len() + new <= self.max_records {
-            return Ok(());
-        }
-        Err(full(format!(
-            "storing a job: the in-memory job store is full ({} records at most; use \
-             MemoryDao::with_max_records, a shorter Config::retention, or a database)",
-            self.max_records
-        )))
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -183,9 +150,9 @@ impl State {
         for job in jobs {
             let seq = self.next_seq;
             self.next_seq += 1;
-            if job.status == QueryStatus::Queued {
-                self.queue.insert(seq, job.id);
-            }
+            let name = &job.principal.name;
+            self.queue
+                .moved(name, (seq, job.id), None, Some(job.status));
             self.result_bytes += inline_len(job.result.as_ref());
             if let Some((name, key)) = key_of(job) {
                 self.keys.insert((name.to_owned(), key.to_owned()), job.id);
@@ -207,9 +174,9 @@ impl State {
         if entry.job.status != change.from {
             return Ok(CasOutcome::Conflict(entry.job.clone()));
         }
-        if change.from == QueryStatus::Queued {
-            self.queue.remove(&entry.seq);
-        }
+        let (from, to) = (Some(change.from), Some(change.to));
+        let name = &entry.job.principal.name;
+        self.queue.moved(name, (entry.seq, id), from, to);
         if change.result.is_some() {
             self.result_bytes -= inline_len(entry.job.result.as_ref());
             self.result_bytes += inline_len(change.result.as_ref());
@@ -225,33 +192,33 @@ impl State {
             .collect()
     }
 
-    /// Claims up to `limit` of the oldest queued jobs, leaving `exclude`
-    /// queued.
-    fn claim(
-        &mut self,
-        lease: &Lease,
-        limit: usize,
-        at: DateTime<Utc>,
-        exclude: &[(Uuid, StatusChange)],
-    ) -> Vec<AsyncQuery> {
-        let mut claimed = Vec::with_capacity(limit.min(self.queue.len()));
-        let mut skipped = Vec::new();
-        while claimed.len() < limit {
-            let Some((seq, id)) = self.queue.pop_first() else {
+    /// Claims up to `claim.limit` queued jobs, fairly and within each
+    /// principal's running limit (see [`FairQueue::next`]), leaving
+    /// `exclude` queued.
+    fn claim(&mut self, claim: &Claim, exclude: &[(Uuid, StatusChange)]) -> Vec<AsyncQuery> {
+        let mut claimed = Vec::with_capacity(claim.limit.min(self.queue.len()));
+        let named = |id: Uuid| exclude.iter().any(|(named, _)| *named == id);
+        while claimed.len() < claim.limit {
+            let Some((principal, seq, id)) =
+                self.queue.next(named, |running| claim.admits(running))
+            else {
                 break;
             };
-            if exclude.iter().any(|(named, _)| *named == id) {
-                skipped.push((seq, id));
+            let (from, to) = (Some(QueryStatus::Queued), Some(QueryStatus::Processing));
+            let Some(entry) = self.jobs.get_mut(&id) else {
+                // Not reached (queue and records change under one lock);
+                // dropped from the queue all the same, so no claim loops.
+                let principal = principal.to_owned();
+                self.queue.moved(&principal, (seq, id), from, None);
                 continue;
-            }
-            if let Some(entry) = self.jobs.get_mut(&id) {
-                let change = StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, at)
-                    .with_lease(lease.clone());
-                apply_change(&mut entry.job, change);
-                claimed.push(entry.job.clone());
-            }
+            };
+            self.queue
+                .moved(&entry.job.principal.name, (seq, id), from, to);
+            let change = StatusChange::new(QueryStatus::Queued, QueryStatus::Processing, claim.at)
+                .with_lease(claim.lease.clone());
+            apply_change(&mut entry.job, change);
+            claimed.push(entry.job.clone());
         }
-        self.queue.extend(skipped);
         claimed
     }
 }
@@ -321,24 +288,17 @@ impl AsyncApiDao for MemoryDao {
     async fn update_and_claim(
         &self,
         changes: &[(Uuid, StatusChange)],
-        lease: &Lease,
-        limit: usize,
-        at: DateTime<Utc>,
+        claim: &Claim,
     ) -> Result<(Vec<CasOutcome>, Vec<AsyncQuery>)> {
         let mut state = self.lock();
         self.fits_changes(&state, changes)?;
         let outcomes = state.cas_many(changes)?;
-        let claimed = state.claim(lease, limit, at, changes);
+        let claimed = state.claim(claim, changes);
         Ok((outcomes, claimed))
     }
 
-    async fn claim(
-        &self,
-        lease: &Lease,
-        limit: usize,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<AsyncQuery>> {
-        Ok(self.lock().claim(lease, limit, at, &[]))
+    async fn claim(&self, claim: &Claim) -> Result<Vec<AsyncQuery>> {
+        Ok(self.lock().claim(claim, &[]))
     }
 
     async fn renew_leases(
@@ -362,6 +322,30 @@ impl AsyncApiDao for MemoryDao {
             statuses.push((*id, job.status));
         }
         Ok(statuses)
+    }
+
+    async fn update_progress(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        p: &Progress,
+        _: DateTime<Utc>,
+    ) -> Result<bool> {
+        let mut state = self.lock();
+        let running = |j: &&mut AsyncQuery| {
+            j.status == QueryStatus::Processing
+                && j.lease.as_ref().is_some_and(|l| l.owner == owner)
+        };
+        let job = state
+            .jobs
+            .get_mut(&id)
+            .map(|entry| &mut entry.job)
+            .filter(running);
+        Ok(job.map(|job| job.progress = Some(p.clone())).is_some())
+    }
+
+    async fn count_queued(&self, principal: &str, up_to: usize) -> Result<usize> {
+        Ok(self.lock().queue.queued_of(principal).min(up_to))
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>> {
@@ -434,7 +418,10 @@ impl AsyncApiDao for MemoryDao {
         let mut deleted = 0;
         for id in ids {
             if let Some(entry) = state.jobs.remove(id) {
-                state.queue.remove(&entry.seq);
+                let (name, status) = (&entry.job.principal.name, entry.job.status);
+                state
+                    .queue
+                    .moved(name, (entry.seq, *id), Some(status), None);
                 state.result_bytes -= inline_len(entry.job.result.as_ref());
                 if let Some((name, key)) = key_of(&entry.job) {
                     state.keys.remove(&(name.to_owned(), key.to_owned()));
@@ -446,26 +433,10 @@ impl AsyncApiDao for MemoryDao {
     }
 }
 
-/// A refusal because the store is full.
-fn full(message: String) -> Error {
-    Error::dao(
-        message,
-        std::io::Error::from(std::io::ErrorKind::StorageFull),
-    )
-}
-
 /// A record's principal name and idempotency key, if it has one.
 fn key_of(job: &AsyncQuery) -> Option<(&str, &str)> {
     let key = job.idempotency_key.as_deref()?;
     Some((job.principal.name.as_str(), key))
-}
-
-/// The bytes of `result`'s inline body (0 for any other body).
-fn inline_len(result: Option<&crate::model::QueryResult>) -> usize {
-    match result.map(|r| &r.body) {
-        Some(ResultBody::Inline(body)) => body.len(),
-        _ => 0,
-    }
 }
 
 /// Whether `job` is `COMPLETE` with output, last updated before `before`:
@@ -477,5 +448,7 @@ fn result_outlived(job: &AsyncQuery, before: DateTime<Utc>) -> bool {
         && job.result.as_ref().is_some_and(|r| r.body.has_output())
 }
 
+mod limits;
+mod queue;
 #[cfg(test)]
 mod tests;

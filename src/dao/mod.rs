@@ -11,8 +11,11 @@ use uuid::Uuid;
 use crate::error::Result;
 use crate::event::EventPage;
 pub use crate::event::EventStream;
-use crate::model::{AsyncQuery, Lease, QueryStatus};
+use crate::model::{AsyncQuery, QueryStatus};
+use crate::progress::Progress;
 
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres")))]
+mod claims_test;
 mod history;
 mod memory;
 #[cfg(feature = "postgres")]
@@ -21,6 +24,7 @@ mod pg_events;
 pub(crate) mod pg_test;
 #[cfg(feature = "postgres")]
 mod postgres;
+mod rules;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
@@ -31,10 +35,13 @@ pub use history::{HistoryFilter, HistoryOrder, HistoryPosition, KindFilter};
 pub use memory::{MEMORY_DAO_MAX_RECORDS, MEMORY_DAO_MAX_RESULT_BYTES, MemoryDao};
 #[cfg(feature = "postgres")]
 pub use postgres::{EVENTS_PER_PRINCIPAL, PostgresDao};
+use rules::no_keys;
+pub(crate) use rules::{apply_change, check_transition, first_repeated, first_repeated_job};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteDao;
 pub use types::{
-    CasOutcome, ExpiredRecord, JobSignal, ListFilter, Purged, Reaper, SignalStream, StatusChange,
+    CasOutcome, Claim, ExpiredRecord, JobSignal, ListFilter, Purged, Reaper, SignalStream,
+    StatusChange,
 };
 
 /// Persistence of job records.
@@ -52,9 +59,16 @@ pub use types::{
 ///   When applied: `status = to`, `updated_on = at`, `result` is replaced if
 ///   given; moving to `Processing` sets `lease`, moving to a terminal status
 ///   clears it, other moves keep it.
-/// - `claim` atomically moves up to `limit` of the oldest `Queued` jobs (by
-///   creation order) to `Processing` with the given lease; two concurrent
-///   claimers never get the same job.
+/// - `claim` atomically moves up to `limit` `Queued` jobs to `Processing`
+///   with the given lease, fairly across principals: each principal's
+///   jobs in creation order, and a job's turn is its principal's
+///   `Processing` jobs plus its place in that principal's queue; lowest
+///   turns first, the oldest among equals (with one principal: the oldest
+///   first). A job whose principal has
+///   [`max_running_per_principal`](Claim::max_running_per_principal) jobs
+///   `Processing` stays queued. Two concurrent claimers never get the same
+///   job, and never together take a principal past its limit.
+///   (`dao_claims`, `dao_fair_claims` and `dao_running_limit` check it.)
 /// - `renew_leases` extends the lease of those `ids` whose lease `owner`
 ///   holds and that are `Processing` or `Cancelled`, and reports the current
 ///   status of every id that exists, so the owner learns of cancellations
@@ -200,8 +214,8 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     }
 
     /// Writes `changes` as [`update_status_many`](Self::update_status_many)
-    /// does and claims up to `limit` of the oldest queued jobs for
-    /// `lease.owner` as [`claim`](Self::claim) does, never one of the jobs
+    /// does and claims up to `claim.limit` queued jobs for
+    /// `claim.lease.owner` as [`claim`](Self::claim) does, never one of the jobs
     /// `changes` names. The service writes the records of jobs that just
     /// finished this way and claims the next jobs for the slots they freed,
     /// so that one commit serves both. PostgreSQL does it in one statement;
@@ -214,30 +228,44 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     async fn update_and_claim(
         &self,
         changes: &[(Uuid, StatusChange)],
-        lease: &Lease,
-        limit: usize,
-        at: DateTime<Utc>,
+        claim: &Claim,
     ) -> Result<(Vec<CasOutcome>, Vec<AsyncQuery>)> {
         let outcomes = self.update_status_many(changes).await?;
-        let claimed = if limit == 0 {
+        let claimed = if claim.limit == 0 {
             Vec::new()
         } else {
-            self.claim(lease, limit, at).await?
+            self.claim(claim).await?
         };
         Ok((outcomes, claimed))
     }
 
-    /// Claims up to `limit` of the oldest queued jobs for `lease.owner`.
+    /// Claims up to `claim.limit` queued jobs for `claim.lease.owner`,
+    /// fairly across principals and within each principal's running limit
+    /// (see the contract above): a principal with a thousand jobs queued
+    /// does not hold back another principal's one.
     ///
     /// # Errors
     ///
     /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
-    async fn claim(
-        &self,
-        lease: &Lease,
-        limit: usize,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<AsyncQuery>>;
+    async fn claim(&self, claim: &Claim) -> Result<Vec<AsyncQuery>>;
+
+    /// How many of `principal`'s jobs (a principal name) are `Queued`,
+    /// counting at most `up_to` (an answer of `up_to` means "at least
+    /// that many"). The service asks it on every submit when
+    /// [`Config::max_queued_per_principal`](crate::Config::max_queued_per_principal)
+    /// is set. The default reads the principal's queued history, up to
+    /// `up_to` records; the built-in stores count from an index.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails.
+    async fn count_queued(&self, principal: &str, up_to: usize) -> Result<usize> {
+        let filter = HistoryFilter {
+            statuses: vec![QueryStatus::Queued],
+            ..HistoryFilter::newest(up_to.max(1)).of_principal(principal)
+        };
+        Ok(self.history(&filter).await?.len().min(up_to))
+    }
 
     /// Extends `owner`'s leases on `ids` to `expires_at`; returns
     /// `(id, current status)` for every id that exists.
@@ -251,6 +279,32 @@ pub trait AsyncApiDao: Send + Sync + 'static {
         ids: &[Uuid],
         expires_at: DateTime<Utc>,
     ) -> Result<Vec<(Uuid, QueryStatus)>>;
+
+    /// Stores how far a running job has got, only while it is `Processing`
+    /// under a lease `owner` holds: a report that arrives after the job
+    /// ended or moved to another instance is dropped. Changes neither the
+    /// status nor `updated_on`. A store that [keeps events](Self::keeps_events)
+    /// also records a progress event at `at` (`from` and `to` both
+    /// `Processing`). Returns whether it stored the report.
+    ///
+    /// The default stores nothing and returns `Ok(false)`: jobs then show
+    /// no progress. The service writes at most one report per job per
+    /// [`Config::progress_interval`](crate::Config::progress_interval).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Dao`](crate::error::Error::Dao) if the back-end fails (the
+    /// service logs it and carries on with the job).
+    async fn update_progress(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        progress: &Progress,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let _ = (id, owner, progress, at);
+        Ok(false)
+    }
 
     /// Records matching `filter`, oldest first.
     ///
@@ -440,55 +494,4 @@ pub trait AsyncApiDao: Send + Sync + 'static {
     async fn tidy_events(&self) -> Result<u64> {
         Ok(0)
     }
-}
-
-/// What a store without idempotency keys answers.
-fn no_keys() -> crate::error::Error {
-    crate::error::Error::Config {
-        reason: "this job store does not support idempotency keys (implement \
-                 AsyncApiDao::find_by_idempotency_key and release_idempotency_key)"
-            .into(),
-    }
-}
-
-/// Checks a change against the transition table; shared by back-ends.
-pub(crate) fn check_transition(change: &StatusChange) -> Result<()> {
-    if change.from.can_transition_to(change.to) {
-        Ok(())
-    } else {
-        Err(crate::error::Error::InvalidTransition {
-            from: change.from,
-            to: change.to,
-        })
-    }
-}
-
-/// Applies an already-checked change to a record in memory; shared by
-/// back-ends that hold records as structs.
-pub(crate) fn apply_change(job: &mut AsyncQuery, change: StatusChange) {
-    job.status = change.to;
-    job.updated_on = change.at;
-    if let Some(result) = change.result {
-        job.result = Some(result);
-    }
-    if change.to == QueryStatus::Processing {
-        job.lease = change.lease;
-    } else if change.to.is_terminal() {
-        job.lease = None;
-    }
-}
-
-/// The first id that appears twice in `ids`.
-pub(crate) fn first_repeated(ids: impl ExactSizeIterator<Item = Uuid>) -> Option<Uuid> {
-    // The common case, one record, needs no set.
-    if ids.len() < 2 {
-        return None;
-    }
-    let mut seen = std::collections::HashSet::with_capacity(ids.len());
-    ids.into_iter().find(|id| !seen.insert(*id))
-}
-
-/// The first id that appears twice in `jobs`.
-pub(crate) fn first_repeated_job(jobs: &[AsyncQuery]) -> Option<Uuid> {
-    first_repeated(jobs.iter().map(|j| j.id))
 }

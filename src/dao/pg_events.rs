@@ -127,6 +127,24 @@ pub(super) fn schema_v5() -> Vec<String> {
     all
 }
 
+/// Schema version 8: progress on the record and on progress events.
+pub(super) fn schema_v8() -> Vec<String> {
+    let mut all = super::sql::progress_column();
+    all.push("ALTER TABLE async_query_event ADD COLUMN progress TEXT".to_owned());
+    all
+}
+
+/// A running job's progress, stored and recorded as an event from and to
+/// `PROCESSING` (at `$4`, which is not `updated_on`: progress does not
+/// change that) in one statement.
+pub(super) const PROGRESS: &str = "WITH changed AS (
+        UPDATE async_query SET progress = $1
+        WHERE id = $2 AND status = 'PROCESSING' AND lease_owner = $3
+        RETURNING principal_name, id, kind, status, progress
+    )
+    INSERT INTO async_query_event (owner, job_id, kind, from_status, to_status, at, progress)
+    SELECT principal_name, id, kind, status, status, $4, progress FROM changed";
+
 /// Numbers pending events, then trims every principal's stream to its
 /// newest `keep` (run by the cleaner, not by readers).
 const TRIM: &str = "WITH gone AS (
@@ -151,7 +169,7 @@ fn page_sql(stream: EventStream<'_>) -> String {
     };
     format!(
         "SELECT s.newest, s.dropped, e.{column} AS position, e.job_id, e.kind,
-            e.owner, e.from_status, e.to_status, e.at
+            e.owner, e.from_status, e.to_status, e.at, e.progress
         FROM async_query_event_stream s LEFT JOIN LATERAL (
             SELECT * FROM async_query_event
             WHERE {owner}{column} > $2 ORDER BY {column} LIMIT $3
@@ -235,6 +253,7 @@ impl PostgresDao {
             let kind: String = row.try_get("kind").map_err(fail)?;
             let from: Option<String> = row.try_get("from_status").map_err(fail)?;
             let to: String = row.try_get("to_status").map_err(fail)?;
+            let progress: Option<String> = row.try_get("progress").map_err(fail)?;
             let event = JobEvent {
                 id: row.try_get("job_id").map_err(fail)?,
                 kind: serde_json::from_str(&kind).map_err(|e| corrupt("event kind", e))?,
@@ -242,6 +261,11 @@ impl PostgresDao {
                 from: from.as_deref().map(status).transpose()?,
                 to: status(&to)?,
                 at: time(row.try_get("at").map_err(fail)?, "event time")?,
+                progress: progress
+                    .as_deref()
+                    .map(serde_json::from_str)
+                    .transpose()
+                    .map_err(|e| corrupt("event progress", e))?,
             };
             page.last_id = position(seq)?;
             page.events.push(LoggedEvent {

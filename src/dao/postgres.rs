@@ -6,7 +6,8 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::JobSignal;
 
-use super::sql::{Claim, SqlBackend, db_error, results_index, schema_v1, sql_dao};
+use super::Claim;
+use super::sql::{SqlBackend, db_error, results_index, schema_v1, sql_dao};
 use crate::error::Result;
 
 /// The advisory-lock key concurrent `migrate` calls serialise on (any fixed
@@ -131,7 +132,9 @@ impl PostgresDao {
         let v5 = super::pg_events::schema_v5();
         let v6 = super::sql::history_indexes();
         let v7 = super::sql::idempotency_keys();
-        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6, v7], Some(lock))
+        let v8 = super::pg_events::schema_v8();
+        let v9 = super::sql::fair_claim_indexes();
+        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6, v7, v8, v9], Some(lock))
             .await
     }
 }
@@ -141,6 +144,13 @@ impl SqlBackend for PostgresDao {
 
     /// Concurrent claimers skip each other's rows instead of waiting.
     const CLAIM_LOCK: &'static str = " FOR UPDATE SKIP LOCKED";
+    const FAIR_FORM: super::sql::FairForm = super::sql::FairForm::Postgres;
+
+    /// One advisory lock for every claim under a running limit (its key
+    /// spells `aq-claim`), held to the end of the claim's transaction.
+    const SERIALIZE_LIMITED_CLAIMS: Option<&'static str> =
+        Some("SELECT pg_advisory_xact_lock(7021443199090649453)");
+    const PROGRESS_UPDATE: &'static str = super::pg_events::PROGRESS;
     const STORED_NAME: &'static str = "CASE WHEN result::jsonb -> 'body' ->> 'type' = 'stored' \
         THEN result::jsonb -> 'body' ->> 'value' END";
     const BODY_TYPE: &'static str = "(result::jsonb -> 'body' ->> 'type')";
@@ -170,7 +180,7 @@ impl SqlBackend for PostgresDao {
     async fn update_and_claim(
         conn: &mut sqlx::PgConnection,
         changes: &[(uuid::Uuid, super::StatusChange)],
-        claim: Option<&Claim<'_>>,
+        claim: Option<&Claim>,
     ) -> Result<(Vec<super::CasOutcome>, Vec<crate::model::AsyncQuery>)> {
         use super::sql::{COLUMNS, RawJob, claimed, json, lease_mode, micros};
         use sqlx::{Connection, FromRow, Row};
@@ -234,14 +244,22 @@ impl SqlBackend for PostgresDao {
             .push_bind(claim.map(|c| micros(c.lease.expires_at)))
             .push(", updated_on = ")
             .push_bind(claim.map(|c| micros(c.at)))
-            .push(format!(
-                " WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED' \
-                 AND id NOT IN (SELECT v_id FROM v) ORDER BY seq LIMIT {limit} \
-                 FOR UPDATE SKIP LOCKED) RETURNING true AS claimed, seq, 'QUEUED' AS event_from, \
-                 {COLUMNS}), changed AS (SELECT * FROM done UNION ALL SELECT * FROM taken), {} \
-                 SELECT * FROM changed",
-                super::pg_events::RECORDED
-            ));
+            .push(" WHERE id IN (");
+        // Limited claims with writes are run apart (`limited_claim`): this
+        // one statement counts running jobs before its own writes, so under
+        // a limit it would take too few, never too many.
+        let max_running = claim.and_then(|c| c.max_running_per_principal);
+        let [fair, rest] = super::sql::fair_claim(limit, max_running, Self::FAIR_FORM);
+        query
+            .push(fair)
+            .push(" AND h.id NOT IN (SELECT v_id FROM v)")
+            .push(rest);
+        query.push(format!(
+            ") RETURNING true AS claimed, seq, 'QUEUED' AS event_from, \
+             {COLUMNS}), changed AS (SELECT * FROM done UNION ALL SELECT * FROM taken), {} \
+             SELECT * FROM changed",
+            super::pg_events::RECORDED
+        ));
         let rows = query.build().fetch_all(&mut *conn).await.map_err(fail)?;
         let (taken, done): (Vec<_>, Vec<_>) = rows
             .iter()
@@ -284,9 +302,6 @@ impl SqlBackend for PostgresDao {
         Ok((outcomes, claimed))
     }
 
-    /// LISTENs on [`CHANNEL`] on a dedicated connection. sqlx's listener
-    /// reconnects by itself after a lost connection (signals sent meanwhile
-    /// are lost; polling covers them).
     /// `clock_timestamp()`, the time when the statement reads it (not the
     /// transaction's start, as `now()` would be).
     async fn clock(&self) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
@@ -298,6 +313,9 @@ impl SqlBackend for PostgresDao {
         super::sql::time(micros, "clock_timestamp()").map(Some)
     }
 
+    /// LISTENs on [`CHANNEL`] on a dedicated connection. sqlx's listener
+    /// reconnects by itself after a lost connection (signals sent meanwhile
+    /// are lost; polling covers them).
     async fn signals(&self) -> Result<Option<super::SignalStream>> {
         let mut listener = PgListener::connect_with(&self.pool)
             .await

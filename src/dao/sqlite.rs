@@ -6,7 +6,8 @@ use std::time::Duration;
 use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
-use super::sql::{Claim, SqlBackend, db_error, schema_v1, sql_dao};
+use super::Claim;
+use super::sql::{SqlBackend, db_error, schema_v1, sql_dao};
 use crate::error::Result;
 
 /// Job records in SQLite: durable on one host, no server needed.
@@ -75,7 +76,10 @@ impl SqliteDao {
         let v2 = super::sql::results_index(<Self as SqlBackend>::BODY_TYPE);
         let v3 = super::sql::history_indexes();
         let v4 = super::sql::idempotency_keys();
-        self.apply_migrations(vec![v1, v2, v3, v4], None).await
+        let v5 = super::sql::progress_column();
+        let v6 = super::sql::fair_claim_indexes();
+        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6], None)
+            .await
     }
 }
 
@@ -84,6 +88,7 @@ impl SqlBackend for SqliteDao {
 
     /// A write locks the whole database: claims need no row locks.
     const CLAIM_LOCK: &'static str = "";
+    const FAIR_FORM: super::sql::FairForm = super::sql::FairForm::Sqlite;
     const STORED_NAME: &'static str = "CASE WHEN json_extract(result, '$.body.type') = 'stored' \
         THEN json_extract(result, '$.body.value') END";
     const BODY_TYPE: &'static str = "json_extract(result, '$.body.type')";
@@ -101,7 +106,7 @@ impl SqlBackend for SqliteDao {
     async fn update_and_claim(
         conn: &mut sqlx::SqliteConnection,
         changes: &[(uuid::Uuid, super::StatusChange)],
-        claim: Option<&Claim<'_>>,
+        claim: Option<&Claim>,
     ) -> Result<(Vec<super::CasOutcome>, Vec<crate::model::AsyncQuery>)> {
         use sqlx::Connection;
         let fail = |e| db_error("changing jobs' statuses", e);

@@ -49,6 +49,63 @@ impl StatusChange {
     }
 }
 
+/// What a [`claim`](super::AsyncApiDao::claim) asks for: up to `limit`
+/// queued jobs for `lease.owner`, moved to `Processing` at `at` under
+/// `lease`, taking no job whose principal would then have more than
+/// `max_running_per_principal` jobs `Processing`.
+///
+/// ```
+/// use async_query::dao::Claim;
+/// use async_query::model::Lease;
+///
+/// let now = chrono::Utc::now();
+/// let lease = Lease { owner: uuid::Uuid::new_v4(), expires_at: now };
+/// let claim = Claim::new(lease, 8, now).with_max_running_per_principal(2);
+/// assert_eq!((claim.limit, claim.max_running_per_principal), (8, Some(2)));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Claim {
+    /// The lease the claimed jobs get; `lease.owner` is the claimer.
+    pub lease: Lease,
+    /// The most jobs to claim; `0` claims none.
+    pub limit: usize,
+    /// When the claim happens; becomes the claimed jobs' `updated_on`.
+    pub at: DateTime<Utc>,
+    /// The most `Processing` jobs a principal may have, counting those
+    /// running already anywhere and those this claim takes; `None`: no
+    /// limit (see
+    /// [`Config::max_running_per_principal`](crate::Config::max_running_per_principal)).
+    pub max_running_per_principal: Option<usize>,
+}
+
+impl Claim {
+    /// A claim of up to `limit` jobs under `lease` at `at`, with no
+    /// per-principal limit.
+    pub fn new(lease: Lease, limit: usize, at: DateTime<Utc>) -> Self {
+        Claim {
+            lease,
+            limit,
+            at,
+            max_running_per_principal: None,
+        }
+    }
+
+    /// Takes no job whose principal would then have more than `max` jobs
+    /// `Processing`.
+    pub fn with_max_running_per_principal(mut self, max: usize) -> Self {
+        self.max_running_per_principal = Some(max);
+        self
+    }
+
+    /// Whether a principal with `running` jobs `Processing` may have one
+    /// more.
+    pub fn admits(&self, running: usize) -> bool {
+        self.max_running_per_principal
+            .is_none_or(|max| running < max)
+    }
+}
+
 /// The answer to a compare-and-set, carrying the record as `R` (the DAO
 /// answers with an [`AsyncQuery`]; the service shares it as an
 /// `Arc<AsyncQuery>`, see [`map`](Self::map)).

@@ -102,6 +102,15 @@ impl From<Error> for ApiError {
                 Self::new(StatusCode::TOO_MANY_REQUESTS, "queue_full", detail)
                     .with_header(header::RETRY_AFTER, HeaderValue::from_static("1"))
             }
+            Error::PrincipalQueueFull { retry_after, .. } => {
+                let seconds = retry_after.as_secs().max(1);
+                Self::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "principal_queue_full",
+                    detail,
+                )
+                .with_header(header::RETRY_AFTER, HeaderValue::from(seconds))
+            }
             Error::InvalidRequest { .. } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_query", detail)
             }
@@ -191,6 +200,7 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<S
     if let Some(key) = &job.idempotency_key {
         attributes.insert("idempotencyKey".into(), json!(key));
     }
+    attributes.insert("progress".into(), json!(job.progress));
     let http_status = match job.status {
         QueryStatus::Complete => 200,
         QueryStatus::TimedOut => 408,
@@ -243,16 +253,20 @@ pub(super) fn events(page: &EventPage) -> Value {
         .iter()
         .map(|logged| {
             let e = &logged.event;
+            let mut attributes = json!({
+                "jobId": e.id.to_string(),
+                "jobType": Collection::of(e.kind).type_name(),
+                "status": e.to.as_str(),
+                "previousStatus": e.from.map(QueryStatus::as_str),
+                "at": time(e.at),
+            });
+            if let Some(progress) = &e.progress {
+                attributes["progress"] = json!(progress);
+            }
             json!({
                 "type": "asyncEvent",
                 "id": logged.seq.to_string(),
-                "attributes": {
-                    "jobId": e.id.to_string(),
-                    "jobType": Collection::of(e.kind).type_name(),
-                    "status": e.to.as_str(),
-                    "previousStatus": e.from.map(QueryStatus::as_str),
-                    "at": time(e.at),
-                }
+                "attributes": attributes,
             })
         })
         .collect();
@@ -348,12 +362,13 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         })
 }
 
-pub(super) const READ_ONLY: [&str; 5] = [
+pub(super) const READ_ONLY: [&str; 6] = [
     "principalName",
     "createdOn",
     "updatedOn",
     "result",
     "idempotencyKey",
+    "progress",
 ];
 
 pub(super) fn string(

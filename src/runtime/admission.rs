@@ -232,6 +232,26 @@ impl Runtime {
             result: None,
             lease: None,
             idempotency_key: request.idempotency_key,
+            progress: None,
+        })
+    }
+
+    /// Refuses `jobs` (of one principal) if they would take the
+    /// principal past `Config::max_queued_per_principal`.
+    async fn check_principal_queue(&self, jobs: &[Arc<AsyncQuery>]) -> Result<()> {
+        let (Some(max), Some(first)) = (self.config.max_queued_per_principal, jobs.first()) else {
+            return Ok(());
+        };
+        let queued = self.dao.count_queued(&first.principal.name, max).await?;
+        if queued.saturating_add(jobs.len()) <= max {
+            return Ok(());
+        }
+        Err(Error::PrincipalQueueFull {
+            max,
+            retry_after: self
+                .config
+                .poll_interval
+                .max(std::time::Duration::from_secs(1)),
         })
     }
 
@@ -250,14 +270,17 @@ impl Runtime {
         if let Some(id) = crate::dao::first_repeated(jobs.iter().map(|job| job.id)) {
             return Err(Error::DuplicateId { id });
         }
+        self.check_principal_queue(&jobs).await?;
         let admitted = 'table: {
             let mut table = self.jobs.lock();
             if let Some(job) = jobs.iter().find(|job| table.contains(job.id)) {
                 break 'table Err(job.id);
             }
-            // A slot only when nobody older waits, to keep FIFO.
+            // A slot only when nobody older waits, to keep FIFO, and no
+            // running limit asks every job to start through a claim.
+            let direct = table.queued() == 0 && self.config.max_running_per_principal.is_none();
             let permit = match start {
-                Start::RunIfFree if table.queued() == 0 => self.dispatch.try_slot(),
+                Start::RunIfFree if direct => self.dispatch.try_slot(),
                 _ => None,
             };
             let queued = jobs.len() - usize::from(permit.is_some());

@@ -13,6 +13,7 @@ use super::Runtime;
 use super::clock::to_delta;
 use super::local::JobGuard;
 use super::table::Mirror;
+use crate::dao::Claim;
 use crate::model::{AsyncQuery, Lease, QueryStatus};
 
 /// What a slot runs next: a claimed job, or nothing (the slot is free).
@@ -201,6 +202,17 @@ impl Runtime {
         }
     }
 
+    /// A claim of up to `limit` jobs now, under a fresh lease and the
+    /// configured per-principal running limit.
+    pub(super) fn claim_of(&self, limit: usize) -> Claim {
+        let now = self.clock.now();
+        let claim = Claim::new(self.lease(now), limit, now);
+        match self.config.max_running_per_principal {
+            Some(max) => claim.with_max_running_per_principal(max),
+            None => claim,
+        }
+    }
+
     /// Runs `first` on a worker task that holds `permit`. A worker that
     /// writes its own job's record also claims the next job for its slot
     /// in the same call, and runs it.
@@ -320,9 +332,8 @@ impl Runtime {
                 .dispatch
                 .claim_limit(permits.len() - jobs.len(), self.tasks.accepting());
             if limit > 0 {
-                let now = self.clock.now();
-                let lease = self.lease(now);
-                let claim = self.dao.claim(&lease, limit, now);
+                let claim = self.claim_of(limit);
+                let claim = self.dao.claim(&claim);
                 let span = tracing::info_span!("claim", limit, claimed = tracing::field::Empty);
                 match traced!(span.clone(), claim) {
                     Ok(claimed) => {

@@ -112,6 +112,7 @@ mod tests {
             from: None,
             to: QueryStatus::Queued,
             at: chrono::Utc::now(),
+            progress: None,
         }
     }
 

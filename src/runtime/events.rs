@@ -12,6 +12,7 @@
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, broadcast};
 
 use super::Runtime;
@@ -19,6 +20,7 @@ use super::event_log::EventLog;
 use crate::error::{Error, Result};
 use crate::event::{EventPage, EventStream, JobEvent, Subscription};
 use crate::model::{AsyncQuery, Principal, QueryStatus};
+use crate::progress::Progress;
 
 /// Events the tail reads per page.
 const TAIL_PAGE: usize = 500;
@@ -63,6 +65,34 @@ impl EventHub {
     /// Emits the change of `job` from `from` to `to` (which may be a step
     /// before `job.status`).
     pub(super) fn emit(&self, job: &AsyncQuery, from: Option<QueryStatus>, to: QueryStatus) {
+        self.publish(|| JobEvent {
+            id: job.id,
+            kind: job.kind,
+            owner: job.principal.name.clone(),
+            from,
+            to,
+            at: job.updated_on,
+            progress: None,
+        });
+    }
+
+    /// Emits the progress of running `job`, reported at `at`, which the
+    /// store kept.
+    pub(super) fn emit_progress(&self, job: &AsyncQuery, progress: &Progress, at: DateTime<Utc>) {
+        self.publish(|| JobEvent {
+            id: job.id,
+            kind: job.kind,
+            owner: job.principal.name.clone(),
+            from: Some(QueryStatus::Processing),
+            to: QueryStatus::Processing,
+            at,
+            progress: Some(progress.clone()),
+        });
+    }
+
+    /// Delivers the event `make` builds, if anyone follows events; on a
+    /// store that keeps events, the tail delivers what the store recorded.
+    fn publish(&self, make: impl FnOnce() -> JobEvent) {
         let subscribed = self.subscribed();
         if self.shared {
             // The store recorded it: the tail reads it from there.
@@ -75,14 +105,7 @@ impl EventHub {
         if !subscribed && !logged {
             return;
         }
-        let event = JobEvent {
-            id: job.id,
-            kind: job.kind,
-            owner: job.principal.name.clone(),
-            from,
-            to,
-            at: job.updated_on,
-        };
+        let event = make();
         if logged {
             self.lock_log().push(event.clone());
         }

@@ -2,6 +2,7 @@
 //! capture, and turning the output into the stored result.
 
 use std::any::Any;
+use std::convert::Infallible;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
@@ -11,6 +12,7 @@ use super::Runtime;
 use super::ending::Ending;
 use crate::executor::{ExecutionContext, QueryOutput};
 use crate::model::{AsyncQuery, JobKind, QueryResult, ResultBody};
+use crate::progress::ProgressCell;
 
 /// How a run ended, with the result when it finished.
 #[derive(Debug)]
@@ -52,13 +54,21 @@ impl Runtime {
         }
         let run = crate::metrics::run_started(job, || self.clock.now());
         let ctx = ExecutionContext::new(cancel.clone(), job.principal.clone());
+        let progress = ctx.progress_cell();
         let work = AssertUnwindSafe(async {
-            let output = self
-                .executor
-                .execute(job, ctx)
-                .await
-                .map_err(|e| e.to_string())?;
-            self.save(job, output).await
+            let run = async {
+                let output = self
+                    .executor
+                    .execute(job, ctx)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                self.save(job, output).await
+            };
+            tokio::select! {
+                biased;
+                ran = run => ran,
+                never = self.write_progress(job, &progress) => match never {},
+            }
         })
         .catch_unwind();
         let outcome = tokio::select! {
@@ -81,6 +91,28 @@ impl Runtime {
             None => "stopped",
         });
         outcome
+    }
+
+    /// Writes `job`'s progress reports as they come, the latest one at
+    /// most once per `progress_interval`; runs until the run ends and
+    /// drops it (a write in flight then is harmless: the store keeps
+    /// progress only while the job is `PROCESSING`).
+    async fn write_progress(&self, job: &AsyncQuery, cell: &ProgressCell) -> Infallible {
+        loop {
+            let progress = cell.next().await;
+            let at = self.clock.now();
+            let owner = self.config.instance_id;
+            match self.dao.update_progress(job.id, owner, &progress, at).await {
+                Ok(true) => self.jobs.progressed(job.id, &progress, |job| {
+                    self.events.emit_progress(job, &progress, at);
+                }),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(job_id = %job.id, error = %e, "storing a job's progress failed");
+                }
+            }
+            tokio::time::sleep(self.config.progress_interval).await;
+        }
     }
 
     /// Turns executor output into the stored result.

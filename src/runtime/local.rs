@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::table::{Emit, JobTable, Mirror};
 use crate::model::{AsyncQuery, QueryStatus};
+use crate::progress::Progress;
 
 pub(super) struct LocalJobs {
     table: Mutex<JobTable>,
@@ -72,6 +73,16 @@ impl LocalJobs {
             self.departed();
         }
         mirrored.token
+    }
+
+    /// Sets the progress of a job running here, for its waiters, and
+    /// emits it through `emit` under the lock (so never after the job's
+    /// end).
+    pub(super) fn progressed(&self, id: Uuid, progress: &Progress, emit: impl FnOnce(&AsyncQuery)) {
+        let mut table = self.lock();
+        if let Some(job) = table.progressed(id, progress) {
+            emit(&job);
+        }
     }
 
     /// Drops a job's entry without a terminal status (it runs elsewhere,

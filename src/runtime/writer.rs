@@ -189,8 +189,7 @@ impl Runtime {
         changes: &[(uuid::Uuid, StatusChange)],
         limit: usize,
     ) -> Written {
-        let now = self.clock.now();
-        let lease = self.lease(now);
+        let claim = self.claim_of(limit);
         let span = tracing::info_span!(
             "claim",
             written = changes.len(),
@@ -198,10 +197,7 @@ impl Runtime {
             claimed = tracing::field::Empty
         );
         let start = std::time::Instant::now();
-        let written = traced!(
-            span.clone(),
-            self.dao.update_and_claim(changes, &lease, limit, now)
-        );
+        let written = traced!(span.clone(), self.dao.update_and_claim(changes, &claim));
         self.writer.record(start.elapsed());
         if let Ok((_, claimed)) = &written {
             span.record("claimed", claimed.len());

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use crate::error::BoxError;
 use crate::executor::{ExecutionContext, QueryExecutor, QueryOutput};
 use crate::model::{AsyncQuery, JobKind};
+use crate::progress::Progress;
 
 /// An executor driven by its query text, for lifecycle tests:
 ///
@@ -21,6 +22,9 @@ use crate::model::{AsyncQuery, JobKind};
 /// | `rows <n>` | an export of `n` rows (`id`, `name`, `note`); a body of `n` for a query |
 /// | `rows <n> fail <k>` | an export whose stream fails at row `k` |
 /// | `rows <n> every <ms>` | an export yielding one row every `ms` milliseconds of Tokio time |
+/// | `progress <n> every <ms>` | `n` steps of `ms` milliseconds of Tokio time, reporting [`Progress`](crate::Progress) `i` of `n` (message `step i`) after each; returns `{"steps":<n>}` |
+///
+/// Exports report their rows as progress (`i` of `n`) as they yield them.
 /// | anything else | returns the query text as the body |
 ///
 /// It records the order in which queries started.
@@ -70,7 +74,7 @@ impl QueryExecutor for ScriptedExecutor {
     async fn execute(
         &self,
         job: &AsyncQuery,
-        _ctx: ExecutionContext,
+        ctx: ExecutionContext,
     ) -> Result<QueryOutput, BoxError> {
         self.started
             .lock()
@@ -85,6 +89,18 @@ impl QueryExecutor for ScriptedExecutor {
                 let ms: u64 = parse(arg)?;
                 tokio::time::sleep(Duration::from_millis(ms)).await;
                 Ok(QueryOutput::body(format!("{{\"slept_ms\":{ms}}}"), 1))
+            }
+            "progress" => {
+                let (n, ms) = arg
+                    .split_once(" every ")
+                    .ok_or("expected progress <n> every <ms>")?;
+                let (n, every): (u64, u64) = (parse(n)?, parse(ms)?);
+                for i in 1..=n {
+                    tokio::time::sleep(Duration::from_millis(every)).await;
+                    let step = Progress::records(i).of(n).with_message(format!("step {i}"));
+                    ctx.report_progress(step);
+                }
+                Ok(QueryOutput::body(format!("{{\"steps\":{n}}}"), n))
             }
             "fail" => Err(arg.to_owned().into()),
             "panic" => panic!("{arg}"),
@@ -104,22 +120,27 @@ impl QueryExecutor for ScriptedExecutor {
                 if job.kind == JobKind::Query {
                     return Ok(QueryOutput::body(n.to_string(), n));
                 }
-                let rows = futures::stream::iter(0..n).then(move |i| async move {
-                    if let Some(every) = every {
-                        tokio::time::sleep(every).await;
+                let ctx = std::sync::Arc::new(ctx);
+                let rows = futures::stream::iter(0..n).then(move |i| {
+                    let ctx = std::sync::Arc::clone(&ctx);
+                    async move {
+                        if let Some(every) = every {
+                            tokio::time::sleep(every).await;
+                        }
+                        ctx.report_progress(Progress::records(i + 1).of(n));
+                        if Some(i) == fail_at {
+                            return Err(BoxError::from(format!("row source failed at row {i}")));
+                        }
+                        Ok(vec![
+                            serde_json::json!(i),
+                            serde_json::json!(format!("name {i}")),
+                            if i % 2 == 0 {
+                                serde_json::Value::Null
+                            } else {
+                                serde_json::json!("a,\"b\"\nc")
+                            },
+                        ])
                     }
-                    if Some(i) == fail_at {
-                        return Err(BoxError::from(format!("row source failed at row {i}")));
-                    }
-                    Ok(vec![
-                        serde_json::json!(i),
-                        serde_json::json!(format!("name {i}")),
-                        if i % 2 == 0 {
-                            serde_json::Value::Null
-                        } else {
-                            serde_json::json!("a,\"b\"\nc")
-                        },
-                    ])
                 });
                 Ok(QueryOutput::records(
                     vec!["id".into(), "name".into(), "note".into()],

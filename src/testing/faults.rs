@@ -14,9 +14,9 @@ use chrono::{DateTime, Utc};
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use crate::dao::{AsyncApiDao, CasOutcome, ListFilter, StatusChange};
+use crate::dao::{AsyncApiDao, CasOutcome, Claim, ListFilter, StatusChange};
 use crate::error::{Error, Result};
-use crate::model::{AsyncQuery, Lease, QueryStatus};
+use crate::model::{AsyncQuery, QueryStatus};
 use crate::storage::{ResultStorageEngine, ResultStream, ResultWriter};
 
 /// The error an injected fault carries as its source.
@@ -269,27 +269,18 @@ impl AsyncApiDao for FaultyDao {
     async fn update_and_claim(
         &self,
         changes: &[(Uuid, StatusChange)],
-        lease: &Lease,
-        limit: usize,
-        at: DateTime<Utc>,
+        claim: &Claim,
     ) -> Result<(Vec<CasOutcome>, Vec<AsyncQuery>)> {
         self.faults
             .dao(
                 "update_and_claim",
-                self.inner.update_and_claim(changes, lease, limit, at),
+                self.inner.update_and_claim(changes, claim),
             )
             .await
     }
 
-    async fn claim(
-        &self,
-        lease: &Lease,
-        limit: usize,
-        at: DateTime<Utc>,
-    ) -> Result<Vec<AsyncQuery>> {
-        self.faults
-            .dao("claim", self.inner.claim(lease, limit, at))
-            .await
+    async fn claim(&self, claim: &Claim) -> Result<Vec<AsyncQuery>> {
+        self.faults.dao("claim", self.inner.claim(claim)).await
     }
 
     async fn renew_leases(
@@ -304,6 +295,22 @@ impl AsyncApiDao for FaultyDao {
                 self.inner.renew_leases(owner, ids, expires_at),
             )
             .await
+    }
+
+    async fn count_queued(&self, principal: &str, up_to: usize) -> Result<usize> {
+        let counted = self.inner.count_queued(principal, up_to);
+        self.faults.dao("count_queued", counted).await
+    }
+
+    async fn update_progress(
+        &self,
+        id: Uuid,
+        owner: Uuid,
+        progress: &crate::progress::Progress,
+        at: DateTime<Utc>,
+    ) -> Result<bool> {
+        let stored = self.inner.update_progress(id, owner, progress, at);
+        self.faults.dao("update_progress", stored).await
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Vec<AsyncQuery>> {

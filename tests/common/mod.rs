@@ -56,6 +56,16 @@ pub fn harness(config: Config) -> Harness {
 
 pub const SECOND: Duration = Duration::from_secs(1);
 
+/// A migrated SQLite job store in memory.
+#[cfg(feature = "sqlite")]
+pub async fn sqlite_in_memory() -> async_query::dao::SqliteDao {
+    let dao = async_query::dao::SqliteDao::connect("sqlite::memory:")
+        .await
+        .expect("open an in-memory SQLite database");
+    dao.migrate().await.expect("migrate");
+    dao
+}
+
 /// A service with `config` and the scripted executor that keeps its
 /// exports in `storage`.
 pub fn storage_service(
@@ -243,6 +253,16 @@ impl HttpClient {
         attributes: serde_json::Value,
         headers: &[(&str, &str)],
     ) -> (reqwest::StatusCode, serde_json::Value) {
+        parsed(self.submit_response(attributes, headers).await).await
+    }
+
+    /// As [`submit`](Self::submit), the response as it came (headers and
+    /// all).
+    pub async fn submit_response(
+        &self,
+        attributes: serde_json::Value,
+        headers: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut all = serde_json::json!({ "query": "q", "queryType": "SQL", "status": "QUEUED" });
         for (name, value) in attributes.as_object().expect("an object") {
             all[name] = value.clone();
@@ -257,12 +277,30 @@ impl HttpClient {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = request.send().await.expect("an answer");
-        let status = response.status();
-        let text = response.text().await.expect("a body");
-        let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-        (status, body)
+        request.send().await.expect("an answer")
     }
+
+    /// `user` gets `path`.
+    pub async fn get(&self, path: &str, user: &str) -> (reqwest::StatusCode, serde_json::Value) {
+        let request = self.client.get(format!("{}{path}", self.base));
+        parsed(
+            request
+                .header("X-User", user)
+                .send()
+                .await
+                .expect("an answer"),
+        )
+        .await
+    }
+}
+
+/// A response's status and JSON body.
+#[cfg(feature = "axum")]
+pub async fn parsed(response: reqwest::Response) -> (reqwest::StatusCode, serde_json::Value) {
+    let status = response.status();
+    let text = response.text().await.expect("a body");
+    let body = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+    (status, body)
 }
 
 /// A job store that implements only what `AsyncApiDao` requires, over a
@@ -289,13 +327,8 @@ impl async_query::AsyncApiDao for RequiredOnly {
     ) -> async_query::Result<async_query::dao::CasOutcome> {
         self.inner.update_status(id, change).await
     }
-    async fn claim(
-        &self,
-        lease: &async_query::model::Lease,
-        limit: usize,
-        at: chrono::DateTime<chrono::Utc>,
-    ) -> async_query::Result<Vec<AsyncQuery>> {
-        self.inner.claim(lease, limit, at).await
+    async fn claim(&self, claim: &async_query::dao::Claim) -> async_query::Result<Vec<AsyncQuery>> {
+        self.inner.claim(claim).await
     }
     async fn renew_leases(
         &self,

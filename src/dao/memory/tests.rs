@@ -21,6 +21,7 @@ fn finished(body: &str, at: DateTime<Utc>) -> AsyncQuery {
         }),
         lease: None,
         idempotency_key: None,
+        progress: None,
     }
 }
 

@@ -11,9 +11,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::dao::{CasOutcome, SignalStream, StatusChange};
+use crate::dao::{CasOutcome, Claim, SignalStream, StatusChange};
 use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus};
+use crate::progress::Progress;
 
 /// Version 1 of the schema, with `{seq}`, `{uuid}` and `{int}` standing for
 /// each database's types.
@@ -86,6 +87,112 @@ pub(crate) fn idempotency_keys() -> Vec<String> {
     ]
 }
 
+/// The schema version that adds progress: a nullable JSON column of the
+/// latest report written.
+pub(crate) fn progress_column() -> Vec<String> {
+    vec!["ALTER TABLE async_query ADD COLUMN progress TEXT".to_owned()]
+}
+
+/// The schema version behind fair claims: each principal's queued jobs in
+/// order, and its running jobs, both as partial indexes, so a claim reads
+/// a few index entries per principal with queued jobs.
+pub(crate) fn fair_claim_indexes() -> Vec<String> {
+    vec![
+        "CREATE INDEX IF NOT EXISTS async_query_queued_by ON async_query \
+         (principal_name, seq) WHERE status = 'QUEUED'"
+            .to_owned(),
+        "CREATE INDEX IF NOT EXISTS async_query_running_by ON async_query \
+         (principal_name) WHERE status = 'PROCESSING'"
+            .to_owned(),
+    ]
+}
+
+/// How a database runs the fair claim ([`fair_claim`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+// Each back-end names its own form; with one of them built, the other is unused.
+#[cfg_attr(not(all(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub(crate) enum FairForm {
+    /// Lateral joins, arrays and row locks (`FOR UPDATE SKIP LOCKED`).
+    Postgres,
+    /// None of those, and a write locks the whole database.
+    Sqlite,
+}
+
+/// A query for the ids of up to `limit` queued jobs to claim, fairly
+/// across principals, as the text before and after a condition on `h.id`
+/// (the jobs to leave out, or nothing).
+///
+/// Each principal's oldest `2 × limit` queued jobs are candidates (found by a
+/// loose index scan over the principals with queued jobs: one index probe
+/// each); a candidate's turn is the principal's running jobs plus its
+/// place in the principal's queue; the lowest turns go first, the oldest
+/// among equals. So a principal with nothing running goes before one with
+/// a thousand jobs queued, and with one principal it is the oldest first.
+///
+/// On PostgreSQL the candidates, in turn order, become an array whose rows
+/// are locked by primary key with `SKIP LOCKED` (a join of the candidates
+/// back to the table was planned as a scan of every row), and twice the
+/// limit per principal lets a claimer whose first choices another claimer
+/// holds take the next ones instead of nothing.
+pub(crate) fn fair_claim(limit: usize, max_running: Option<usize>, form: FairForm) -> [String; 2] {
+    let depth = limit.saturating_mul(2);
+    // A principal's running limit: no candidate past it.
+    let within = max_running.map_or(String::new(), |max| format!(" WHERE turn <= {max}"));
+    // Each principal's first `depth` queued jobs: a lateral join where the
+    // database has one; SQLite runs the `IN` form once per principal.
+    let (open, close) = match form {
+        FairForm::Postgres => (
+            "CROSS JOIN LATERAL (SELECT h.id, h.seq FROM async_query h",
+            format!(" ORDER BY h.principal_name, h.seq LIMIT {depth}) q"),
+        ),
+        FairForm::Sqlite => (
+            "JOIN async_query q ON q.id IN (SELECT h.id FROM async_query h",
+            format!(" ORDER BY h.principal_name, h.seq LIMIT {depth})"),
+        ),
+    };
+    // The principals with queued jobs (a loose index scan), each with its
+    // running count, counted once per principal (`MATERIALIZED`: inlined,
+    // PostgreSQL counted once per candidate). Candidates are read in the
+    // order of `async_query_queued_by`, so that index serves them.
+    let head = format!(
+        "WITH RECURSIVE owners(name) AS (
+            SELECT name FROM (SELECT principal_name AS name FROM async_query
+                WHERE status = 'QUEUED' ORDER BY principal_name LIMIT 1) first_owner
+          UNION ALL
+            SELECT (SELECT principal_name FROM async_query
+                WHERE status = 'QUEUED' AND principal_name > owners.name
+                ORDER BY principal_name LIMIT 1)
+            FROM owners WHERE owners.name IS NOT NULL
+        ), counted AS MATERIALIZED (
+            SELECT name, (SELECT count(*) FROM async_query r
+                WHERE r.status = 'PROCESSING' AND r.principal_name = owners.name) AS running
+            FROM owners WHERE name IS NOT NULL
+        ), cand AS (
+            SELECT q.id, q.seq,
+                o.running + row_number() OVER (PARTITION BY o.name ORDER BY q.seq) AS turn
+            FROM counted o {open}
+                WHERE h.status = 'QUEUED' AND h.principal_name = o.name"
+    );
+    match form {
+        FairForm::Postgres => [
+            head,
+            format!(
+                "{close})
+                SELECT a.id
+                FROM unnest(ARRAY(SELECT id FROM cand{within} ORDER BY turn, seq)) WITH ORDINALITY p(id, n)
+                JOIN async_query a ON a.id = p.id
+                WHERE a.status = 'QUEUED'
+                ORDER BY p.n LIMIT {limit}
+                FOR UPDATE OF a SKIP LOCKED"
+            ),
+        ],
+        FairForm::Sqlite => [
+            head,
+            format!("{close}) SELECT id FROM cand{within} ORDER BY turn, seq LIMIT {limit}"),
+        ],
+    }
+}
+
 /// `statement` restricted to the rows with these ids.
 pub(crate) fn where_ids<DB: sqlx::Database>(
     statement: &str,
@@ -128,7 +235,16 @@ pub(crate) fn push_list<DB: sqlx::Database>(
 /// The columns every query selects, in `RawJob` order.
 pub(crate) const COLUMNS: &str = "id, kind, query, query_type, principal_name, principal_roles, \
      status, async_after_ms, max_run_time_ms, created_on, updated_on, result, lease_owner, \
-     lease_expires_at, idempotency_key";
+     lease_expires_at, idempotency_key, progress";
+
+/// A record with its JSON columns encoded: kind, roles, result, progress.
+pub(crate) type EncodedJob<'a> = (
+    &'a AsyncQuery,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
 
 /// One row of `async_query`.
 #[derive(Debug, sqlx::FromRow)]
@@ -148,6 +264,7 @@ pub(crate) struct RawJob {
     pub(crate) lease_owner: Option<Uuid>,
     pub(crate) lease_expires_at: Option<i64>,
     pub(crate) idempotency_key: Option<String>,
+    pub(crate) progress: Option<String>,
 }
 
 pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
@@ -195,6 +312,12 @@ impl RawJob {
             .map(serde_json::from_str)
             .transpose()
             .map_err(|e| corrupt("result", e))?;
+        let progress: Option<Progress> = self
+            .progress
+            .as_deref()
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|e| corrupt("progress", e))?;
         let lease = match (self.lease_owner, self.lease_expires_at) {
             (Some(owner), Some(at)) => Some(Lease {
                 owner,
@@ -219,6 +342,7 @@ impl RawJob {
             result,
             lease,
             idempotency_key: self.idempotency_key,
+            progress,
         })
     }
 }
@@ -240,13 +364,6 @@ pub(crate) fn lease_mode(to: QueryStatus) -> i64 {
 
 pub(crate) fn db_error(context: &str, e: sqlx::Error) -> Error {
     Error::dao(context.to_owned(), e)
-}
-
-/// A claim of up to `limit` queued jobs under `lease` at `at`.
-pub(crate) struct Claim<'a> {
-    pub(crate) lease: &'a Lease,
-    pub(crate) limit: usize,
-    pub(crate) at: DateTime<Utc>,
 }
 
 /// Claimed rows (`seq` first, then [`COLUMNS`]) as records, oldest first:
@@ -278,6 +395,24 @@ pub(crate) trait SqlBackend {
     /// has them (`FOR UPDATE SKIP LOCKED`), nothing where a write locks the
     /// whole database (SQLite).
     const CLAIM_LOCK: &'static str;
+
+    /// How the database runs the fair claim ([`fair_claim`]).
+    const FAIR_FORM: FairForm;
+
+    /// A statement that, run first in a transaction, holds every other
+    /// claim under a per-principal running limit off until the
+    /// transaction ends (an advisory lock), where concurrent claims could
+    /// otherwise both count a principal's running jobs before either
+    /// commits. `None` where a write locks the whole database anyway.
+    const SERIALIZE_LIMITED_CLAIMS: Option<&'static str> = None;
+
+    /// The statement that stores a running job's encoded progress (`$1`)
+    /// for job `$2` if it is `PROCESSING` under `$3`'s lease (see
+    /// [`AsyncApiDao::update_progress`](crate::dao::AsyncApiDao::update_progress));
+    /// where statements record events it also records one at `$4`, which
+    /// others leave unused.
+    const PROGRESS_UPDATE: &'static str = "UPDATE async_query SET progress = $1 \
+        WHERE id = $2 AND status = 'PROCESSING' AND lease_owner = $3";
 
     /// An SQL expression for the stored result's name of a row (the
     /// `value` of a `stored` result body in the `result` JSON), `NULL`
@@ -311,7 +446,7 @@ pub(crate) trait SqlBackend {
     fn update_and_claim(
         conn: &mut <Self::Db as sqlx::Database>::Connection,
         changes: &[(Uuid, StatusChange)],
-        claim: Option<&Claim<'_>>,
+        claim: Option<&Claim>,
     ) -> impl Future<Output = Result<(Vec<CasOutcome>, Vec<AsyncQuery>)>> + Send;
 
     /// The database's clock, if instances on other machines share it.
@@ -350,9 +485,11 @@ pub(crate) trait SqlBackend {
     }
 }
 
+mod create;
 mod history;
 mod migrate;
 mod retention;
+pub(crate) use create::sql_create;
 pub(crate) use history::{history_indexes, history_query};
 pub(crate) use migrate::sql_migrations;
 pub(crate) use retention::sql_retention;

@@ -11,6 +11,7 @@ macro_rules! sql_dao {
     ($dao:ty, $db:ty) => {
         $crate::dao::sql::sql_migrations!($dao, $db);
         $crate::dao::sql::sql_retention!($dao, $db);
+        $crate::dao::sql::sql_create!($dao, $db);
 
         impl $dao {
             /// Checks every change against the transition table, then
@@ -18,7 +19,7 @@ macro_rules! sql_dao {
             async fn write_batch(
                 &self,
                 changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
-                claim: Option<&$crate::dao::sql::Claim<'_>>,
+                claim: Option<&$crate::dao::Claim>,
             ) -> $crate::Result<(Vec<$crate::dao::CasOutcome>, Vec<$crate::model::AsyncQuery>)> {
                 for (_, change) in changes {
                     $crate::dao::check_transition(change)?;
@@ -27,47 +28,38 @@ macro_rules! sql_dao {
                     .acquire()
                     .await
                     .map_err(|e| $crate::dao::sql::db_error("changing jobs' statuses", e))?;
+                if let (Some(claim), Some(serialize)) = (
+                    claim.filter(|c| c.limit > 0 && c.max_running_per_principal.is_some()),
+                    <Self as $crate::dao::sql::SqlBackend>::SERIALIZE_LIMITED_CLAIMS,
+                ) {
+                    return Self::limited_claim(&mut conn, serialize, changes, claim).await;
+                }
                 <Self as $crate::dao::sql::SqlBackend>::update_and_claim(&mut conn, changes, claim).await
             }
 
-            /// One multi-row `INSERT` of encoded records (record, kind,
-            /// roles, result).
-            async fn insert_rows(
+            /// Writes `changes` and claims under a per-principal running
+            /// limit in one transaction that first takes the lock
+            /// `serialize` names, so that no two claimers count a
+            /// principal's running jobs at once and together pass its
+            /// limit.
+            async fn limited_claim(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                rows: &[(&$crate::model::AsyncQuery, String, String, Option<String>)],
-            ) -> std::result::Result<(), sqlx::Error> {
-                use $crate::dao::sql::{micros, millis};
-                let record = <Self as $crate::dao::sql::SqlBackend>::RECORD_EVENTS;
-                let mut insert = sqlx::QueryBuilder::<$db>::new(record.map_or("", |[open, _]| open));
-                insert.push(concat!(
-                    "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
-                    "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
-                    "updated_on, result, lease_owner, lease_expires_at, idempotency_key) "
-                ));
-                insert.push_values(rows, |mut row, (job, kind, roles, result)| {
-                    row.push_bind(job.id)
-                        .push_bind(kind.as_str())
-                        .push_bind(job.query.as_str())
-                        .push_bind(job.query_type.as_str())
-                        .push_bind(job.principal.name.as_str())
-                        .push_bind(roles.as_str())
-                        .push_bind(job.status.as_str())
-                        .push_bind(millis(job.async_after))
-                        .push_bind(millis(job.max_run_time))
-                        .push_bind(micros(job.created_on))
-                        .push_bind(micros(job.updated_on))
-                        .push_bind(result.as_deref())
-                        .push_bind(job.lease.as_ref().map(|l| l.owner))
-                        .push_bind(job.lease.as_ref().map(|l| micros(l.expires_at)))
-                        .push_bind(job.idempotency_key.as_deref());
-                });
-                if let Some([_, close]) = record {
-                    insert.push(
-                        " RETURNING NULL AS event_from, id, kind, principal_name, status, updated_on",
-                    );
-                    insert.push(close);
-                }
-                insert.build().execute(&mut *conn).await.map(|_| ())
+                serialize: &str,
+                changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
+                claim: &$crate::dao::Claim,
+            ) -> $crate::Result<(Vec<$crate::dao::CasOutcome>, Vec<$crate::model::AsyncQuery>)> {
+                use sqlx::Connection;
+                let fail = |e| $crate::dao::sql::db_error("claiming queued jobs", e);
+                let mut tx = conn.begin().await.map_err(fail)?;
+                sqlx::query(serialize).execute(&mut *tx).await.map_err(fail)?;
+                // The writes as the back-end batches them, then the claim,
+                // which sees them.
+                let (outcomes, _) =
+                    <Self as $crate::dao::sql::SqlBackend>::update_and_claim(&mut tx, changes, None).await?;
+                let ids: Vec<uuid::Uuid> = changes.iter().map(|(id, _)| *id).collect();
+                let claimed = Self::claim_on(&mut tx, claim, &ids).await?;
+                tx.commit().await.map_err(fail)?;
+                Ok((outcomes, claimed))
             }
 
             /// Compare-and-sets `changes` one statement each, in order.
@@ -123,7 +115,7 @@ macro_rules! sql_dao {
             /// `conn`, leaving out the jobs `exclude` names.
             async fn claim_on(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                claim: &$crate::dao::sql::Claim<'_>,
+                claim: &$crate::dao::Claim,
                 exclude: &[uuid::Uuid],
             ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
                 use $crate::dao::sql::micros;
@@ -139,20 +131,25 @@ macro_rules! sql_dao {
                     .push_bind(micros(claim.lease.expires_at))
                     .push(", updated_on = ")
                     .push_bind(micros(claim.at))
-                    .push(" WHERE id IN (SELECT id FROM async_query WHERE status = 'QUEUED'");
+                    .push(" WHERE id IN (");
+                // A literal limit: with a parameter, PostgreSQL keeps
+                // planning each call anew instead of caching a plan.
+                let [fair, rest] = $crate::dao::sql::fair_claim(
+                    claim.limit,
+                    claim.max_running_per_principal,
+                    <Self as $crate::dao::sql::SqlBackend>::FAIR_FORM,
+                );
+                query.push(fair);
                 if !exclude.is_empty() {
-                    query.push(" AND id NOT IN (");
+                    query.push(" AND h.id NOT IN (");
                     let mut list = query.separated(", ");
                     for id in exclude {
                         list.push_bind(*id);
                     }
                     query.push(")");
                 }
-                // A literal limit: with a parameter, PostgreSQL keeps
-                // planning each call anew instead of caching a plan.
                 query
-                    .push(format!(" ORDER BY seq LIMIT {}", claim.limit))
-                    .push(<Self as $crate::dao::sql::SqlBackend>::CLAIM_LOCK)
+                    .push(rest)
                     .push(format!(
                         ") RETURNING seq, 'QUEUED' AS event_from, {}{close}",
                         $crate::dao::sql::COLUMNS
@@ -188,74 +185,7 @@ macro_rules! sql_dao {
             }
 
             async fn create_many(&self, jobs: &[$crate::model::AsyncQuery]) -> $crate::Result<()> {
-                use $crate::dao::sql::json;
-                if jobs.is_empty() {
-                    return Ok(());
-                }
-                if let Some(id) = $crate::dao::first_repeated_job(jobs) {
-                    return Err($crate::Error::DuplicateId { id });
-                }
-                let fail = |e| $crate::dao::sql::db_error("creating jobs", e);
-                // Encode everything before touching the database.
-                let mut rows = Vec::with_capacity(jobs.len());
-                for job in jobs {
-                    rows.push((
-                        job,
-                        json(&job.kind)?,
-                        json(&job.principal.roles)?,
-                        job.result.as_ref().map(json).transpose()?,
-                    ));
-                }
-                // 15 parameters a row: 500 rows stay below every database's
-                // parameter limit. One statement is atomic by itself; more
-                // share a transaction.
-                const CHUNK: usize = 500;
-                let inserted = if rows.len() <= CHUNK {
-                    let mut conn = $crate::dao::sql::SqlBackend::pool(self).acquire().await.map_err(fail)?;
-                    Self::insert_rows(&mut conn, &rows).await
-                } else {
-                    let mut tx = $crate::dao::sql::SqlBackend::pool(self).begin().await.map_err(fail)?;
-                    let mut inserted = Ok(());
-                    for chunk in rows.chunks(CHUNK) {
-                        inserted = Self::insert_rows(&mut tx, chunk).await;
-                        if inserted.is_err() {
-                            break;
-                        }
-                    }
-                    match inserted {
-                        // Dropping `tx` rolls back.
-                        Ok(()) => tx.commit().await,
-                        failed => failed,
-                    }
-                };
-                match inserted {
-                    Ok(()) => Ok(()),
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        // Nothing was stored; name an id that exists.
-                        for job in jobs {
-                            if self.get(job.id).await?.is_some() {
-                                return Err($crate::Error::DuplicateId { id: job.id });
-                            }
-                        }
-                        // Or a principal's idempotency key that exists or
-                        // repeats in the batch.
-                        let mut keys = std::collections::HashSet::new();
-                        for job in jobs {
-                            if let Some(key) = &job.idempotency_key {
-                                let name = job.principal.name.as_str();
-                                if !keys.insert((name, key.as_str()))
-                                    || $crate::AsyncApiDao::find_by_idempotency_key(self, name, key)
-                                        .await?
-                                        .is_some()
-                                {
-                                    return Err($crate::Error::IdempotencyKeyTaken { key: key.clone() });
-                                }
-                            }
-                        }
-                        Err(fail(sqlx::Error::Database(e)))
-                    }
-                    Err(e) => Err(fail(e)),
-                }
+                self.insert_jobs(jobs).await
             }
 
             async fn find_by_idempotency_key(
@@ -317,29 +247,20 @@ macro_rules! sql_dao {
             async fn update_and_claim(
                 &self,
                 changes: &[(uuid::Uuid, $crate::dao::StatusChange)],
-                lease: &$crate::model::Lease,
-                limit: usize,
-                at: chrono::DateTime<chrono::Utc>,
+                claim: &$crate::dao::Claim,
             ) -> $crate::Result<(Vec<$crate::dao::CasOutcome>, Vec<$crate::model::AsyncQuery>)> {
-                let claim = $crate::dao::sql::Claim { lease, limit, at };
-                self.write_batch(changes, Some(&claim)).await
+                self.write_batch(changes, Some(claim)).await
             }
 
             async fn claim(
                 &self,
-                lease: &$crate::model::Lease,
-                limit: usize,
-                at: chrono::DateTime<chrono::Utc>,
+                claim: &$crate::dao::Claim,
             ) -> $crate::Result<Vec<$crate::model::AsyncQuery>> {
-                if limit == 0 {
+                if claim.limit == 0 {
                     return Ok(Vec::new());
                 }
-                let mut conn = $crate::dao::sql::SqlBackend::pool(self)
-                    .acquire()
-                    .await
-                    .map_err(|e| $crate::dao::sql::db_error("claiming queued jobs", e))?;
-                let claim = $crate::dao::sql::Claim { lease, limit, at };
-                Self::claim_on(&mut conn, &claim, &[]).await
+                // A claim is a batch without writes: one path, limits and all.
+                Ok(self.write_batch(&[], Some(claim)).await?.1)
             }
 
             async fn renew_leases(
@@ -372,6 +293,40 @@ macro_rules! sql_dao {
                 rows.into_iter()
                     .map(|(id, status)| Ok((id, $crate::dao::sql::status(&status)?)))
                     .collect()
+            }
+
+            async fn update_progress(
+                &self,
+                id: uuid::Uuid,
+                owner: uuid::Uuid,
+                progress: &$crate::progress::Progress,
+                at: chrono::DateTime<chrono::Utc>,
+            ) -> $crate::Result<bool> {
+                let done = sqlx::query(<Self as $crate::dao::sql::SqlBackend>::PROGRESS_UPDATE)
+                    .bind($crate::dao::sql::json(progress)?)
+                    .bind(id)
+                    .bind(owner)
+                    .bind($crate::dao::sql::micros(at))
+                    .execute($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("storing a job's progress", e))?;
+                Ok(done.rows_affected() > 0)
+            }
+
+            async fn count_queued(&self, principal: &str, up_to: usize) -> $crate::Result<usize> {
+                // A literal bound: the count reads at most that many index
+                // entries (`async_query_queued_by`).
+                let up_to = up_to.min(1 << 40);
+                let sql = format!(
+                    "SELECT count(*) FROM (SELECT 1 FROM async_query \
+                     WHERE status = 'QUEUED' AND principal_name = $1 LIMIT {up_to}) counted"
+                );
+                let counted: i64 = sqlx::query_scalar(&sql)
+                    .bind(principal)
+                    .fetch_one($crate::dao::sql::SqlBackend::pool(self))
+                    .await
+                    .map_err(|e| $crate::dao::sql::db_error("counting queued jobs", e))?;
+                Ok(usize::try_from(counted).unwrap_or(usize::MAX))
             }
 
             async fn list(

@@ -3,7 +3,7 @@
 use chrono::TimeDelta;
 use uuid::Uuid;
 
-use crate::dao::{AsyncApiDao, ListFilter, StatusChange};
+use crate::dao::{AsyncApiDao, Claim, ListFilter, StatusChange};
 use crate::model::QueryStatus;
 
 use super::records::*;
@@ -22,15 +22,7 @@ pub async fn dao_claims(dao: &dyn AsyncApiDao) {
     let lease = fresh_lease(now);
 
     // claims: oldest first, limit, only queued, leases set
-    let leftovers = dao
-        .list(&ListFilter::statuses([QueryStatus::Queued]))
-        .await
-        .expect("list failed");
-    assert!(
-        leftovers.is_empty(),
-        "run the conformance suite on a store without other queued jobs ({} found)",
-        leftovers.len()
-    );
+    assert_nothing_queued(dao).await;
     let mut queued = Vec::new();
     for i in 0..6 {
         let job = record(now + TimeDelta::milliseconds(i), QueryStatus::Queued);
@@ -38,7 +30,10 @@ pub async fn dao_claims(dao: &dyn AsyncApiDao) {
         created.push(job.id);
         queued.push(job.id);
     }
-    let first = dao.claim(&lease, 2, now).await.expect("claim failed");
+    let first = dao
+        .claim(&Claim::new(lease.clone(), 2, now))
+        .await
+        .expect("claim failed");
     let ids: Vec<Uuid> = first.iter().map(|j| j.id).collect();
     assert_eq!(
         ids,
@@ -59,7 +54,11 @@ pub async fn dao_claims(dao: &dyn AsyncApiDao) {
     }
     // concurrent claimers never share a job
     let other = fresh_lease(now);
-    let (a, b) = tokio::join!(dao.claim(&lease, 3, now), dao.claim(&other, 3, now));
+    let (mine, theirs) = (
+        Claim::new(lease.clone(), 3, now),
+        Claim::new(other.clone(), 3, now),
+    );
+    let (a, b) = tokio::join!(dao.claim(&mine), dao.claim(&theirs));
     let mut all: Vec<Uuid> = a
         .expect("claim failed")
         .into_iter()
@@ -74,7 +73,7 @@ pub async fn dao_claims(dao: &dyn AsyncApiDao) {
         "concurrent claims must hand out each queued job exactly once"
     );
     assert!(
-        dao.claim(&lease, 5, now)
+        dao.claim(&Claim::new(lease.clone(), 5, now))
             .await
             .expect("claim failed")
             .is_empty(),
@@ -150,11 +149,7 @@ pub async fn dao_leases(dao: &dyn AsyncApiDao) {
     );
     let queued = record(now, QueryStatus::Queued);
     dao.create(&queued).await.expect("create failed");
-    let cancelled = running(dao, now, &lease).await;
-    let cancel = StatusChange::new(QueryStatus::Processing, QueryStatus::Cancelled, now);
-    dao.update_status(cancelled.id, cancel)
-        .await
-        .expect("cancel failed");
+    let cancelled = cancelled_running(dao, now, &lease).await;
     let much_later = now + TimeDelta::seconds(120);
     let mut statuses = dao
         .renew_leases(owner, &[cancelled.id, queued.id], much_later)

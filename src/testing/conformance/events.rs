@@ -16,7 +16,7 @@ const READABLE_WITHIN: Duration = Duration::from_secs(10);
 
 /// Reads `stream` after `after` until `done` holds for the page, or fails
 /// after [`READABLE_WITHIN`].
-async fn read_until(
+pub(super) async fn read_until(
     dao: &dyn AsyncApiDao,
     stream: EventStream<'_>,
     after: Option<u64>,

@@ -9,9 +9,11 @@
 
 mod claims;
 mod events;
+mod fairness;
 mod history;
 mod keys;
 mod lifetime;
+mod progress;
 mod records;
 mod reuse;
 mod status;
@@ -20,9 +22,11 @@ mod writes;
 
 pub use claims::{dao_claims, dao_clock, dao_leases, dao_list, dao_watch};
 pub use events::dao_events;
+pub use fairness::{dao_fair_claims, dao_running_limit};
 pub use history::dao_history;
 pub use keys::dao_idempotency_keys;
 pub use lifetime::dao_expire_results;
+pub use progress::dao_progress;
 pub use records::sample_job;
 pub use reuse::dao_reuse;
 pub use status::{dao_batches, dao_compare_and_set};
@@ -49,12 +53,15 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_compare_and_set(dao).await;
     dao_batches(dao).await;
     dao_claims(dao).await;
+    dao_fair_claims(dao).await;
+    dao_running_limit(dao).await;
     dao_leases(dao).await;
     dao_clock(dao).await;
     dao_list(dao).await;
     dao_history(dao).await;
     dao_idempotency_keys(dao).await;
     dao_reuse(dao).await;
+    dao_progress(dao).await;
     dao_delete(dao).await;
     dao_delete_expired(dao).await;
     dao_expire_results(dao).await;

@@ -27,6 +27,7 @@ pub(super) fn record(now: DateTime<Utc>, status: QueryStatus) -> AsyncQuery {
         result: None,
         lease: None,
         idempotency_key: None,
+        progress: None,
     }
 }
 
@@ -91,6 +92,35 @@ pub(super) async fn running(
         Ok(CasOutcome::Applied(job)) => job,
         other => panic!("Queued -> Processing with a lease must apply, got {other:?}"),
     }
+}
+
+/// A fresh record moved to `Processing` under `lease`, then to
+/// `Cancelled` (which keeps the lease).
+pub(super) async fn cancelled_running(
+    dao: &dyn AsyncApiDao,
+    now: DateTime<Utc>,
+    lease: &Lease,
+) -> AsyncQuery {
+    let job = running(dao, now, lease).await;
+    let cancel = StatusChange::new(QueryStatus::Processing, QueryStatus::Cancelled, now);
+    match dao.update_status(job.id, cancel).await {
+        Ok(CasOutcome::Applied(job)) => job,
+        other => panic!("Processing -> Cancelled must apply, got {other:?}"),
+    }
+}
+
+/// Fails unless the store holds no queued jobs (claims are checked for
+/// order, so others would be claimed first).
+pub(super) async fn assert_nothing_queued(dao: &dyn AsyncApiDao) {
+    let leftovers = dao
+        .list(&crate::dao::ListFilter::statuses([QueryStatus::Queued]))
+        .await
+        .expect("list failed");
+    assert!(
+        leftovers.is_empty(),
+        "run the conformance suite on a store without other queued jobs ({} found)",
+        leftovers.len()
+    );
 }
 
 /// Deletes the records a check created (best effort: `delete`'s own rules

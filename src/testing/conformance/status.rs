@@ -3,7 +3,7 @@
 use chrono::TimeDelta;
 use uuid::Uuid;
 
-use crate::dao::{AsyncApiDao, CasOutcome, StatusChange};
+use crate::dao::{AsyncApiDao, CasOutcome, Claim, StatusChange};
 use crate::error::Error;
 use crate::model::{QueryResult, QueryStatus, ResultBody};
 
@@ -327,7 +327,7 @@ pub async fn dao_batches(dao: &dyn AsyncApiDao) {
         ),
     ];
     let (outcomes, claimed) = dao
-        .update_and_claim(&batch, &claimer, 2, later)
+        .update_and_claim(&batch, &Claim::new(claimer.clone(), 2, later))
         .await
         .expect("update_and_claim failed");
     assert!(
@@ -351,7 +351,7 @@ pub async fn dao_batches(dao: &dyn AsyncApiDao) {
     let stored = dao.get(queued[1]).await.expect("get failed");
     assert_eq!(stored.as_ref(), claimed.first(), "the claim must be stored");
     let (outcomes, none) = dao
-        .update_and_claim(&[], &claimer, 0, later)
+        .update_and_claim(&[], &Claim::new(claimer.clone(), 0, later))
         .await
         .expect("update_and_claim failed");
     assert!(
@@ -359,7 +359,7 @@ pub async fn dao_batches(dao: &dyn AsyncApiDao) {
         "a limit of 0 claims nothing"
     );
     let (_, last) = dao
-        .update_and_claim(&[], &claimer, 5, later)
+        .update_and_claim(&[], &Claim::new(claimer.clone(), 5, later))
         .await
         .expect("update_and_claim failed");
     let last: Vec<Uuid> = last.iter().map(|j| j.id).collect();
