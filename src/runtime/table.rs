@@ -4,7 +4,7 @@
 //! guards it.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -77,12 +77,43 @@ impl LocalJob {
     }
 }
 
+/// How many of the jobs that last ended here the table remembers.
+const ENDED_REMEMBERED: usize = 4096;
+
 /// The jobs of this instance, by id.
 #[derive(Default)]
 pub(super) struct JobTable {
     jobs: HashMap<Uuid, LocalJob>,
     /// How many entries are queued.
     queued: usize,
+    /// The jobs that last left the table in a terminal state: a change of
+    /// theirs mirrored later is stale, see [`mirror`](Self::mirror).
+    ended: Ended,
+}
+
+/// A bounded memory of ids, oldest forgotten first.
+#[derive(Default)]
+struct Ended {
+    ids: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+}
+
+impl Ended {
+    fn remember(&mut self, id: Uuid) {
+        if !self.ids.insert(id) {
+            return;
+        }
+        if self.order.len() == ENDED_REMEMBERED
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.ids.remove(&oldest);
+        }
+        self.order.push_back(id);
+    }
+
+    fn contains(&self, id: Uuid) -> bool {
+        self.ids.contains(&id)
+    }
 }
 
 impl JobTable {
@@ -232,7 +263,11 @@ impl JobTable {
     /// the other (a worker's claim and a cancel, say). The lifecycle only
     /// moves forward, so a change to a status at or before the one mirrored
     /// is stale and skipped, and a change whose `from` was not mirrored yet
-    /// first emits that step.
+    /// first emits that step. A change of a job that already ended here
+    /// (and left the table) is stale too: a worker that finds its job
+    /// cancelled ends it as `CANCEL_COMPLETE` before the cancel's own
+    /// `PROCESSING → CANCELLED` is mirrored. The table remembers the last
+    /// few thousand jobs that ended here for that.
     ///
     /// A queued job that leaves the queue runs here only if `instance`
     /// claimed it; otherwise (cancelled while queued, or claimed elsewhere)
@@ -249,7 +284,11 @@ impl JobTable {
         new_token: impl FnOnce() -> CancellationToken,
         emit: Emit<'_>,
     ) -> Mirrored {
-        let JobTable { jobs, queued } = self;
+        let JobTable {
+            jobs,
+            queued,
+            ended,
+        } = self;
         let entry = match jobs.entry(job.id) {
             Entry::Occupied(entry) => entry.into_mut(),
             Entry::Vacant(vacant) if how == Mirror::Claim => {
@@ -269,7 +308,9 @@ impl JobTable {
                 };
             }
             Entry::Vacant(_) => {
-                emit(&job, from, job.status);
+                if !ended.contains(job.id) {
+                    emit(&job, from, job.status);
+                }
                 return Mirrored {
                     token: None,
                     left: false,
@@ -297,7 +338,8 @@ impl JobTable {
             emit(&job, Some(current), from);
         }
         emit(&job, from, job.status);
-        let mut leave = job.status.is_terminal();
+        let entry_ended = job.status.is_terminal();
+        let mut leave = entry_ended;
         if entry.queued && job.status != QueryStatus::Queued {
             let ours = how == Mirror::Claim || claimed_by(&job, instance);
             let claim_on_its_way = ours && how == Mirror::Follow && !leave;
@@ -312,6 +354,9 @@ impl JobTable {
         entry.update(job);
         if leave {
             jobs.remove(&id);
+            if entry_ended {
+                ended.remember(id);
+            }
         }
         Mirrored {
             token: Some(token),

@@ -134,6 +134,69 @@ fn a_change_that_overtakes_the_claim_is_mirrored_in_lifecycle_order() {
     assert!(table.runs(job.id) && table.queued() == 0);
 }
 
+/// The race CI caught: a cancel commits `PROCESSING → CANCELLED`; the
+/// worker, finding its job cancelled, commits `CANCELLED →
+/// CANCEL_COMPLETE` and is mirrored first (emitting the missing step, so
+/// the job leaves the table); the cancel's own change arrives last. It is
+/// stale and emits nothing, though the job is no longer in the table.
+#[test]
+fn a_change_mirrored_after_its_job_ended_here_is_stale() {
+    let (mut table, _) = queued_table();
+    let claimed = record(Processing, Some(HERE));
+    mirror(&mut table, Some(Queued), claimed, Mirror::Claim);
+    let done = record(CancelComplete, Some(HERE));
+    let (m, events) = mirror(&mut table, Some(Cancelled), done, Mirror::Follow);
+    assert!(m.left);
+    assert_eq!(
+        events,
+        [
+            (Some(Processing), Cancelled),
+            (Some(Cancelled), CancelComplete)
+        ]
+    );
+
+    let late = record(Cancelled, Some(HERE));
+    let (m, events) = mirror(&mut table, Some(Processing), late, Mirror::Follow);
+    assert!(
+        events.is_empty(),
+        "a stale change emits nothing: {events:?}"
+    );
+    assert!(m.token.is_none() && !m.left);
+}
+
+/// The table remembers only the last jobs that ended here: memory stays
+/// bounded, and a change of a job forgotten long ago is emitted as one of
+/// a job that never ran here would be.
+#[test]
+fn the_memory_of_ended_jobs_is_bounded() {
+    let mut table = JobTable::default();
+    let end = |table: &mut JobTable, n: u128| {
+        let mut job = record(Processing, Some(HERE));
+        job.id = Uuid::from_u128(n);
+        table.insert(
+            Arc::new(job.clone()),
+            CancellationToken::new(),
+            Place::Running,
+        );
+        job.status = Complete;
+        mirror(table, Some(Processing), job, Mirror::Follow);
+    };
+    for n in 0..=ENDED_REMEMBERED as u128 {
+        end(&mut table, n);
+    }
+    assert_eq!(table.ended.ids.len(), ENDED_REMEMBERED);
+    assert_eq!(table.ended.order.len(), ENDED_REMEMBERED);
+    let late = |n: u128| {
+        let mut job = record(Cancelled, Some(HERE));
+        job.id = Uuid::from_u128(n);
+        job
+    };
+    let (_, events) = mirror(&mut table, Some(Processing), late(0), Mirror::Follow);
+    assert_eq!(events, [(Some(Processing), Cancelled)], "forgotten");
+    let (_, events) = mirror(&mut table, Some(Processing), late(1), Mirror::Follow);
+    assert!(events.is_empty(), "still remembered: {events:?}");
+}
+
 #[test]
 fn a_queued_job_claimed_elsewhere_leaves_the_table() {
     let (mut table, job) = queued_table();
