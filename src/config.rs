@@ -51,6 +51,13 @@ pub struct Config {
     /// limit also take turns on one advisory lock). Default `None`: no
     /// limit. Claims are fair across principals either way.
     pub max_running_per_principal: Option<usize>,
+    /// How many attempts a job gets: a job whose executor fails with a
+    /// [`Transient`](crate::Transient) error, or whose instance died, goes
+    /// back to the queue for another until it has had
+    /// `retry.max_attempts`, waiting an exponential backoff with jitter
+    /// between attempts (see [`RetryPolicy`](crate::RetryPolicy)). Default:
+    /// one attempt, no retry, as in Elide.
+    pub retry: crate::retry::RetryPolicy,
     /// How many queued jobs a slot that frees up claims. Default 1: jobs
     /// that no slot can start stay `QUEUED`, so `PROCESSING` means running.
     /// Finished jobs' records are always written with group commit: a job
@@ -183,6 +190,7 @@ impl Default for Config {
             claim_batch: 1,
             max_queued_per_principal: None,
             max_running_per_principal: None,
+            retry: crate::retry::RetryPolicy::default(),
             max_async_after: Duration::from_secs(10),
             default_async_after: Duration::from_secs(10),
             max_run_time: Duration::from_secs(3_600),
@@ -232,7 +240,7 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3_600);
 
 impl Config {
     /// Every duration setting, by name.
-    fn durations(&self) -> [(&'static str, Option<Duration>); 13] {
+    fn durations(&self) -> [(&'static str, Option<Duration>); 15] {
         [
             ("max_async_after", Some(self.max_async_after)),
             ("default_async_after", Some(self.default_async_after)),
@@ -250,6 +258,8 @@ impl Config {
             ("poll_interval", Some(self.poll_interval)),
             ("cancel_grace", Some(self.cancel_grace)),
             ("progress_interval", Some(self.progress_interval)),
+            ("retry.backoff", Some(self.retry.backoff)),
+            ("retry.max_backoff", Some(self.retry.max_backoff)),
         ]
     }
 
@@ -291,6 +301,8 @@ impl Config {
             "max_run_time must be above zero"
         } else if self.result_lifetime.is_some_and(|l| l.is_zero()) {
             "result_lifetime must be above zero (None keeps results as long as records)"
+        } else if let Some(problem) = self.retry.problem(self.max_run_time) {
+            problem
         } else {
             return Ok(());
         };

@@ -84,6 +84,7 @@ pub mod model;
 pub mod policy;
 pub mod progress;
 pub mod request;
+pub mod retry;
 mod runtime;
 pub mod service;
 pub mod storage;
@@ -112,6 +113,7 @@ pub use model::{
 };
 pub use progress::Progress;
 pub use request::{CancelOutcome, Reuse, ShutdownReport, SubmitRequest, WaitTimeout};
+pub use retry::{RetryPolicy, Transient};
 pub use service::{AsyncQueryService, AsyncQueryServiceBuilder};
 #[cfg(feature = "object-store")]
 pub use storage::ObjectStoreStorage;

@@ -17,13 +17,20 @@ use crate::progress::Progress;
 ///
 /// ```text
 /// Queued ──► Processing ──► Complete | Failure | TimedOut
-///   │             │
-///   └──► Cancelled ◄┘ ──► CancelComplete
+///   ▲ │           │  │
+///   │ └──► Cancelled ◄┘ ──► CancelComplete
+///   └─────────────┘ (a retry: the next attempt)
 /// Queued | Processing ──► TimedOut
 /// ```
 ///
 /// [`can_transition_to`](QueryStatus::can_transition_to) is the single source
 /// of truth for which changes are legal; every back-end enforces it.
+///
+/// `Processing → Queued` is this crate's one addition to Elide's
+/// lifecycle: with retries on ([`Config::retry`](crate::Config::retry)), a
+/// job that failed transiently or whose instance died goes back to the
+/// queue for its next [`attempt`](AsyncQuery::attempt) instead of ending.
+/// With retries off (the default) it never happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum QueryStatus {
@@ -56,13 +63,19 @@ pub const TRANSITIONS: &[(QueryStatus, QueryStatus)] = {
         (Processing, Failure),
         (Processing, TimedOut),
         (Processing, Cancelled),
+        (Processing, Queued),
         (Cancelled, CancelComplete),
     ]
 };
 
+/// The transition that starts a job's next attempt (a retry); the only
+/// one that leads back.
+pub const RETRY: (QueryStatus, QueryStatus) = (QueryStatus::Processing, QueryStatus::Queued);
+
 /// For each status (by discriminant), a bit set of the statuses that can
-/// follow it: the transitive closure of [`TRANSITIONS`], computed at compile
-/// time so that [`QueryStatus::leads_to`] costs one load on the hot path.
+/// follow it within one attempt: the transitive closure of [`TRANSITIONS`]
+/// without [`RETRY`], computed at compile time so that
+/// [`QueryStatus::leads_to`] costs one load on the hot path.
 const REACHABLE: [u8; 7] = {
     let mut reach = [0u8; 7];
     // The longest path has three steps; iterate until nothing changes.
@@ -72,6 +85,10 @@ const REACHABLE: [u8; 7] = {
         let mut i = 0;
         while i < TRANSITIONS.len() {
             let (from, to) = (TRANSITIONS[i].0 as usize, TRANSITIONS[i].1 as usize);
+            if from == RETRY.0 as usize && to == RETRY.1 as usize {
+                i += 1;
+                continue;
+            }
             let next = reach[from] | (1 << to) | reach[to];
             if next != reach[from] {
                 reach[from] = next;
@@ -108,8 +125,11 @@ impl QueryStatus {
     }
 
     /// Whether `later` can follow this status through one or more
-    /// transitions: the lifecycle only moves forward, so of two changes of
-    /// one job, the one to the status that `leads_to` the other came first.
+    /// transitions within one attempt: an attempt's lifecycle only moves
+    /// forward, so of two changes of one job in one
+    /// [`attempt`](AsyncQuery::attempt), the one to the status that
+    /// `leads_to` the other came first. A retry ([`RETRY`]) starts the
+    /// next attempt, whose records come after every record of this one.
     ///
     /// ```
     /// use async_query::QueryStatus::*;
@@ -117,6 +137,8 @@ impl QueryStatus {
     /// assert!(Processing.leads_to(Cancelled));
     /// assert!(!Cancelled.leads_to(Processing));
     /// assert!(!Complete.leads_to(Complete));
+    /// // A retry goes back to the queue, but in the next attempt:
+    /// assert!(Processing.can_transition_to(Queued) && !Processing.leads_to(Queued));
     /// ```
     pub fn leads_to(self, later: QueryStatus) -> bool {
         REACHABLE[self as usize] & (1 << later as u8) != 0
@@ -410,9 +432,35 @@ pub struct AsyncQuery {
     /// kept once the job ends. `None` until a report is written.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// Which attempt at running the job this record is about, from 1; a
+    /// retry ([`Config::retry`](crate::Config::retry)) queues attempt
+    /// `attempt + 1`. Always 1 with retries off.
+    #[serde(default = "first_attempt")]
+    pub attempt: u32,
+    /// While the job is queued for a retry: the earliest time its next
+    /// attempt may start (claims pass over it until then). `None`
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at: Option<DateTime<Utc>>,
+}
+
+fn first_attempt() -> u32 {
+    1
 }
 
 impl AsyncQuery {
+    /// Whether this record comes before `later`, another record of the same
+    /// job: an earlier attempt, or an earlier status in the same attempt
+    /// (see [`QueryStatus::leads_to`]). Records of one job that are in
+    /// neither order are the same state.
+    pub fn precedes(&self, later: &AsyncQuery) -> bool {
+        match self.attempt.cmp(&later.attempt) {
+            std::cmp::Ordering::Less => true,
+            std::cmp::Ordering::Greater => false,
+            std::cmp::Ordering::Equal => self.status.leads_to(later.status),
+        }
+    }
+
     /// Whether this record and `other` ask the same thing: the same
     /// principal, kind (with its format), query type and query text.
     pub(crate) fn same_request(&self, other: &AsyncQuery) -> bool {

@@ -44,6 +44,8 @@ fn foreign(status: QueryStatus, owner: Option<Lease>, age: TimeDelta) -> AsyncQu
         lease: owner,
         idempotency_key: None,
         progress: None,
+        attempt: 1,
+        retry_at: None,
     }
 }
 

@@ -184,6 +184,8 @@ async fn the_service_records_its_lifecycle_in_metrics() {
         }),
         idempotency_key: None,
         progress: None,
+        attempt: 1,
+        retry_at: None,
     };
     dao.create(&orphan).await.unwrap();
     tokio::time::sleep(Duration::from_secs(61)).await;

@@ -153,6 +153,9 @@ impl State {
             let name = &job.principal.name;
             self.queue
                 .moved(name, (seq, job.id), None, Some(job.status));
+            if let Some(until) = job.retry_at.filter(|_| job.status == QueryStatus::Queued) {
+                self.queue.hold(job.id, until);
+            }
             self.result_bytes += inline_len(job.result.as_ref());
             if let Some((name, key)) = key_of(job) {
                 self.keys.insert((name.to_owned(), key.to_owned()), job.id);
@@ -182,6 +185,9 @@ impl State {
             self.result_bytes += inline_len(change.result.as_ref());
         }
         apply_change(&mut entry.job, change);
+        if let Some(until) = entry.job.retry_at {
+            self.queue.hold(id, until);
+        }
         Ok(CasOutcome::Applied(entry.job.clone()))
     }
 
@@ -200,7 +206,8 @@ impl State {
         let named = |id: Uuid| exclude.iter().any(|(named, _)| *named == id);
         while claimed.len() < claim.limit {
             let Some((principal, seq, id)) =
-                self.queue.next(named, |running| claim.admits(running))
+                self.queue
+                    .next(named, |running| claim.admits(running), claim.at)
             else {
                 break;
             };

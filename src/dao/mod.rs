@@ -44,44 +44,7 @@ pub use types::{
     StatusChange,
 };
 
-/// Persistence of job records.
-///
-/// # Contract
-///
-/// - `create` stores a new record as given, and fails with
-///   [`Error::DuplicateId`](crate::error::Error::DuplicateId) if the id exists.
-/// - `update_status` is an atomic compare-and-set: it applies the change only
-///   if the stored status equals `change.from`, returning
-///   [`CasOutcome::Conflict`] with the current record otherwise. It fails with
-///   [`Error::InvalidTransition`](crate::error::Error::InvalidTransition) if
-///   `from -> to` is not in [`TRANSITIONS`](crate::model::TRANSITIONS) and
-///   with [`Error::NotFound`](crate::error::Error::NotFound) for an unknown id.
-///   When applied: `status = to`, `updated_on = at`, `result` is replaced if
-///   given; moving to `Processing` sets `lease`, moving to a terminal status
-///   clears it, other moves keep it.
-/// - `claim` atomically moves up to `limit` `Queued` jobs to `Processing`
-///   with the given lease, fairly across principals: each principal's
-///   jobs in creation order, and a job's turn is its principal's
-///   `Processing` jobs plus its place in that principal's queue; lowest
-///   turns first, the oldest among equals (with one principal: the oldest
-///   first). A job whose principal has
-///   [`max_running_per_principal`](Claim::max_running_per_principal) jobs
-///   `Processing` stays queued. Two concurrent claimers never get the same
-///   job, and never together take a principal past its limit.
-///   (`dao_claims`, `dao_fair_claims` and `dao_running_limit` check it.)
-/// - `renew_leases` extends the lease of those `ids` whose lease `owner`
-///   holds and that are `Processing` or `Cancelled`, and reports the current
-///   status of every id that exists, so the owner learns of cancellations
-///   made elsewhere.
-/// - All times come from the caller (the service's clock), never from the
-///   back-end's own clock, so tests can run on a paused clock. A back-end
-///   that several machines share reports its clock through
-///   [`now`](AsyncApiDao::now), and every instance's clock follows it, so
-///   the times written and compared (leases above all) are on one clock
-///   however far the machines' clocks are apart.
-///
-/// The conformance suite (feature `test-util`, `async_query::testing`)
-/// checks all of this.
+#[doc = include_str!("contract.md")]
 #[async_trait]
 pub trait AsyncApiDao: Send + Sync + 'static {
     /// Stores a new record.

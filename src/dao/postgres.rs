@@ -134,7 +134,8 @@ impl PostgresDao {
         let v7 = super::sql::idempotency_keys();
         let v8 = super::pg_events::schema_v8();
         let v9 = super::sql::fair_claim_indexes();
-        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6, v7, v8, v9], Some(lock))
+        let v10 = super::sql::retry_columns("BIGINT");
+        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6, v7, v8, v9, v10], Some(lock))
             .await
     }
 }
@@ -214,7 +215,7 @@ impl SqlBackend for PostgresDao {
         }
         let rows = changes.len().next_power_of_two();
         let mut query = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "WITH v(v_id, v_to, v_at, v_result, v_mode, v_owner, v_expires, v_from) AS (",
+            "WITH v(v_id, v_to, v_at, v_result, v_mode, v_owner, v_expires, v_from, v_retry) AS (",
         );
         let padded = encoded
             .iter()
@@ -227,13 +228,15 @@ impl SqlBackend for PostgresDao {
                 .push_bind(lease_mode(change.to))
                 .push_bind(change.lease.as_ref().map(|l| l.owner))
                 .push_bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
-                .push_bind(change.from.as_str());
+                .push_bind(change.from.as_str())
+                .push_bind(super::sql::retry_at(change));
         });
         query.push(format!(
             "), done AS (UPDATE async_query AS a SET status = v.v_to, updated_on = v.v_at, \
              result = COALESCE(v.v_result, a.result), \
              lease_owner = CASE v.v_mode WHEN 1 THEN v.v_owner WHEN 2 THEN NULL ELSE a.lease_owner END, \
-             lease_expires_at = CASE v.v_mode WHEN 1 THEN v.v_expires WHEN 2 THEN NULL ELSE a.lease_expires_at END \
+             lease_expires_at = CASE v.v_mode WHEN 1 THEN v.v_expires WHEN 2 THEN NULL ELSE a.lease_expires_at END, \
+             attempt = a.attempt + CASE WHEN v.v_to = 'QUEUED' THEN 1 ELSE 0 END, retry_at = v.v_retry \
              FROM v WHERE a.id = v.v_id AND a.status = v.v_from \
              RETURNING false AS claimed, a.seq, v.v_from AS event_from, {COLUMNS}), \
              taken AS (UPDATE async_query SET status = 'PROCESSING', lease_owner = "
@@ -244,14 +247,17 @@ impl SqlBackend for PostgresDao {
             .push_bind(claim.map(|c| micros(c.lease.expires_at)))
             .push(", updated_on = ")
             .push_bind(claim.map(|c| micros(c.at)))
-            .push(" WHERE id IN (");
+            .push(", retry_at = NULL WHERE id IN (");
         // Limited claims with writes are run apart (`limited_claim`): this
         // one statement counts running jobs before its own writes, so under
         // a limit it would take too few, never too many.
         let max_running = claim.and_then(|c| c.max_running_per_principal);
         let [fair, rest] = super::sql::fair_claim(limit, max_running, Self::FAIR_FORM);
+        query.push(fair);
+        if let Some(claim) = claim {
+            super::sql::push_due(&mut query, claim.at);
+        }
         query
-            .push(fair)
             .push(" AND h.id NOT IN (SELECT v_id FROM v)")
             .push(rest);
         query.push(format!(

@@ -29,9 +29,14 @@ pub(crate) fn apply_change(job: &mut AsyncQuery, change: StatusChange) {
     }
     if change.to == QueryStatus::Processing {
         job.lease = change.lease;
-    } else if change.to.is_terminal() {
+    } else if change.to.is_terminal() || change.to == QueryStatus::Queued {
         job.lease = None;
     }
+    if change.to == QueryStatus::Queued {
+        // A retry: the next attempt.
+        job.attempt = job.attempt.saturating_add(1);
+    }
+    job.retry_at = change.retry_at.filter(|_| change.to == QueryStatus::Queued);
 }
 
 /// The first id that appears twice in `ids`.

@@ -78,7 +78,8 @@ impl SqliteDao {
         let v4 = super::sql::idempotency_keys();
         let v5 = super::sql::progress_column();
         let v6 = super::sql::fair_claim_indexes();
-        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6], None)
+        let v7 = super::sql::retry_columns("INTEGER");
+        self.apply_migrations(vec![v1, v2, v3, v4, v5, v6, v7], None)
             .await
     }
 }

@@ -22,6 +22,9 @@ pub struct StatusChange {
     pub result: Option<QueryResult>,
     /// The lease to set when `to` is `Processing`.
     pub lease: Option<Lease>,
+    /// With `to` `Queued` (a retry, see [`retry`](Self::retry)): the
+    /// earliest time the next attempt may be claimed; `None`: at once.
+    pub retry_at: Option<DateTime<Utc>>,
 }
 
 impl StatusChange {
@@ -33,6 +36,28 @@ impl StatusChange {
             at,
             result: None,
             lease: None,
+            retry_at: None,
+        }
+    }
+
+    /// A retry at `at`: the running job goes back to the queue
+    /// (`PROCESSING → QUEUED`) for its next attempt, to be claimed no
+    /// earlier than `retry_at`. Applying it raises the record's
+    /// [`attempt`](AsyncQuery::attempt) by one, clears its lease and sets
+    /// its `retry_at`; every other change clears `retry_at`.
+    ///
+    /// ```
+    /// use async_query::dao::StatusChange;
+    /// use async_query::QueryStatus;
+    ///
+    /// let now = chrono::Utc::now();
+    /// let retry = StatusChange::retry(now, now + chrono::TimeDelta::seconds(2));
+    /// assert_eq!((retry.from, retry.to), (QueryStatus::Processing, QueryStatus::Queued));
+    /// ```
+    pub fn retry(at: DateTime<Utc>, retry_at: DateTime<Utc>) -> Self {
+        StatusChange {
+            retry_at: Some(retry_at),
+            ..StatusChange::new(QueryStatus::Processing, QueryStatus::Queued, at)
         }
     }
 

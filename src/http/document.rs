@@ -201,6 +201,8 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<S
         attributes.insert("idempotencyKey".into(), json!(key));
     }
     attributes.insert("progress".into(), json!(job.progress));
+    attributes.insert("attempt".into(), json!(job.attempt));
+    attributes.insert("retryAt".into(), json!(job.retry_at.map(time)));
     let http_status = match job.status {
         QueryStatus::Complete => 200,
         QueryStatus::TimedOut => 408,
@@ -362,13 +364,15 @@ pub(super) fn parse_id(id: &str) -> Result<Uuid, ApiError> {
         })
 }
 
-pub(super) const READ_ONLY: [&str; 6] = [
+pub(super) const READ_ONLY: [&str; 8] = [
     "principalName",
     "createdOn",
     "updatedOn",
     "result",
     "idempotencyKey",
     "progress",
+    "attempt",
+    "retryAt",
 ];
 
 pub(super) fn string(

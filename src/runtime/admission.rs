@@ -233,6 +233,8 @@ impl Runtime {
             lease: None,
             idempotency_key: request.idempotency_key,
             progress: None,
+            attempt: 1,
+            retry_at: None,
         })
     }
 

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 
 use super::Runtime;
 use super::clock::to_delta;
-use super::ending::{Ending, change};
+use super::ending::Ending;
 use super::retention::{BATCH, Purge};
 use crate::config::Config;
 use crate::dao::ListFilter;
@@ -19,6 +19,7 @@ use crate::model::{AsyncQuery, QueryStatus};
 /// What one sweep did (for logs).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct Sweep {
+    retried: usize,
     timed_out: usize,
     cancel_completed: usize,
     results_expired: usize,
@@ -85,15 +86,17 @@ fn rules(config: &Config, now: DateTime<Utc>) -> [Rule; 3] {
 
 impl Runtime {
     /// Ends a job nobody is running any more, as the ending policy decides
-    /// for `ending`, and deletes any export it left behind. Returns the
-    /// status it ended in; `None` if somebody else changed it first.
+    /// for `ending` (or queues its next attempt, see
+    /// [`next_change`](Self::next_change)), and deletes any export it left
+    /// behind. Returns the status it moved to; `None` if somebody else
+    /// changed it first.
     pub(super) async fn end_orphan(
         &self,
         job: &AsyncQuery,
         ending: &Ending,
         now: DateTime<Utc>,
     ) -> Result<Option<QueryStatus>> {
-        let Some(change) = change(job.status, ending, now, None) else {
+        let Some(change) = self.next_change(job, job.status, ending, now, None) else {
             return Ok(None);
         };
         let to = change.to;
@@ -143,6 +146,7 @@ impl Runtime {
                 let ending = (rule.ending)(&job, &self.config);
                 match self.end_orphan(&job, &ending, now).await? {
                     Some(QueryStatus::CancelComplete) => sweep.cancel_completed += 1,
+                    Some(QueryStatus::Queued) => sweep.retried += 1,
                     Some(_) => sweep.timed_out += 1,
                     None => continue,
                 }

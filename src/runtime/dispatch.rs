@@ -1,12 +1,15 @@
 //! Dispatch: worker slots, claims of queued jobs (and the jobs claimed
 //! ahead), the dispatcher that fills idle slots, and the worker loop.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::Runtime;
@@ -52,6 +55,9 @@ pub(super) struct Dispatch {
     /// Another instance queued a job while every slot here was busy: the
     /// next slot that frees up without work should look for it.
     remote_work: AtomicBool,
+    /// When jobs queued here for a retry fall due, soonest first: the
+    /// dispatcher looks for work then, not only every poll interval.
+    retries_due: Mutex<BinaryHeap<Reverse<Instant>>>,
 }
 
 /// Counts the jobs of one claim that are still executing, so that a writer
@@ -111,7 +117,30 @@ impl Dispatch {
             batch: claim_batch.max(1),
             recovered: AtomicBool::new(false),
             remote_work: AtomicBool::new(false),
+            retries_due: Mutex::default(),
         }
+    }
+
+    /// A job was queued for a retry due at `due`: the dispatcher looks for
+    /// work then.
+    pub(super) fn retry_due(&self, due: Instant) {
+        self.retries_due
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Reverse(due));
+        self.wake();
+    }
+
+    /// How long the dispatcher sleeps without a wake-up: until the next
+    /// retry falls due, at most `poll_interval`.
+    fn idle_wait(&self, poll_interval: Duration) -> Duration {
+        let mut due = self.retries_due.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        while due.peek().is_some_and(|Reverse(at)| *at <= now) {
+            due.pop();
+        }
+        due.peek()
+            .map_or(poll_interval, |Reverse(at)| (*at - now).min(poll_interval))
     }
 
     /// A free worker slot, if any.
@@ -301,7 +330,7 @@ impl Runtime {
             Ok(0) => {}
             Ok(n) => tracing::info!(
                 jobs = n,
-                "ended jobs interrupted by a restart of this instance"
+                "ended (or queued for a retry) jobs interrupted by a restart of this instance"
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "recovering jobs after a restart failed; the cleaner ends them after their lease")
@@ -310,11 +339,12 @@ impl Runtime {
         self.dispatch.mark_recovered();
         loop {
             self.fill_slots().await;
+            let wait = self.dispatch.idle_wait(self.config.poll_interval);
             tokio::select! {
                 // Job tokens are children of the stop token: they fire too.
                 () = self.tasks.stopped() => return,
                 () = self.dispatch.wake.notified() => {}
-                () = tokio::time::sleep(self.config.poll_interval) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }

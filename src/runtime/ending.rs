@@ -9,8 +9,10 @@ use uuid::Uuid;
 
 use chrono::{DateTime, Utc};
 
+use super::clock::to_delta;
 use crate::dao::StatusChange;
-use crate::model::{QueryResult, QueryStatus};
+use crate::model::{AsyncQuery, QueryResult, QueryStatus};
+use crate::retry::RetryPolicy;
 
 /// Every way a job can end.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,10 @@ pub(super) enum Ending {
     /// The executor returned an error, or its output could not be used or
     /// stored (this message).
     Failed(String),
+    /// The executor returned an error it marked
+    /// [`Transient`](crate::Transient) (this message): retried while
+    /// attempts remain, otherwise as [`Failed`](Self::Failed).
+    FailedTransiently(String),
     /// The executor panicked (with this message).
     Panicked(String),
     /// Its token fired because someone cancelled it while it ran.
@@ -45,6 +51,16 @@ pub(super) enum Ending {
 }
 
 impl Ending {
+    /// Whether a job that ends this way gets another attempt while it has
+    /// attempts left ([`Config::retry`](crate::Config::retry)): a transient
+    /// failure, or the death of the instance that ran it.
+    fn retried(&self) -> bool {
+        matches!(
+            self,
+            Ending::FailedTransiently(_) | Ending::LeaseExpired(_) | Ending::Interrupted
+        )
+    }
+
     /// The status a job has when it ends this way on the instance running
     /// it: a cancelled job is `CANCELLED`, every other one `PROCESSING`.
     pub(super) fn assumed_status(&self) -> QueryStatus {
@@ -100,7 +116,13 @@ pub(super) fn decide(status: QueryStatus, ending: &Ending) -> Option<Decision> {
             None => (CancelComplete, "cancelled on request".to_owned()),
         },
         // The rest never ran: only the cleaner's and shutdown's endings apply.
-        (Queued, Ending::Finished | Ending::Failed(_) | Ending::Panicked(_)) => return None,
+        (
+            Queued,
+            Ending::Finished
+            | Ending::Failed(_)
+            | Ending::FailedTransiently(_)
+            | Ending::Panicked(_),
+        ) => return None,
         (Queued, Ending::NotSaved(_) | Ending::RunTimeLimit(_)) => return None,
         (_, Ending::Cancelled | Ending::CancelledWhileQueued) => return None,
         (_, Ending::Finished) => {
@@ -109,7 +131,9 @@ pub(super) fn decide(status: QueryStatus, ending: &Ending) -> Option<Decision> {
                 message: None,
             });
         }
-        (_, Ending::Failed(message)) => (Failure, message.clone()),
+        (_, Ending::Failed(message) | Ending::FailedTransiently(message)) => {
+            (Failure, message.clone())
+        }
         (_, Ending::Panicked(message)) => (Failure, format!("the executor panicked: {message}")),
         (_, Ending::NotSaved(error)) => {
             (Failure, format!("the result could not be saved: {error}"))
@@ -124,6 +148,22 @@ pub(super) fn decide(status: QueryStatus, ending: &Ending) -> Option<Decision> {
         to,
         message: Some(message),
     })
+}
+
+/// The retry of `job`, last seen in `status`, that ends its attempt this
+/// way at `now` (`PROCESSING → QUEUED` for its next attempt, after
+/// `policy`'s backoff); `None` if the ending is not retried or no attempt
+/// is left.
+pub(super) fn retry(
+    job: &AsyncQuery,
+    status: QueryStatus,
+    ending: &Ending,
+    policy: &RetryPolicy,
+    now: DateTime<Utc>,
+) -> Option<StatusChange> {
+    let retried = status == QueryStatus::Processing && ending.retried();
+    (retried && policy.retries(job.attempt))
+        .then(|| StatusChange::retry(now, now + to_delta(policy.random_delay(job.attempt))))
 }
 
 /// The change that ends a job in `status` this way at `now`, with the
@@ -152,6 +192,7 @@ mod tests {
         vec![
             Ending::Finished,
             Ending::Failed("boom".into()),
+            Ending::FailedTransiently("flaky".into()),
             Ending::Panicked("oops".into()),
             Ending::Cancelled,
             Ending::CancelledWhileQueued,
@@ -271,6 +312,67 @@ mod tests {
                 .message
                 .unwrap_or_default()
                 .contains("stopped by the cleaner")
+        );
+    }
+
+    #[test]
+    fn transient_failures_and_dead_instances_are_retried_while_attempts_remain() {
+        let policy = RetryPolicy::attempts(3);
+        let now = Utc::now();
+        let mut job = AsyncQuery {
+            id: Uuid::new_v4(),
+            kind: crate::model::JobKind::Query,
+            query: "q".into(),
+            query_type: String::new(),
+            principal: crate::model::Principal::new("alice"),
+            status: Processing,
+            async_after: Duration::ZERO,
+            max_run_time: Duration::from_secs(60),
+            created_on: now,
+            updated_on: now,
+            result: None,
+            lease: None,
+            idempotency_key: None,
+            progress: None,
+            attempt: 1,
+            retry_at: None,
+        };
+        let retried = |ending: &Ending| {
+            matches!(
+                ending,
+                Ending::FailedTransiently(_) | Ending::LeaseExpired(_) | Ending::Interrupted
+            )
+        };
+        for attempt in 1..=3 {
+            job.attempt = attempt;
+            for ending in every_ending() {
+                let change = retry(&job, Processing, &ending, &policy, now);
+                let expected = attempt < 3 && retried(&ending);
+                assert_eq!(
+                    change.is_some(),
+                    expected,
+                    "{ending:?} on attempt {attempt}"
+                );
+                if let Some(change) = change {
+                    assert_eq!((change.from, change.to), (Processing, Queued));
+                    let wait = change.retry_at.expect("a retry time") - now;
+                    let full = policy.delay(attempt, 1.0);
+                    assert!(
+                        wait >= to_delta(full / 2) && wait <= to_delta(full),
+                        "{wait}"
+                    );
+                }
+            }
+            // Only a running job goes back to the queue.
+            for status in [Queued, Cancelled, Complete] {
+                assert!(retry(&job, status, &Ending::Interrupted, &policy, now).is_none());
+            }
+        }
+        job.attempt = 1;
+        let off = RetryPolicy::default();
+        assert!(
+            retry(&job, Processing, &Ending::Interrupted, &off, now).is_none(),
+            "off by default"
         );
     }
 }

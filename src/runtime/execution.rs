@@ -31,6 +31,41 @@ impl Outcome {
     }
 }
 
+/// Why a run failed: the message its record gets, and whether the
+/// executor marked the error [`Transient`](crate::Transient).
+#[derive(Debug)]
+pub(super) struct RunError {
+    message: String,
+    transient: bool,
+}
+
+impl RunError {
+    /// An error of the executor (or of its record stream).
+    pub(super) fn of_executor(error: crate::BoxError) -> Self {
+        RunError {
+            transient: crate::Transient::is_transient(&*error),
+            message: error.to_string(),
+        }
+    }
+
+    fn ending(self) -> Ending {
+        if self.transient {
+            Ending::FailedTransiently(self.message)
+        } else {
+            Ending::Failed(self.message)
+        }
+    }
+}
+
+impl From<String> for RunError {
+    fn from(message: String) -> Self {
+        RunError {
+            message,
+            transient: false,
+        }
+    }
+}
+
 fn panic_message(panic: &(dyn Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
@@ -61,7 +96,7 @@ impl Runtime {
                     .executor
                     .execute(job, ctx)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(RunError::of_executor)?;
                 self.save(job, output).await
             };
             tokio::select! {
@@ -79,7 +114,7 @@ impl Runtime {
             ran = tokio::time::timeout(job.max_run_time, work) => Some(match ran {
                 Err(_elapsed) => Outcome::ended(Ending::RunTimeLimit(job.max_run_time)),
                 Ok(Err(panic)) => Outcome::ended(Ending::Panicked(panic_message(&*panic).to_owned())),
-                Ok(Ok(Err(message))) => Outcome::ended(Ending::Failed(message)),
+                Ok(Ok(Err(failed))) => Outcome::ended(failed.ending()),
                 Ok(Ok(Ok(result))) => Outcome { ending: Ending::Finished, result: Some(result) },
             }),
         };
@@ -116,7 +151,7 @@ impl Runtime {
     }
 
     /// Turns executor output into the stored result.
-    async fn save(&self, job: &AsyncQuery, output: QueryOutput) -> Result<QueryResult, String> {
+    async fn save(&self, job: &AsyncQuery, output: QueryOutput) -> Result<QueryResult, RunError> {
         match (job.kind, output) {
             (JobKind::Query, QueryOutput::Body { body, record_count }) => {
                 let limit = self.config.max_inline_result_bytes;
@@ -124,7 +159,8 @@ impl Runtime {
                     return Err(format!(
                         "the result is {} bytes, above the inline limit of {limit} bytes; use a table export for large results",
                         body.len()
-                    ));
+                    )
+                    .into());
                 }
                 Ok(QueryResult {
                     record_count: Some(record_count),
@@ -140,13 +176,14 @@ impl Runtime {
             (JobKind::TableExport { format }, QueryOutput::Records(records)) => {
                 Box::pin(self.export(job, format, records)).await
             }
-            (JobKind::Query, QueryOutput::Records(_)) => Err(
-                "the executor returned records for a query job; return QueryOutput::Body".into(),
-            ),
-            (JobKind::TableExport { .. }, QueryOutput::Body { .. }) => Err(
-                "the executor returned a body for a table export; return QueryOutput::Records"
-                    .into(),
-            ),
+            (JobKind::Query, QueryOutput::Records(_)) => Err(String::from(
+                "the executor returned records for a query job; return QueryOutput::Body",
+            )
+            .into()),
+            (JobKind::TableExport { .. }, QueryOutput::Body { .. }) => Err(String::from(
+                "the executor returned a body for a table export; return QueryOutput::Records",
+            )
+            .into()),
         }
     }
 }

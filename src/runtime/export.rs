@@ -8,6 +8,7 @@ use futures::StreamExt;
 use uuid::Uuid;
 
 use super::Runtime;
+use super::execution::RunError;
 use crate::config::ExportLimitAction;
 use crate::error::{Error, Result};
 use crate::executor::RecordStream;
@@ -35,7 +36,7 @@ impl Runtime {
         job: &AsyncQuery,
         format: ExportFormat,
         records: RecordStream,
-    ) -> Result<QueryResult, String> {
+    ) -> Result<QueryResult, RunError> {
         let name = self.export_name(job.id, format);
         let mut writer = self
             .storage
@@ -48,22 +49,26 @@ impl Runtime {
         } = records;
         let options = EncodeOptions::default().csv_header(self.config.csv_header);
         let mut encoder = Encoder::new(format, columns, options);
-        let written: Result<Option<String>, String> = async {
+        let written: Result<Option<String>, RunError> = async {
             while let Some(row) = rows.next().await {
                 // An always-ready row source must still let cancellation and
                 // time-outs in.
                 tokio::task::consume_budget().await;
-                let row = row.map_err(|e| e.to_string())?;
+                let row = row.map_err(RunError::of_executor)?;
                 // A row beyond a limit proves the export would exceed it.
                 if let Some(limit) = self.export_limit_reached(&encoder) {
                     return match self.config.export_limit_action {
                         ExportLimitAction::Truncate => Ok(Some(limit)),
                         ExportLimitAction::Fail => Err(format!(
                             "the export is larger than {limit}; narrow the query or raise the limit"
-                        )),
+                        )
+                        .into()),
                     };
                 }
-                if let Some(chunk) = encoder.push(&row).map_err(|e| e.to_string())? {
+                if let Some(chunk) = encoder
+                    .push(&row)
+                    .map_err(|e| RunError::from(e.to_string()))?
+                {
                     writer.write(chunk).await.map_err(|e| {
                         storage_failed(job, &e, format!("could not store the export: {e}"))
                     })?;
@@ -76,9 +81,9 @@ impl Runtime {
         let written = match written {
             Ok(truncated) => match encoder.finish() {
                 Ok(tail) => writer.write(tail).await.map(|()| truncated).map_err(|e| {
-                    storage_failed(job, &e, format!("could not store the export: {e}"))
+                    storage_failed(job, &e, format!("could not store the export: {e}")).into()
                 }),
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.to_string().into()),
             },
             Err(e) => Err(e),
         };

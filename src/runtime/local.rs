@@ -91,6 +91,18 @@ impl LocalJobs {
         self.remove(id, false);
     }
 
+    /// Drops a job's entry if it is still about attempt `attempt` or an
+    /// earlier one (a run whose job was retried elsewhere meanwhile).
+    pub(super) fn forget_attempt(&self, id: Uuid, attempt: u32) {
+        let mut table = self.lock();
+        let removed = table.attempt(id).is_some_and(|a| a <= attempt) && table.remove(id);
+        counted(&table);
+        drop(table);
+        if removed {
+            self.departed();
+        }
+    }
+
     /// Drops a job's entry if it still waits for a slot here (it left the
     /// queue elsewhere); checked and removed under one lock, so a claim
     /// mirrored meanwhile is never dropped.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::Runtime;
-use super::ending::{Ending, change as ending_change};
+use super::ending::{Ending, change as ending_change, retry};
 use super::execution::Outcome;
 use super::local::JobGuard;
 use super::table::Mirror;
@@ -50,7 +50,8 @@ impl Runtime {
             Some(ResultBody::Stored(name)) => Some(name.clone()),
             _ => None,
         };
-        let change = ending_change(ending.assumed_status(), &ending, self.clock.now(), result)?;
+        let status = ending.assumed_status();
+        let change = self.next_change(&job, status, &ending, self.clock.now(), result)?;
         let settlement = Settlement {
             job,
             ending,
@@ -111,12 +112,18 @@ impl Runtime {
             match attempt {
                 Ok(CasOutcome::Applied(record)) => break Some(record),
                 Ok(CasOutcome::Conflict(record)) => {
-                    let ours = [first_try, (from, to)]
-                        .into_iter()
-                        .find(|&(_, to)| to == record.status);
+                    // A retry (to `QUEUED`) raises the attempt.
+                    let attempt_after = |to| job.attempt + u32::from(to == QueryStatus::Queued);
+                    let ours = [first_try, (from, to)].into_iter().find(|&(_, to)| {
+                        to == record.status && record.attempt == attempt_after(to)
+                    });
                     if let Some((from, _)) = ours {
                         crate::metrics::changed(&record);
                         self.mirror(Some(from), Arc::clone(&record), Mirror::Follow);
+                    } else if record.attempt != job.attempt {
+                        // Retried meanwhile (this run's lease lapsed): the
+                        // record is another attempt's, not this run's to end.
+                        self.jobs.forget_attempt(job.id, job.attempt);
                     } else if let Some(next) = ending_change(record.status, &ending, now, None) {
                         change = next;
                         continue;
@@ -175,6 +182,22 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// How `job`, last seen in `status`, ends its attempt `ending`'s way
+    /// at `now`: a retry while [`Config::retry`](crate::Config::retry)
+    /// leaves it attempts (see [`retry`]), otherwise the ending policy's
+    /// change, with `result` for `COMPLETE`.
+    pub(super) fn next_change(
+        &self,
+        job: &AsyncQuery,
+        status: QueryStatus,
+        ending: &Ending,
+        now: chrono::DateTime<chrono::Utc>,
+        result: Option<crate::model::QueryResult>,
+    ) -> Option<StatusChange> {
+        retry(job, status, ending, &self.config.retry, now)
+            .or_else(|| ending_change(status, ending, now, result))
+    }
+
     /// Reads the record of a job this worker stopped settling until the
     /// store answers (or the service stops): the record if it is terminal,
     /// `None` if it is still the cleaner's to end (or unknown).

@@ -155,6 +155,11 @@ impl JobTable {
         }
     }
 
+    /// The attempt a job's entry is about, if it has one.
+    pub(super) fn attempt(&self, id: Uuid) -> Option<u32> {
+        self.jobs.get(&id).map(|job| job.latest.attempt)
+    }
+
     /// Sets the progress of a job running here; returns the record with
     /// it, `None` if the job is not running here.
     pub(super) fn progressed(&mut self, id: Uuid, progress: &Progress) -> Option<Arc<AsyncQuery>> {
@@ -269,6 +274,11 @@ impl JobTable {
     /// `PROCESSING → CANCELLED` is mirrored. The table remembers the last
     /// few thousand jobs that ended here for that.
     ///
+    /// Records of a later [`attempt`](AsyncQuery::attempt) come after every
+    /// record of an earlier one: a retry (`PROCESSING → QUEUED`) puts the
+    /// job back in this table's queue, and a claim of the next attempt
+    /// mirrored before the retry itself first emits that step.
+    ///
     /// A queued job that leaves the queue runs here only if `instance`
     /// claimed it; otherwise (cancelled while queued, or claimed elsewhere)
     /// it leaves the table and waiters follow the DAO. A change mirrored
@@ -318,7 +328,13 @@ impl JobTable {
             }
         };
         let current = entry.latest.status;
-        if job.status == current || job.status.leads_to(current) {
+        // Another attempt's records come before or after all of this one's.
+        let next_attempt = job.attempt > entry.latest.attempt;
+        let stale = match job.attempt.cmp(&entry.latest.attempt) {
+            std::cmp::Ordering::Equal => job.status == current || job.status.leads_to(current),
+            order => order.is_lt(),
+        };
+        if stale {
             // A claim whose reply comes after a later change: the job has
             // left this instance's queue all the same.
             if how == Mirror::Claim && entry.queued {
@@ -334,10 +350,17 @@ impl JobTable {
             emit(&entry.latest, None, current);
             entry.announced = true;
         }
-        if let Some(from) = from.filter(|&from| current.leads_to(from)) {
+        let missed =
+            |from: QueryStatus| from != current && (current.leads_to(from) || next_attempt);
+        if let Some(from) = from.filter(|&from| missed(from)) {
             emit(&job, Some(current), from);
         }
         emit(&job, from, job.status);
+        if job.status == QueryStatus::Queued && !entry.queued {
+            // Queued for a retry: it waits for a slot again.
+            entry.queued = true;
+            *queued += 1;
+        }
         let entry_ended = job.status.is_terminal();
         let mut leave = entry_ended;
         if entry.queued && job.status != QueryStatus::Queued {

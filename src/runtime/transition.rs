@@ -46,6 +46,10 @@ impl Runtime {
         job: Arc<AsyncQuery>,
         how: Mirror,
     ) -> Option<CancellationToken> {
+        if let Some(retry_at) = job.retry_at.filter(|_| job.status == QueryStatus::Queued) {
+            let wait = (retry_at - self.clock.now()).to_std().unwrap_or_default();
+            self.dispatch.retry_due(tokio::time::Instant::now() + wait);
+        }
         self.jobs.mirror(
             from,
             job,

@@ -17,10 +17,13 @@ use crate::progress::Progress;
 /// |---|---|
 /// | `sleep <ms>` | sleeps on Tokio's clock, then returns `{"slept_ms":<ms>}` |
 /// | `fail <message>` | returns an error with `message` |
+/// | `flaky <n>` | on attempts 1 to `n` returns a [`Transient`](crate::Transient) error `flaky: attempt <i>`; then `{"attempt":<i>}` |
+/// | `stall <n>` | on attempts 1 to `n` never finishes by itself (as `block`); then `{"attempt":<i>}` |
 /// | `panic <message>` | panics with `message` |
 /// | `block` | never finishes by itself (until cancelled or timed out) |
 /// | `rows <n>` | an export of `n` rows (`id`, `name`, `note`); a body of `n` for a query |
 /// | `rows <n> fail <k>` | an export whose stream fails at row `k` |
+/// | `rows <n> flaky <k>` | an export whose stream fails transiently at row `k` on the first attempt |
 /// | `rows <n> every <ms>` | an export yielding one row every `ms` milliseconds of Tokio time |
 /// | `progress <n> every <ms>` | `n` steps of `ms` milliseconds of Tokio time, reporting [`Progress`](crate::Progress) `i` of `n` (message `step i`) after each; returns `{"steps":<n>}` |
 ///
@@ -103,8 +106,23 @@ impl QueryExecutor for ScriptedExecutor {
                 Ok(QueryOutput::body(format!("{{\"steps\":{n}}}"), n))
             }
             "fail" => Err(arg.to_owned().into()),
+            "flaky" => {
+                let failing: u32 = parse(arg)?;
+                if job.attempt <= failing {
+                    let error = format!("flaky: attempt {}", job.attempt);
+                    return Err(crate::Transient::new(error).into());
+                }
+                Ok(QueryOutput::body(
+                    format!("{{\"attempt\":{}}}", job.attempt),
+                    1,
+                ))
+            }
             "panic" => panic!("{arg}"),
-            "block" => {
+            "stall" if job.attempt > parse::<u32>(arg)? => Ok(QueryOutput::body(
+                format!("{{\"attempt\":{}}}", job.attempt),
+                1,
+            )),
+            "block" | "stall" => {
                 futures::future::pending::<()>().await;
                 unreachable!("pending() never completes")
             }
@@ -115,8 +133,15 @@ impl QueryExecutor for ScriptedExecutor {
                 };
                 let (n, fail_at) = match arg.split_once(" fail ") {
                     Some((n, k)) => (parse::<u64>(n)?, Some(parse::<u64>(k)?)),
-                    None => (parse::<u64>(arg)?, None),
+                    None => match arg.split_once(" flaky ") {
+                        Some((n, k)) if job.attempt == 1 => {
+                            (parse::<u64>(n)?, Some(parse::<u64>(k)?))
+                        }
+                        Some((n, _)) => (parse::<u64>(n)?, None),
+                        None => (parse::<u64>(arg)?, None),
+                    },
                 };
+                let transient = arg.contains(" flaky ");
                 if job.kind == JobKind::Query {
                     return Ok(QueryOutput::body(n.to_string(), n));
                 }
@@ -129,7 +154,12 @@ impl QueryExecutor for ScriptedExecutor {
                         }
                         ctx.report_progress(Progress::records(i + 1).of(n));
                         if Some(i) == fail_at {
-                            return Err(BoxError::from(format!("row source failed at row {i}")));
+                            let error = format!("row source failed at row {i}");
+                            return Err(if transient {
+                                crate::Transient::new(error).into()
+                            } else {
+                                BoxError::from(error)
+                            });
                         }
                         Ok(vec![
                             serde_json::json!(i),

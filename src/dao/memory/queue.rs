@@ -1,8 +1,9 @@
 //! The queued jobs of a [`MemoryDao`](super::MemoryDao), per principal,
 //! and each principal's running count: what a fair claim reads.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::model::QueryStatus;
@@ -19,6 +20,9 @@ pub(super) struct FairQueue {
     queued: BTreeMap<String, BTreeMap<u64, Uuid>>,
     running: BTreeMap<String, usize>,
     len: usize,
+    /// Queued jobs waiting for a retry, with the time it may start: claims
+    /// pass over them until then.
+    held: HashMap<Uuid, DateTime<Utc>>,
 }
 
 impl FairQueue {
@@ -38,7 +42,12 @@ impl FairQueue {
         to: Option<QueryStatus>,
     ) {
         match from {
-            Some(QueryStatus::Queued) => self.remove(principal, seq),
+            Some(QueryStatus::Queued) => {
+                self.remove(principal, seq);
+                if !self.held.is_empty() {
+                    self.held.remove(&id);
+                }
+            }
             Some(QueryStatus::Processing) => self.running(principal, false),
             _ => {}
         }
@@ -47,6 +56,12 @@ impl FairQueue {
             Some(QueryStatus::Processing) => self.running(principal, true),
             _ => {}
         }
+    }
+
+    /// Queued job `id` may not be claimed before `until` (a retry's
+    /// backoff).
+    pub(super) fn hold(&mut self, id: Uuid, until: DateTime<Utc>) {
+        self.held.insert(id, until);
     }
 
     fn push(&mut self, principal: &str, seq: u64, id: Uuid) {
@@ -99,13 +114,15 @@ impl FairQueue {
     /// The next job to claim, which stays queued until it is
     /// [`moved`](Self::moved): the oldest job of the principal with the
     /// fewest jobs running, the oldest first among equals; jobs `skip`
-    /// names are passed over, and so are principals whose running count
-    /// `admits` refuses.
+    /// names are passed over, and so are jobs held past `now` (waiting for
+    /// a retry) and principals whose running count `admits` refuses.
     pub(super) fn next(
         &self,
         skip: impl Fn(Uuid) -> bool,
         admits: impl Fn(usize) -> bool,
+        now: DateTime<Utc>,
     ) -> Option<(&str, u64, Uuid)> {
+        let due = |id: &Uuid| self.held.get(id).is_none_or(|until| *until <= now);
         self.queued
             .iter()
             .filter_map(|(principal, queue)| {
@@ -113,7 +130,7 @@ impl FairQueue {
                 if !admits(running) {
                     return None;
                 }
-                let (&seq, &id) = queue.iter().find(|&(_, &id)| !skip(id))?;
+                let (&seq, &id) = queue.iter().find(|&(_, &id)| !skip(id) && due(&id))?;
                 Some((running, seq, principal.as_str(), id))
             })
             .min_by_key(|&(running, seq, _, _)| (running, seq))
@@ -142,7 +159,7 @@ mod tests {
             );
         }
         let mut order = Vec::new();
-        while let Some((principal, seq, id)) = queue.next(|_| false, |_| true) {
+        while let Some((principal, seq, id)) = queue.next(|_| false, |_| true, Utc::now()) {
             let principal = principal.to_owned();
             let claim = (Some(QueryStatus::Queued), Some(QueryStatus::Processing));
             queue.moved(&principal, (seq, id), claim.0, claim.1);
@@ -158,7 +175,9 @@ mod tests {
         queue.moved("dave", (9, ids[0]), None, Some(QueryStatus::Queued));
         queue.moved("dave", (10, ids[1]), None, Some(QueryStatus::Queued));
         assert_eq!(
-            queue.next(|id| id == ids[0], |_| true).map(|n| n.2),
+            queue
+                .next(|id| id == ids[0], |_| true, Utc::now())
+                .map(|n| n.2),
             Some(ids[1])
         );
         assert_eq!(queue.len(), 2);
@@ -167,10 +186,32 @@ mod tests {
         queue.moved("dave", (0, ids[3]), None, Some(QueryStatus::Processing));
         let at_most_one = |running: usize| running < 1;
         assert_eq!(
-            queue.next(|_| false, at_most_one).map(|n| n.2),
+            queue.next(|_| false, at_most_one, Utc::now()).map(|n| n.2),
             Some(ids[2])
         );
         queue.moved("erin", (12, ids[4]), None, Some(QueryStatus::Processing));
-        assert_eq!(queue.next(|_| false, at_most_one), None);
+        assert_eq!(queue.next(|_| false, at_most_one, Utc::now()), None);
+    }
+
+    #[test]
+    fn a_job_held_for_a_retry_is_passed_over_until_it_is_due() {
+        let mut queue = FairQueue::default();
+        let (early, late) = (Uuid::new_v4(), Uuid::new_v4());
+        let now = Utc::now();
+        queue.moved("alice", (0, early), None, Some(QueryStatus::Queued));
+        queue.moved("alice", (1, late), None, Some(QueryStatus::Queued));
+        queue.hold(early, now + chrono::TimeDelta::seconds(1));
+        let next = |queue: &FairQueue, at| queue.next(|_| false, |_| true, at).map(|n| n.2);
+        assert_eq!(next(&queue, now), Some(late), "the held job waits");
+        let due = now + chrono::TimeDelta::seconds(1);
+        assert_eq!(next(&queue, due), Some(early), "due: first again");
+        // Leaving the queue forgets the hold.
+        queue.moved(
+            "alice",
+            (0, early),
+            Some(QueryStatus::Queued),
+            Some(QueryStatus::Processing),
+        );
+        assert!(queue.held.is_empty());
     }
 }

@@ -22,6 +22,8 @@ fn finished(body: &str, at: DateTime<Utc>) -> AsyncQuery {
         lease: None,
         idempotency_key: None,
         progress: None,
+        attempt: 1,
+        retry_at: None,
     }
 }
 

@@ -18,7 +18,8 @@ macro_rules! sql_create {
                 insert.push(concat!(
                     "INSERT INTO async_query (id, kind, query, query_type, principal_name, ",
                     "principal_roles, status, async_after_ms, max_run_time_ms, created_on, ",
-                    "updated_on, result, lease_owner, lease_expires_at, idempotency_key, progress) "
+                    "updated_on, result, lease_owner, lease_expires_at, idempotency_key, progress, ",
+                    "attempt, retry_at) "
                 ));
                 insert.push_values(rows, |mut row, (job, kind, roles, result, progress)| {
                     row.push_bind(job.id)
@@ -36,7 +37,9 @@ macro_rules! sql_create {
                         .push_bind(job.lease.as_ref().map(|l| l.owner))
                         .push_bind(job.lease.as_ref().map(|l| micros(l.expires_at)))
                         .push_bind(job.idempotency_key.as_deref())
-                        .push_bind(progress.as_deref());
+                        .push_bind(progress.as_deref())
+                        .push_bind(i64::from(job.attempt))
+                        .push_bind(job.retry_at.map(micros));
                 });
                 if let Some([_, close]) = record {
                     insert.push(
@@ -69,7 +72,7 @@ macro_rules! sql_create {
                         job.progress.as_ref().map(json).transpose()?,
                     ));
                 }
-                // 16 parameters a row: 500 rows stay below every database's
+                // 18 parameters a row: 500 rows stay below every database's
                 // parameter limit. One statement is atomic by itself; more
                 // share a transaction.
                 const CHUNK: usize = 500;

@@ -16,97 +16,6 @@ use crate::error::{Error, Result};
 use crate::model::{AsyncQuery, JobKind, Lease, Principal, QueryResult, QueryStatus};
 use crate::progress::Progress;
 
-/// Version 1 of the schema, with `{seq}`, `{uuid}` and `{int}` standing for
-/// each database's types.
-const SCHEMA_V1: &str = "
-CREATE TABLE IF NOT EXISTS async_query (
-    seq              {seq},
-    id               {uuid} NOT NULL UNIQUE,
-    kind             TEXT NOT NULL,
-    query            TEXT NOT NULL,
-    query_type       TEXT NOT NULL,
-    principal_name   TEXT NOT NULL,
-    principal_roles  TEXT NOT NULL,
-    status           TEXT NOT NULL,
-    async_after_ms   {int} NOT NULL,
-    max_run_time_ms  {int} NOT NULL,
-    created_on       {int} NOT NULL,
-    updated_on       {int} NOT NULL,
-    result           TEXT,
-    lease_owner      {uuid},
-    lease_expires_at {int}
-);
-CREATE INDEX IF NOT EXISTS async_query_claim ON async_query (status, seq);
-CREATE INDEX IF NOT EXISTS async_query_age ON async_query (status, updated_on);
-CREATE INDEX IF NOT EXISTS async_query_lease ON async_query (lease_expires_at) WHERE lease_expires_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS async_query_owner ON async_query (lease_owner) WHERE lease_owner IS NOT NULL
-";
-
-/// Version 1 of the schema for a database with these column types, as
-/// single statements.
-pub(crate) fn schema_v1(seq: &str, uuid: &str, int: &str) -> Vec<String> {
-    SCHEMA_V1
-        .split(';')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| {
-            s.replace("{seq}", seq)
-                .replace("{uuid}", uuid)
-                .replace("{int}", int)
-        })
-        .collect()
-}
-
-/// The condition for `COMPLETE` rows whose output is kept (an inline body or
-/// a stored export), with `body_type` the back-end's
-/// [`SqlBackend::BODY_TYPE`]: the predicate of the partial index
-/// [`results_index`] and of the query that finds results past their
-/// lifetime, spelled the same so the planner matches them.
-pub(crate) fn output_kept(body_type: &str) -> String {
-    format!("status = 'COMPLETE' AND {body_type} IN ('inline', 'stored')")
-}
-
-/// The schema version that adds the partial index behind result lifetime:
-/// `COMPLETE` rows with output, by `updated_on`, so finding outlived
-/// results reads only those (not every record retention still keeps).
-pub(crate) fn results_index(body_type: &str) -> Vec<String> {
-    vec![format!(
-        "CREATE INDEX IF NOT EXISTS async_query_results ON async_query (updated_on) WHERE {}",
-        output_kept(body_type)
-    )]
-}
-
-/// The schema version that adds idempotency keys: a nullable column and a
-/// unique index over the principal's keys, which is what stops two
-/// instances racing with one key from both storing a job.
-pub(crate) fn idempotency_keys() -> Vec<String> {
-    vec![
-        "ALTER TABLE async_query ADD COLUMN idempotency_key TEXT".to_owned(),
-        "CREATE UNIQUE INDEX IF NOT EXISTS async_query_idempotency ON async_query \
-         (principal_name, idempotency_key) WHERE idempotency_key IS NOT NULL"
-            .to_owned(),
-    ]
-}
-
-/// The schema version that adds progress: a nullable JSON column of the
-/// latest report written.
-pub(crate) fn progress_column() -> Vec<String> {
-    vec!["ALTER TABLE async_query ADD COLUMN progress TEXT".to_owned()]
-}
-
-/// The schema version behind fair claims: each principal's queued jobs in
-/// order, and its running jobs, both as partial indexes, so a claim reads
-/// a few index entries per principal with queued jobs.
-pub(crate) fn fair_claim_indexes() -> Vec<String> {
-    vec![
-        "CREATE INDEX IF NOT EXISTS async_query_queued_by ON async_query \
-         (principal_name, seq) WHERE status = 'QUEUED'"
-            .to_owned(),
-        "CREATE INDEX IF NOT EXISTS async_query_running_by ON async_query \
-         (principal_name) WHERE status = 'PROCESSING'"
-            .to_owned(),
-    ]
-}
-
 /// How a database runs the fair claim ([`fair_claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 // Each back-end names its own form; with one of them built, the other is unused.
@@ -235,7 +144,7 @@ pub(crate) fn push_list<DB: sqlx::Database>(
 /// The columns every query selects, in `RawJob` order.
 pub(crate) const COLUMNS: &str = "id, kind, query, query_type, principal_name, principal_roles, \
      status, async_after_ms, max_run_time_ms, created_on, updated_on, result, lease_owner, \
-     lease_expires_at, idempotency_key, progress";
+     lease_expires_at, idempotency_key, progress, attempt, retry_at";
 
 /// A record with its JSON columns encoded: kind, roles, result, progress.
 pub(crate) type EncodedJob<'a> = (
@@ -265,6 +174,8 @@ pub(crate) struct RawJob {
     pub(crate) lease_expires_at: Option<i64>,
     pub(crate) idempotency_key: Option<String>,
     pub(crate) progress: Option<String>,
+    pub(crate) attempt: i64,
+    pub(crate) retry_at: Option<i64>,
 }
 
 pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> Error {
@@ -343,6 +254,8 @@ impl RawJob {
             lease,
             idempotency_key: self.idempotency_key,
             progress,
+            attempt: u32::try_from(self.attempt).map_err(|_| corrupt("attempt", self.attempt))?,
+            retry_at: self.retry_at.map(|t| time(t, "retry_at")).transpose()?,
         })
     }
 }
@@ -355,11 +268,35 @@ pub(crate) fn into_jobs(rows: Vec<RawJob>) -> Result<Vec<AsyncQuery>> {
 pub(crate) fn lease_mode(to: QueryStatus) -> i64 {
     if to == QueryStatus::Processing {
         1
-    } else if to.is_terminal() {
+    } else if to.is_terminal() || to == QueryStatus::Queued {
         2
     } else {
         0
     }
+}
+
+/// The `retry_at` column a status change leaves: a retry's time, `NULL`
+/// after any other change.
+pub(crate) fn retry_at(change: &StatusChange) -> Option<i64> {
+    change
+        .retry_at
+        .filter(|_| change.to == QueryStatus::Queued)
+        .map(micros)
+}
+
+/// Appends the condition that keeps candidates of a claim at `at` to the
+/// jobs that are due: not waiting for a retry past `at`. A bound value,
+/// so the statement's text (and PostgreSQL's cached plan) stays the same.
+pub(crate) fn push_due<DB: sqlx::Database>(
+    query: &mut sqlx::QueryBuilder<'static, DB>,
+    at: DateTime<Utc>,
+) where
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    query
+        .push(" AND (h.retry_at IS NULL OR h.retry_at <= ")
+        .push_bind(micros(at))
+        .push(")");
 }
 
 pub(crate) fn db_error(context: &str, e: sqlx::Error) -> Error {
@@ -487,6 +424,11 @@ pub(crate) trait SqlBackend {
 
 mod create;
 mod history;
+mod schema;
+pub(crate) use schema::{
+    fair_claim_indexes, idempotency_keys, output_kept, progress_column, results_index,
+    retry_columns, schema_v1,
+};
 mod migrate;
 mod retention;
 pub(crate) use create::sql_create;

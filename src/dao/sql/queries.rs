@@ -86,7 +86,8 @@ macro_rules! sql_dao {
                 let sql = format!(
                     "{open}UPDATE async_query SET status = $1, updated_on = $2, result = COALESCE($3, result), \
                      lease_owner = CASE $4 WHEN 1 THEN $5 WHEN 2 THEN NULL ELSE lease_owner END, \
-                     lease_expires_at = CASE $4 WHEN 1 THEN $6 WHEN 2 THEN NULL ELSE lease_expires_at END \
+                     lease_expires_at = CASE $4 WHEN 1 THEN $6 WHEN 2 THEN NULL ELSE lease_expires_at END, \
+                     attempt = attempt + CASE WHEN $1 = 'QUEUED' THEN 1 ELSE 0 END, retry_at = $9 \
                      WHERE id = $7 AND status = $8 RETURNING $8 AS event_from, {}{close}",
                     $crate::dao::sql::COLUMNS
                 );
@@ -99,6 +100,7 @@ macro_rules! sql_dao {
                     .bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
                     .bind(id)
                     .bind(change.from.as_str())
+                    .bind($crate::dao::sql::retry_at(change))
                     .fetch_optional(&mut *conn)
                     .await
                     .map_err(|e| $crate::dao::sql::db_error("changing a job's status", e))?;
@@ -131,7 +133,7 @@ macro_rules! sql_dao {
                     .push_bind(micros(claim.lease.expires_at))
                     .push(", updated_on = ")
                     .push_bind(micros(claim.at))
-                    .push(" WHERE id IN (");
+                    .push(", retry_at = NULL WHERE id IN (");
                 // A literal limit: with a parameter, PostgreSQL keeps
                 // planning each call anew instead of caching a plan.
                 let [fair, rest] = $crate::dao::sql::fair_claim(
@@ -140,6 +142,7 @@ macro_rules! sql_dao {
                     <Self as $crate::dao::sql::SqlBackend>::FAIR_FORM,
                 );
                 query.push(fair);
+                $crate::dao::sql::push_due(&mut query, claim.at);
                 if !exclude.is_empty() {
                     query.push(" AND h.id NOT IN (");
                     let mut list = query.separated(", ");

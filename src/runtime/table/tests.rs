@@ -25,6 +25,8 @@ fn record(status: QueryStatus, owner: Option<Uuid>) -> AsyncQuery {
         }),
         idempotency_key: None,
         progress: None,
+        attempt: 1,
+        retry_at: None,
     }
 }
 
@@ -195,6 +197,65 @@ fn the_memory_of_ended_jobs_is_bounded() {
     assert_eq!(events, [(Some(Processing), Cancelled)], "forgotten");
     let (_, events) = mirror(&mut table, Some(Processing), late(1), Mirror::Follow);
     assert!(events.is_empty(), "still remembered: {events:?}");
+}
+
+/// A retry puts the job back in the queue here; a claim of the next
+/// attempt mirrored before the retry first emits it, and the late retry
+/// (an earlier attempt's record) is then stale.
+#[test]
+fn records_of_a_later_attempt_come_after_every_earlier_one() {
+    let (mut table, job) = queued_table();
+    mirror(
+        &mut table,
+        Some(Queued),
+        record(Processing, Some(HERE)),
+        Mirror::Claim,
+    );
+    let retried = AsyncQuery {
+        attempt: 2,
+        ..record(Queued, None)
+    };
+    let (m, events) = mirror(
+        &mut table,
+        Some(Processing),
+        retried.clone(),
+        Mirror::Follow,
+    );
+    assert_eq!(events, [(Some(Processing), Queued)]);
+    assert!(
+        !m.left && table.is_queued(job.id) && table.queued() == 1,
+        "queued again"
+    );
+
+    let third = AsyncQuery {
+        attempt: 3,
+        ..record(Processing, Some(HERE))
+    };
+    let (_, events) = mirror(&mut table, Some(Queued), third, Mirror::Claim);
+    assert_eq!(
+        events,
+        [(Some(Queued), Processing)],
+        "attempt 2's claim was missed: only its own step is due from QUEUED"
+    );
+    assert!(table.runs(job.id) && table.queued() == 0);
+
+    let (_, events) = mirror(&mut table, Some(Processing), retried, Mirror::Follow);
+    assert!(
+        events.is_empty(),
+        "an earlier attempt's record is stale: {events:?}"
+    );
+
+    // A claim of attempt 4 mirrored before the retry that queued it.
+    let fourth = AsyncQuery {
+        attempt: 4,
+        ..record(Processing, Some(HERE))
+    };
+    let (_, events) = mirror(&mut table, Some(Queued), fourth, Mirror::Claim);
+    assert_eq!(
+        events,
+        [(Some(Processing), Queued), (Some(Queued), Processing)],
+        "the missed retry is emitted first"
+    );
 }
 
 #[test]

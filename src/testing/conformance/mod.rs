@@ -15,6 +15,7 @@ mod keys;
 mod lifetime;
 mod progress;
 mod records;
+mod retries;
 mod reuse;
 mod status;
 mod storage;
@@ -28,6 +29,7 @@ pub use keys::dao_idempotency_keys;
 pub use lifetime::dao_expire_results;
 pub use progress::dao_progress;
 pub use records::sample_job;
+pub use retries::dao_retries;
 pub use reuse::dao_reuse;
 pub use status::{dao_batches, dao_compare_and_set};
 pub use storage::{
@@ -55,6 +57,7 @@ pub async fn dao_conformance(dao: &dyn AsyncApiDao) {
     dao_claims(dao).await;
     dao_fair_claims(dao).await;
     dao_running_limit(dao).await;
+    dao_retries(dao).await;
     dao_leases(dao).await;
     dao_clock(dao).await;
     dao_list(dao).await;

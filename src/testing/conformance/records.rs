@@ -28,6 +28,8 @@ pub(super) fn record(now: DateTime<Utc>, status: QueryStatus) -> AsyncQuery {
         lease: None,
         idempotency_key: None,
         progress: None,
+        attempt: 1,
+        retry_at: None,
     }
 }
 
