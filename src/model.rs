@@ -478,4 +478,4 @@ impl AsyncQuery {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

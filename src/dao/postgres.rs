@@ -225,7 +225,7 @@ impl SqlBackend for PostgresDao {
                 .push_bind(change.to.as_str())
                 .push_bind(micros(change.at))
                 .push_bind(result.clone())
-                .push_bind(lease_mode(change.to))
+                .push_bind(lease_mode(change))
                 .push_bind(change.lease.as_ref().map(|l| l.owner))
                 .push_bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
                 .push_bind(change.from.as_str())

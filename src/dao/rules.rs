@@ -22,6 +22,10 @@ pub(crate) fn check_transition(change: &StatusChange) -> Result<()> {
 /// Applies an already-checked change to a record in memory; shared by
 /// back-ends that hold records as structs.
 pub(crate) fn apply_change(job: &mut AsyncQuery, change: StatusChange) {
+    job.retry_at = change.retry_at_after();
+    if change.clears_lease() {
+        job.lease = None;
+    }
     job.status = change.to;
     job.updated_on = change.at;
     if let Some(result) = change.result {
@@ -29,14 +33,10 @@ pub(crate) fn apply_change(job: &mut AsyncQuery, change: StatusChange) {
     }
     if change.to == QueryStatus::Processing {
         job.lease = change.lease;
-    } else if change.to.is_terminal() || change.to == QueryStatus::Queued {
-        job.lease = None;
-    }
-    if change.to == QueryStatus::Queued {
+    } else if change.to == QueryStatus::Queued {
         // A retry: the next attempt.
         job.attempt = job.attempt.saturating_add(1);
     }
-    job.retry_at = change.retry_at.filter(|_| change.to == QueryStatus::Queued);
 }
 
 /// The first id that appears twice in `ids`.

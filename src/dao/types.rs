@@ -61,6 +61,18 @@ impl StatusChange {
         }
     }
 
+    /// Whether the record has no lease after this change: it ended, or
+    /// went back to the queue (a retry).
+    pub(crate) fn clears_lease(&self) -> bool {
+        self.to.is_terminal() || self.to == QueryStatus::Queued
+    }
+
+    /// The `retry_at` a record has after this change: the retry's time
+    /// for a change to `Queued`, `None` after any other.
+    pub(crate) fn retry_at_after(&self) -> Option<DateTime<Utc>> {
+        self.retry_at.filter(|_| self.to == QueryStatus::Queued)
+    }
+
     /// Stores `result` with the change.
     pub fn with_result(mut self, result: QueryResult) -> Self {
         self.result = Some(result);

@@ -1,5 +1,29 @@
 use super::QueryStatus::{self, *};
-use super::{RETRY, TRANSITIONS};
+use super::{AsyncQuery, JobKind, Principal, RETRY, TRANSITIONS};
+
+/// A record of alice's in `status`, created now, for the crate's unit
+/// tests (the conformance suite has its own, behind `test-util`).
+pub(crate) fn record(status: QueryStatus) -> AsyncQuery {
+    let now = chrono::Utc::now();
+    AsyncQuery {
+        id: uuid::Uuid::new_v4(),
+        kind: JobKind::Query,
+        query: "q".into(),
+        query_type: String::new(),
+        principal: Principal::new("alice"),
+        status,
+        async_after: std::time::Duration::ZERO,
+        max_run_time: std::time::Duration::from_secs(60),
+        created_on: now,
+        updated_on: now,
+        result: None,
+        lease: None,
+        idempotency_key: None,
+        progress: None,
+        attempt: 1,
+        retry_at: None,
+    }
+}
 
 #[test]
 fn terminal_states_are_exactly_the_four_elide_end_states() {

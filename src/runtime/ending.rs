@@ -319,24 +319,7 @@ mod tests {
     fn transient_failures_and_dead_instances_are_retried_while_attempts_remain() {
         let policy = RetryPolicy::attempts(3);
         let now = Utc::now();
-        let mut job = AsyncQuery {
-            id: Uuid::new_v4(),
-            kind: crate::model::JobKind::Query,
-            query: "q".into(),
-            query_type: String::new(),
-            principal: crate::model::Principal::new("alice"),
-            status: Processing,
-            async_after: Duration::ZERO,
-            max_run_time: Duration::from_secs(60),
-            created_on: now,
-            updated_on: now,
-            result: None,
-            lease: None,
-            idempotency_key: None,
-            progress: None,
-            attempt: 1,
-            retry_at: None,
-        };
+        let mut job = crate::model::tests::record(Processing);
         let retried = |ending: &Ending| {
             matches!(
                 ending,

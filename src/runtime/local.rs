@@ -88,31 +88,26 @@ impl LocalJobs {
     /// Drops a job's entry without a terminal status (it runs elsewhere,
     /// or its record could not be written); waiters fall back to the DAO.
     pub(super) fn forget(&self, id: Uuid) {
-        self.remove(id, false);
+        self.remove_if(id, |_| true);
     }
 
     /// Drops a job's entry if it is still about attempt `attempt` or an
     /// earlier one (a run whose job was retried elsewhere meanwhile).
     pub(super) fn forget_attempt(&self, id: Uuid, attempt: u32) {
-        let mut table = self.lock();
-        let removed = table.attempt(id).is_some_and(|a| a <= attempt) && table.remove(id);
-        counted(&table);
-        drop(table);
-        if removed {
-            self.departed();
-        }
+        self.remove_if(id, |table| table.attempt(id).is_some_and(|a| a <= attempt));
     }
 
     /// Drops a job's entry if it still waits for a slot here (it left the
     /// queue elsewhere); checked and removed under one lock, so a claim
     /// mirrored meanwhile is never dropped.
     pub(super) fn forget_queued(&self, id: Uuid) {
-        self.remove(id, true);
+        self.remove_if(id, |table| table.is_queued(id));
     }
 
-    fn remove(&self, id: Uuid, only_if_queued: bool) {
+    /// Removes a job's entry if `applies` to the table, under one lock.
+    fn remove_if(&self, id: Uuid, applies: impl FnOnce(&JobTable) -> bool) {
         let mut table = self.lock();
-        let removed = (!only_if_queued || table.is_queued(id)) && table.remove(id);
+        let removed = applies(&table) && table.remove(id);
         counted(&table);
         drop(table);
         if removed {

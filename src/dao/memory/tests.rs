@@ -1,29 +1,18 @@
 //! Unit tests of the in-memory store's accounting.
 
 use super::*;
-use crate::model::{JobKind, Principal, QueryResult};
+use crate::model::QueryResult;
 
 fn finished(body: &str, at: DateTime<Utc>) -> AsyncQuery {
     AsyncQuery {
-        id: Uuid::new_v4(),
-        kind: JobKind::Query,
-        query: "q".into(),
         query_type: "SQL".into(),
-        principal: Principal::new("alice"),
-        status: QueryStatus::Complete,
-        async_after: std::time::Duration::ZERO,
-        max_run_time: std::time::Duration::from_secs(60),
         created_on: at,
         updated_on: at,
         result: Some(QueryResult {
             body: ResultBody::Inline(body.into()),
             ..QueryResult::message(at, "done")
         }),
-        lease: None,
-        idempotency_key: None,
-        progress: None,
-        attempt: 1,
-        retry_at: None,
+        ..crate::model::tests::record(QueryStatus::Complete)
     }
 }
 

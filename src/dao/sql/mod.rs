@@ -265,10 +265,10 @@ pub(crate) fn into_jobs(rows: Vec<RawJob>) -> Result<Vec<AsyncQuery>> {
 }
 
 /// How a status change treats the lease columns: 0 keep, 1 set, 2 clear.
-pub(crate) fn lease_mode(to: QueryStatus) -> i64 {
-    if to == QueryStatus::Processing {
+pub(crate) fn lease_mode(change: &StatusChange) -> i64 {
+    if change.to == QueryStatus::Processing {
         1
-    } else if to.is_terminal() || to == QueryStatus::Queued {
+    } else if change.clears_lease() {
         2
     } else {
         0
@@ -278,10 +278,7 @@ pub(crate) fn lease_mode(to: QueryStatus) -> i64 {
 /// The `retry_at` column a status change leaves: a retry's time, `NULL`
 /// after any other change.
 pub(crate) fn retry_at(change: &StatusChange) -> Option<i64> {
-    change
-        .retry_at
-        .filter(|_| change.to == QueryStatus::Queued)
-        .map(micros)
+    change.retry_at_after().map(micros)
 }
 
 /// Appends the condition that keeps candidates of a claim at `at` to the

@@ -95,7 +95,7 @@ macro_rules! sql_dao {
                     .bind(change.to.as_str())
                     .bind(micros(change.at))
                     .bind(change.result.as_ref().map(json).transpose()?)
-                    .bind(lease_mode(change.to))
+                    .bind(lease_mode(change))
                     .bind(change.lease.as_ref().map(|l| l.owner))
                     .bind(change.lease.as_ref().map(|l| micros(l.expires_at)))
                     .bind(id)

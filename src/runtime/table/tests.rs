@@ -1,32 +1,19 @@
 use super::*;
-use crate::model::{JobKind, Lease, Principal};
+use crate::model::Lease;
 use QueryStatus::*;
 
 const HERE: Uuid = Uuid::from_u128(1);
 const ELSEWHERE: Uuid = Uuid::from_u128(2);
 
 fn record(status: QueryStatus, owner: Option<Uuid>) -> AsyncQuery {
-    let now = chrono::Utc::now();
+    let job = crate::model::tests::record(status);
     AsyncQuery {
         id: Uuid::from_u128(42),
-        kind: JobKind::Query,
-        query: "q".into(),
-        query_type: String::new(),
-        principal: Principal::new("alice"),
-        status,
-        async_after: std::time::Duration::ZERO,
-        max_run_time: std::time::Duration::from_secs(60),
-        created_on: now,
-        updated_on: now,
-        result: None,
         lease: owner.map(|owner| Lease {
             owner,
-            expires_at: now,
+            expires_at: job.created_on,
         }),
-        idempotency_key: None,
-        progress: None,
-        attempt: 1,
-        retry_at: None,
+        ..job
     }
 }
 
