@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_query::testing::ScriptedExecutor;
 use async_query::{
-    AsyncQuery, AsyncQueryService, Config, ExportFormat, MemoryDao, QueryStatus, ResultBody,
-    RetryPolicy, SubmitRequest,
+    AsyncApiDao, AsyncQuery, AsyncQueryService, Config, ExportFormat, MemoryDao, QueryStatus,
+    ResultBody, RetryPolicy, SubmitRequest,
 };
 use common::*;
 use tokio::time::Instant;
@@ -291,4 +291,90 @@ async fn the_http_document_shows_attempts() {
     assert_eq!(attributes["status"], "QUEUED");
     assert_eq!(attributes["attempt"], 2);
     assert!(attributes["retryAt"].is_string(), "{attributes}");
+}
+
+/// A retry starts when it falls due, not at the dispatcher's next poll:
+/// the claim of attempt 2 is stamped within a few milliseconds of the
+/// `retry_at` attempt 1 left (poll interval: 1 s).
+#[tokio::test(start_paused = true)]
+async fn a_retry_starts_when_due_not_at_the_next_poll() {
+    let h = harness(Config {
+        poll_interval: SECOND,
+        retry: RetryPolicy::attempts(2).with_backoff(Duration::from_millis(300), SECOND),
+        ..config()
+    });
+    let job = submit(&h.service, detached("flaky 1")).await;
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    let waiting = h.service.get(&alice(), job.id).await.unwrap();
+    let due = waiting.retry_at.expect("attempt 2 waits for its retry");
+    loop {
+        let now = h.service.get(&alice(), job.id).await.unwrap();
+        if now.attempt == 2 && now.status != QueryStatus::Queued {
+            let late = now.updated_on - due;
+            assert!(
+                late >= chrono::TimeDelta::zero() && late < chrono::TimeDelta::milliseconds(20),
+                "attempt 2 started {late} after it was due"
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A run whose job was retried meanwhile (its lease lapsed and another
+/// instance's cleaner queued attempt 2) does not end that attempt: its
+/// write conflicts, the job stays queued, and attempt 2 runs and finishes.
+#[tokio::test(start_paused = true)]
+async fn a_run_whose_job_was_retried_meanwhile_leaves_the_next_attempt_alone() {
+    let h = harness(retrying(2));
+    let job = submit(&h.service, detached("sleep 1000")).await;
+    assert_eq!(job.status, QueryStatus::Processing);
+    // What another instance's cleaner does to a job whose lease expired.
+    let now = chrono::Utc::now();
+    let retry = async_query::dao::StatusChange::retry(now, now + chrono::TimeDelta::seconds(5));
+    let requeued = h.dao.update_status(job.id, retry).await.unwrap();
+    assert!(requeued.is_applied());
+    tokio::time::sleep(2 * SECOND).await; // the first run has finished
+    let after_first = h.service.get(&alice(), job.id).await.unwrap();
+    assert_eq!(
+        (after_first.status, after_first.attempt),
+        (QueryStatus::Queued, 2),
+        "the old run's COMPLETE did not land on attempt 2"
+    );
+    let done = h.service.wait(&alice(), job.id, 30 * SECOND).await.unwrap();
+    assert_eq!((done.status, done.attempt), (QueryStatus::Complete, 2));
+    assert_eq!(h.executor.started().len(), 2, "attempt 2 ran");
+}
+
+/// Retry policies that cannot work are refused when the service is built.
+#[tokio::test]
+async fn bad_retry_policies_are_refused_by_build() {
+    let hour = Duration::from_secs(3_600);
+    let cases = [
+        ("retry.max_attempts", RetryPolicy::attempts(0)),
+        (
+            "retry.backoff",
+            RetryPolicy::attempts(2).with_backoff(hour, SECOND),
+        ),
+        (
+            "retry.max_backoff",
+            RetryPolicy::attempts(2).with_backoff(SECOND, 2 * hour),
+        ),
+    ];
+    for (name, retry) in cases {
+        let built = AsyncQueryService::builder()
+            .config(Config {
+                retry,
+                max_run_time: hour,
+                ..config()
+            })
+            .executor(Arc::new(ScriptedExecutor::new()))
+            .build();
+        match built {
+            Err(async_query::Error::Config { reason }) => {
+                assert!(reason.starts_with(name), "{name}: {reason}")
+            }
+            other => panic!("{name}: {:?}", other.map(|_| ())),
+        }
+    }
 }

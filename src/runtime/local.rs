@@ -91,12 +91,6 @@ impl LocalJobs {
         self.remove_if(id, |_| true);
     }
 
-    /// Drops a job's entry if it is still about attempt `attempt` or an
-    /// earlier one (a run whose job was retried elsewhere meanwhile).
-    pub(super) fn forget_attempt(&self, id: Uuid, attempt: u32) {
-        self.remove_if(id, |table| table.attempt(id).is_some_and(|a| a <= attempt));
-    }
-
     /// Drops a job's entry if it still waits for a slot here (it left the
     /// queue elsewhere); checked and removed under one lock, so a claim
     /// mirrored meanwhile is never dropped.

@@ -112,24 +112,20 @@ impl Runtime {
             match attempt {
                 Ok(CasOutcome::Applied(record)) => break Some(record),
                 Ok(CasOutcome::Conflict(record)) => {
-                    // A retry (to `QUEUED`) raises the attempt.
-                    let attempt_after = |to| job.attempt + u32::from(to == QueryStatus::Queued);
-                    let ours = [first_try, (from, to)].into_iter().find(|&(_, to)| {
-                        to == record.status && record.attempt == attempt_after(to)
-                    });
+                    let ours = [first_try, (from, to)]
+                        .into_iter()
+                        .find(|&(_, to)| to == record.status);
                     if let Some((from, _)) = ours {
                         crate::metrics::changed(&record);
                         self.mirror(Some(from), Arc::clone(&record), Mirror::Follow);
-                    } else if record.attempt != job.attempt {
-                        // Retried meanwhile (this run's lease lapsed): the
-                        // record is another attempt's, not this run's to end.
-                        self.jobs.forget_attempt(job.id, job.attempt);
                     } else if let Some(next) = ending_change(record.status, &ending, now, None) {
                         change = next;
                         continue;
                     } else {
                         // Somebody else ended it (or moved it somewhere this
-                        // ending does not apply): it is not ours any more.
+                        // ending does not apply, such as back to the queue
+                        // for a retry after this run's lease lapsed): it is
+                        // not ours any more.
                         self.jobs.forget(job.id);
                     }
                     break Some(record);

@@ -155,11 +155,6 @@ impl JobTable {
         }
     }
 
-    /// The attempt a job's entry is about, if it has one.
-    pub(super) fn attempt(&self, id: Uuid) -> Option<u32> {
-        self.jobs.get(&id).map(|job| job.latest.attempt)
-    }
-
     /// Sets the progress of a job running here; returns the record with
     /// it, `None` if the job is not running here.
     pub(super) fn progressed(&mut self, id: Uuid, progress: &Progress) -> Option<Arc<AsyncQuery>> {
