@@ -349,6 +349,22 @@ fn block_on_figures(rt: &tokio::runtime::Runtime) {
     println!("| ratio | {:.2}x | |", ours.0 / base.0);
 }
 
+/// One case of `n` jobs, run once in a spawned task (for a profiler).
+fn profile(rt: &tokio::runtime::Runtime, case: &str, n: usize) {
+    match case {
+        "inline" => in_task(rt, async move {
+            let service = service(1_000);
+            let alice = Principal::new("alice");
+            for _ in 0..n {
+                submit_inline(&service, &alice).await;
+            }
+        }),
+        "detached" => in_task(rt, detached(n)),
+        "many" => in_task(rt, submitted_many(n)),
+        other => panic!("--profile takes inline, detached or many, not {other}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     // `cargo test --benches` runs benches with `--test`: a smoke run only.
@@ -371,6 +387,17 @@ fn main() {
             .expect("the only recorder");
         #[cfg(not(feature = "metrics"))]
         panic!("--prometheus needs --features metrics");
+    }
+    // `-- --profile inline|detached|many N`: one case, N jobs, once, in a
+    // spawned task, for `valgrind --tool=callgrind` (see docs/BENCHMARKS.md).
+    if let Some(at) = args.iter().position(|a| a == "--profile") {
+        let case = args.get(at + 1).map_or("inline", String::as_str);
+        let n = args
+            .get(at + 2)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(20_000);
+        profile(&runtime(), case, n);
+        return;
     }
     let rt = runtime();
     inline(&rt);
