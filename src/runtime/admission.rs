@@ -70,11 +70,12 @@ impl Runtime {
         self.clock_ready().await;
         let now = self.clock.now();
         let reuse = request.reuse;
-        let job = self.new_record(principal, request, now)?;
+        // Shared from here on: the futures below hold a pointer, not the
+        // record, so that none of them copies it as it moves.
+        let job = Arc::new(self.new_record(principal, request, now)?);
         if let Some(key) = job.idempotency_key.clone() {
-            return self
-                .submit_keyed(span, principal, (job, reuse), key, now)
-                .await;
+            // Boxed: the keyed path's state is large and rarely needed.
+            return Box::pin(self.submit_keyed(span, principal, (job, reuse), key, now)).await;
         }
         self.reuse_or_start(span, principal, job, reuse, now).await
     }
@@ -84,16 +85,14 @@ impl Runtime {
         self: &Arc<Self>,
         span: tracing::Span,
         principal: &Principal,
-        job: AsyncQuery,
+        job: Arc<AsyncQuery>,
         now: DateTime<Utc>,
     ) -> Result<AsyncQuery> {
         let (id, async_after) = (job.id, job.async_after);
         span.record("job", tracing::field::display(id));
         let Admitted {
             jobs, follow, run, ..
-        } = self
-            .admit(vec![Arc::new(job)], Start::RunIfFree, now)
-            .await?;
+        } = self.admit(vec![job], Start::RunIfFree, now).await?;
         let deadline = Instant::now() + async_after;
         if let Some((claimed, permit)) = run {
             drop(jobs);
@@ -105,7 +104,7 @@ impl Runtime {
                 // written elsewhere: as it is by then.
                 _ => {
                     let left = deadline.saturating_duration_since(Instant::now());
-                    return self.wait(principal, id, left).await;
+                    return Box::pin(self.wait(principal, id, left)).await;
                 }
             }
         }
@@ -122,7 +121,9 @@ impl Runtime {
             // at the DAO for the rest of the wait.
             _ => {
                 let left = deadline.saturating_duration_since(Instant::now());
-                self.wait(principal, id, left).await
+                // Boxed, as above: `wait`'s state is large and the common
+                // answer does not need it.
+                Box::pin(self.wait(principal, id, left)).await
             }
         }
     }
@@ -292,9 +293,9 @@ impl Runtime {
                 });
             }
             // The records were wrapped by the caller and are shared with
-            // nobody yet, so `get_mut` succeeds.
+            // nobody yet, so `make_mut` does not copy.
             if permit.is_some()
-                && let Some(first) = jobs.first_mut().and_then(Arc::get_mut)
+                && let Some(first) = jobs.first_mut().map(Arc::make_mut)
             {
                 // Created directly as PROCESSING: no extra round trip to claim it.
                 first.status = QueryStatus::Processing;

@@ -40,7 +40,7 @@ impl Runtime {
         self: &Arc<Self>,
         span: tracing::Span,
         principal: &Principal,
-        (job, reuse): (AsyncQuery, Reuse),
+        (job, reuse): (Arc<AsyncQuery>, Reuse),
         key: String,
         now: DateTime<Utc>,
     ) -> Result<AsyncQuery> {
@@ -60,7 +60,10 @@ impl Runtime {
                 }
                 None => {}
             }
-            let started = self.reuse_or_start(span.clone(), principal, job.clone(), reuse, now);
+            // A record of its own for each round: admission sets the
+            // record of a job it starts at once, which it must not share.
+            let record = Arc::new(AsyncQuery::clone(&job));
+            let started = self.reuse_or_start(span.clone(), principal, record, reuse, now);
             match started.await {
                 // Another submit stored the key first: answer with its job.
                 Err(Error::IdempotencyKeyTaken { .. }) => continue,

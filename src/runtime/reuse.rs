@@ -29,7 +29,7 @@ impl Runtime {
         self: &Arc<Self>,
         span: tracing::Span,
         principal: &Principal,
-        job: AsyncQuery,
+        job: Arc<AsyncQuery>,
         reuse: Reuse,
         now: DateTime<Utc>,
     ) -> Result<AsyncQuery> {

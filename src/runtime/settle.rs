@@ -34,6 +34,13 @@ impl Settlement {
     pub(super) fn id(&self) -> uuid::Uuid {
         self.job.id
     }
+
+    /// Whether an applied change leaves nothing more to do for this run:
+    /// it published no export and dropped no work (either may leave an
+    /// object behind that only [`settle`](Runtime::settle) deals with).
+    pub(super) fn done_when_applied(&self) -> bool {
+        self.stored.is_none() && !self.ending.dropped_work()
+    }
 }
 
 impl Runtime {
@@ -59,6 +66,22 @@ impl Runtime {
             guard,
         };
         Some((settlement, change))
+    }
+
+    /// [`settle`](Self::settle) of a run whose change (from `from`) was
+    /// applied as `record`, when the settlement is
+    /// [`done_when_applied`](Settlement::done_when_applied): the common
+    /// ending, without the state of the follow-ups.
+    pub(super) fn settle_applied(
+        &self,
+        settlement: Settlement,
+        from: QueryStatus,
+        record: AsyncQuery,
+    ) -> Arc<AsyncQuery> {
+        let record = Arc::new(record);
+        self.mirror_applied(from, &record);
+        settlement.guard.release();
+        record
     }
 
     /// Writes `change` (or takes `first`, the outcome of the attempt the

@@ -31,10 +31,15 @@ impl Runtime {
     ) -> CasOutcome<Arc<AsyncQuery>> {
         let outcome = outcome.map(Arc::new);
         if let CasOutcome::Applied(job) = &outcome {
-            crate::metrics::changed(job);
-            self.mirror(Some(from), Arc::clone(job), Mirror::Follow);
+            self.mirror_applied(from, job);
         }
         outcome
+    }
+
+    /// Mirrors `job`, changed by the DAO from `from`.
+    pub(super) fn mirror_applied(&self, from: QueryStatus, job: &Arc<AsyncQuery>) {
+        crate::metrics::changed(job);
+        self.mirror(Some(from), Arc::clone(job), Mirror::Follow);
     }
 
     /// Mirrors a change the DAO applied into the local table and emits its

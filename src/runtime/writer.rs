@@ -178,6 +178,22 @@ impl Writer {
     }
 }
 
+/// A run's final record as [`Runtime::settle_written`] learns it: at once,
+/// or from a follow-up to await.
+enum Settled<'a> {
+    Now(Option<Arc<AsyncQuery>>),
+    Later(futures::future::BoxFuture<'a, Option<Arc<AsyncQuery>>>),
+}
+
+impl Settled<'_> {
+    async fn record(self) -> Option<Arc<AsyncQuery>> {
+        match self {
+            Settled::Now(record) => record,
+            Settled::Later(follow_up) => follow_up.await,
+        }
+    }
+}
+
 /// What one `update_and_claim` answers.
 type Written = crate::error::Result<(Vec<CasOutcome>, Vec<AsyncQuery>)>;
 
@@ -312,29 +328,37 @@ impl Runtime {
             }
         };
         self.dispatch.park(jobs);
-        let record = self.settle_written(settlement, change, outcome).await;
+        let record = self
+            .settle_written(settlement, change, outcome)
+            .record()
+            .await;
         Ran { next, record }
     }
 
     /// Settles a run whose change was tried in a write: an applied change
     /// here (it costs no DAO call); anything else in a task of its own, so
-    /// one troubled job never holds up the others.
-    async fn settle_written(
+    /// one troubled job never holds up the others. Not `async` itself, so
+    /// that the common ending costs the caller's future no state.
+    fn settle_written(
         self: &Arc<Self>,
         settlement: Settlement,
         change: StatusChange,
         outcome: Option<CasOutcome>,
-    ) -> Option<Arc<AsyncQuery>> {
+    ) -> Settled<'_> {
         match outcome {
+            Some(CasOutcome::Applied(record)) if settlement.done_when_applied() => {
+                Settled::Now(Some(self.settle_applied(settlement, change.from, record)))
+            }
+            // Boxed: `settle`'s state is large.
             Some(outcome @ CasOutcome::Applied(_)) => {
-                self.settle(settlement, change, Some(outcome)).await
+                Settled::Later(Box::pin(self.settle(settlement, change, Some(outcome))))
             }
             first => {
                 let runtime = Arc::clone(self);
                 self.tasks.spawn(async move {
                     runtime.settle(settlement, change, first).await;
                 });
-                None
+                Settled::Now(None)
             }
         }
     }
@@ -396,6 +420,7 @@ impl Runtime {
         for ((_, change), (settlement, slot)) in changes.into_iter().zip(runs) {
             let record = self
                 .settle_written(settlement, change, outcomes.next())
+                .record()
                 .await;
             if let Some((next, reply)) = slot
                 && let Err(Ran {
