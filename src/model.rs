@@ -12,6 +12,13 @@ use uuid::Uuid;
 
 use crate::progress::Progress;
 
+/// A map keyed by job id, with a fast, randomly seeded hasher (ids may
+/// come from clients, so the seed keeps them from choosing collisions).
+pub(crate) type IdMap<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
+
+/// A set of job ids, hashed as [`IdMap`] hashes them.
+pub(crate) type IdSet = std::collections::HashSet<Uuid, foldhash::fast::RandomState>;
+
 /// The lifecycle state of a job, with Elide's seven states spelled as Elide
 /// serialises them (`QUEUED`, `PROCESSING`, …).
 ///

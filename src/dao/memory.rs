@@ -14,7 +14,7 @@ use super::{
     apply_change, check_transition,
 };
 use crate::error::{Error, Result};
-use crate::model::{AsyncQuery, QueryStatus, ResultBody};
+use crate::model::{AsyncQuery, IdMap, QueryStatus, ResultBody};
 use crate::progress::Progress;
 
 /// Job records in a `HashMap` behind a mutex, with each principal's queued
@@ -58,7 +58,7 @@ impl Default for MemoryDao {
 
 #[derive(Debug, Default)]
 struct State {
-    jobs: HashMap<Uuid, Entry>,
+    jobs: IdMap<Entry>,
     /// Queued jobs by creation sequence.
     queue: FairQueue,
     next_seq: u64,

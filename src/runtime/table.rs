@@ -4,14 +4,14 @@
 //! guards it.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::model::{AsyncQuery, QueryStatus};
+use crate::model::{AsyncQuery, IdMap, IdSet, QueryStatus};
 use crate::progress::Progress;
 
 /// Where a job enters the table.
@@ -83,7 +83,7 @@ const ENDED_REMEMBERED: usize = 4096;
 /// The jobs of this instance, by id.
 #[derive(Default)]
 pub(super) struct JobTable {
-    jobs: HashMap<Uuid, LocalJob>,
+    jobs: IdMap<LocalJob>,
     /// How many entries are queued.
     queued: usize,
     /// The jobs that last left the table in a terminal state: a change of
@@ -94,7 +94,7 @@ pub(super) struct JobTable {
 /// A bounded memory of ids, oldest forgotten first.
 #[derive(Default)]
 struct Ended {
-    ids: HashSet<Uuid>,
+    ids: IdSet,
     order: VecDeque<Uuid>,
 }
 

@@ -1,12 +1,12 @@
 //! The queued jobs of a [`MemoryDao`](super::MemoryDao), per principal,
 //! and each principal's running count: what a fair claim reads.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use crate::model::QueryStatus;
+use crate::model::{IdMap, QueryStatus};
 
 /// Running counts kept at zero before idle principals are dropped.
 const IDLE_KEPT: usize = 4_096;
@@ -22,7 +22,7 @@ pub(super) struct FairQueue {
     len: usize,
     /// Queued jobs waiting for a retry, with the time it may start: claims
     /// pass over them until then.
-    held: HashMap<Uuid, DateTime<Utc>>,
+    held: IdMap<DateTime<Utc>>,
 }
 
 impl FairQueue {
