@@ -33,10 +33,13 @@ const FIRST_SAMPLES: usize = 3;
 /// exactly the time advanced.
 #[derive(Debug)]
 pub(super) struct Clock {
-    wall: DateTime<Utc>,
     mono: Instant,
-    /// Microseconds the reference is ahead of `wall + mono.elapsed()`.
-    correction: AtomicI64,
+    /// The time at `mono`, in microseconds since the Unix epoch: the
+    /// system time at start-up, moved by every [`set`](Self::set). One
+    /// integer, so that a reading is one monotonic clock read, one addition
+    /// and one conversion (chrono's date arithmetic, twice per reading,
+    /// was 5 % of an inline submit).
+    base: AtomicI64,
     /// Added to every reading of the system clock: how far this machine's
     /// clock is off (a test hook; zero in production).
     skew: TimeDelta,
@@ -44,12 +47,16 @@ pub(super) struct Clock {
     first_set: OnceCell<()>,
 }
 
+/// Microseconds from `earlier` to `instant` (zero if `instant` is earlier).
+fn micros_since(instant: Instant, earlier: Instant) -> i64 {
+    i64::try_from(instant.saturating_duration_since(earlier).as_micros()).unwrap_or(i64::MAX)
+}
+
 impl Clock {
     pub(super) fn new(skew: TimeDelta) -> Self {
         Clock {
-            wall: Utc::now() + skew,
+            base: AtomicI64::new((Utc::now() + skew).timestamp_micros()),
             mono: Instant::now(),
-            correction: AtomicI64::new(0),
             skew,
             first_set: OnceCell::new(),
         }
@@ -61,9 +68,11 @@ impl Clock {
 
     /// The time at `instant` before any new correction.
     fn at(&self, instant: Instant) -> DateTime<Utc> {
-        self.wall
-            + to_delta(instant.saturating_duration_since(self.mono))
-            + TimeDelta::microseconds(self.correction.load(Ordering::Relaxed))
+        let micros = self
+            .base
+            .load(Ordering::Relaxed)
+            .saturating_add(micros_since(instant, self.mono));
+        DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 
     /// Whether Tokio's clock runs (it is then within a few milliseconds of
@@ -79,10 +88,10 @@ impl Clock {
 
     /// Sets the clock so that it read `reference` at `instant`.
     fn set(&self, reference: DateTime<Utc>, instant: Instant) {
-        let counted = self.wall + to_delta(instant.saturating_duration_since(self.mono));
-        if let Some(micros) = (reference - counted).num_microseconds() {
-            self.correction.store(micros, Ordering::Relaxed);
-        }
+        let base = reference
+            .timestamp_micros()
+            .saturating_sub(micros_since(instant, self.mono));
+        self.base.store(base, Ordering::Relaxed);
     }
 
     /// Sets the clock by the system clock, unless Tokio's clock is paused.
@@ -163,7 +172,7 @@ mod tests {
     async fn a_resync_takes_up_a_correction_of_the_system_clock() {
         let clock = Clock {
             // As if the system clock was stepped 90 s forward since start-up.
-            wall: Utc::now() - TimeDelta::seconds(90),
+            base: AtomicI64::new((Utc::now() - TimeDelta::seconds(90)).timestamp_micros()),
             ..Clock::new(TimeDelta::zero())
         };
         assert!((Utc::now() - clock.now()) > TimeDelta::seconds(89));
@@ -178,7 +187,7 @@ mod tests {
         let reference = Utc::now() + TimeDelta::minutes(3);
         let at = Instant::now();
         clock.set(reference, at);
-        // The correction is kept in whole microseconds.
+        // The clock keeps whole microseconds.
         let close = |a: DateTime<Utc>, b: DateTime<Utc>| (a - b).abs() < TimeDelta::microseconds(1);
         assert!(
             close(clock.at(at), reference),
