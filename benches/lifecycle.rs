@@ -361,7 +361,13 @@ fn profile(rt: &tokio::runtime::Runtime, case: &str, n: usize) {
         }),
         "detached" => in_task(rt, detached(n)),
         "many" => in_task(rt, submitted_many(n)),
-        other => panic!("--profile takes inline, detached or many, not {other}"),
+        "floor" => in_task(rt, async move {
+            let records = Records::default();
+            for i in 0..n as u64 {
+                spawn_record(&records, i).await;
+            }
+        }),
+        other => panic!("--profile takes inline, detached, many or floor, not {other}"),
     }
 }
 
@@ -388,7 +394,7 @@ fn main() {
         #[cfg(not(feature = "metrics"))]
         panic!("--prometheus needs --features metrics");
     }
-    // `-- --profile inline|detached|many N`: one case, N jobs, once, in a
+    // `-- --profile inline|detached|many|floor N`: one case, N jobs, once, in a
     // spawned task, for `valgrind --tool=callgrind` (see docs/BENCHMARKS.md).
     if let Some(at) = args.iter().position(|a| a == "--profile") {
         let case = args.get(at + 1).map_or("inline", String::as_str);
