@@ -92,7 +92,7 @@ fn export(c: &mut Criterion) {
     });
     group.bench_function("service: TableExport to FileSystemStorage", |b| {
         b.to_async(&rt).iter(|| async {
-            let request = SubmitRequest::export(ROWS.to_string(), ExportFormat::Csv)
+            let request = SubmitRequest::export(ROWS.to_string(), ExportFormat::CSV)
                 .with_async_after(Duration::from_secs(10));
             let job = service.submit(&analyst, request).await.expect("submit");
             assert_eq!(job.status, QueryStatus::Complete);

@@ -118,7 +118,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let start = Instant::now();
-    let request = SubmitRequest::export(rows.to_string(), ExportFormat::Csv)
+    let request = SubmitRequest::export(rows.to_string(), ExportFormat::CSV)
         .with_async_after(Duration::from_secs(3600));
     let job = service.submit(&Principal::new("analyst"), request).await?;
     let elapsed = start.elapsed();

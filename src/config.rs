@@ -149,6 +149,13 @@ pub struct Config {
     /// Whether CSV exports start with a header row (Elide
     /// `export.format.csv.write-header`). Default true.
     pub csv_header: bool,
+    /// Spreadsheet safety for CSV exports: text cells that start with
+    /// `=`, `+`, `-`, `@`, a tab or a carriage return get a `'` in front,
+    /// so that a spreadsheet shows them instead of running them as
+    /// formulas (see
+    /// [`EncodeOptions::csv_formula_guard`](crate::format::EncodeOptions::csv_formula_guard)).
+    /// Default false: exports hold the exact values.
+    pub csv_formula_guard: bool,
     /// Whether stored export names end in `.csv`, `.json` or `.ndjson` (Elide
     /// `export.append-file-extension`). Default false.
     pub append_file_extension: bool,
@@ -207,6 +214,7 @@ impl Default for Config {
             poll_interval: Duration::from_secs(1),
             cancel_grace: Duration::from_secs(5),
             csv_header: true,
+            csv_formula_guard: false,
             append_file_extension: false,
             export_max_records: None,
             export_max_bytes: None,

@@ -139,7 +139,7 @@ mod recording {
     use super::*;
     use crate::model::{AsyncQuery, JobKind, QueryStatus};
 
-    fn kind(kind: JobKind) -> &'static str {
+    fn kind(kind: &JobKind) -> &'static str {
         match kind {
             JobKind::Query => "query",
             JobKind::TableExport { .. } => "table_export",
@@ -149,7 +149,7 @@ mod recording {
     pub(crate) fn submitted<'a>(jobs: impl IntoIterator<Item = &'a AsyncQuery>) {
         let (mut queries, mut exports) = (0, 0);
         for job in jobs {
-            match job.kind {
+            match &job.kind {
                 JobKind::Query => queries += 1,
                 JobKind::TableExport { .. } => exports += 1,
             }
@@ -173,7 +173,7 @@ mod recording {
     /// A change this instance wrote.
     pub(crate) fn changed(job: &AsyncQuery) {
         if job.status.is_terminal() {
-            counter!(JOBS_FINISHED, "kind" => kind(job.kind), "status" => job.status.as_str())
+            counter!(JOBS_FINISHED, "kind" => kind(&job.kind), "status" => job.status.as_str())
                 .increment(1);
         }
     }
@@ -191,7 +191,7 @@ mod recording {
     }
 
     pub(crate) fn run_started(job: &AsyncQuery, now: impl FnOnce() -> DateTime<Utc>) -> Run {
-        let kind = kind(job.kind);
+        let kind = kind(&job.kind);
         let waited = (now() - job.created_on).to_std().unwrap_or(Duration::ZERO);
         histogram!(QUEUE_WAIT, "kind" => kind).record(waited.as_secs_f64());
         Run {
@@ -207,9 +207,10 @@ mod recording {
         }
     }
 
-    pub(crate) fn exported(extension: &'static str, rows: u64, bytes: u64) {
-        counter!(EXPORT_ROWS, "format" => extension).increment(rows);
-        counter!(EXPORT_BYTES, "format" => extension).increment(bytes);
+    pub(crate) fn exported(extension: &str, rows: u64, bytes: u64) {
+        let format = extension.to_owned();
+        counter!(EXPORT_ROWS, "format" => format.clone()).increment(rows);
+        counter!(EXPORT_BYTES, "format" => format).increment(bytes);
     }
 
     pub(crate) fn cleaned(what: &'static str, n: u64) {
@@ -250,7 +251,7 @@ mod silent {
         pub(crate) fn ended(self, _: &'static str) {}
     }
     #[inline(always)]
-    pub(crate) fn exported(_: &'static str, _: u64, _: u64) {}
+    pub(crate) fn exported(_: &str, _: u64, _: u64) {}
     #[inline(always)]
     pub(crate) fn cleaned(_: &'static str, _: u64) {}
     #[inline(always)]

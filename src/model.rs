@@ -12,6 +12,9 @@ use uuid::Uuid;
 
 use crate::progress::Progress;
 
+mod export_format;
+pub use export_format::{ExportFormat, MAX_FORMAT_NAME_LEN, ParseFormatError};
+
 /// A map keyed by job id, with a fast, randomly seeded hasher (ids may
 /// come from clients, so the seed keeps them from choosing collisions).
 pub(crate) type IdMap<V> = std::collections::HashMap<Uuid, V, foldhash::fast::RandomState>;
@@ -218,48 +221,12 @@ impl ParseStatusError {
     }
 }
 
-/// File format of a [`JobKind::TableExport`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum ExportFormat {
-    /// RFC 4180 comma-separated values.
-    Csv,
-    /// One JSON array of objects.
-    Json,
-    /// Newline-delimited JSON, one object per line.
-    Ndjson,
-}
-
-impl ExportFormat {
-    /// The media type of a download in this format.
-    ///
-    /// ```
-    /// assert_eq!(async_query::ExportFormat::Csv.content_type(), "text/csv; charset=utf-8");
-    /// ```
-    pub fn content_type(self) -> &'static str {
-        match self {
-            ExportFormat::Csv => "text/csv; charset=utf-8",
-            ExportFormat::Json => "application/json",
-            ExportFormat::Ndjson => "application/x-ndjson",
-        }
-    }
-
-    /// The file extension, without the dot (`csv`, `json`, `ndjson`).
-    pub fn extension(self) -> &'static str {
-        match self {
-            ExportFormat::Csv => "csv",
-            ExportFormat::Json => "json",
-            ExportFormat::Ndjson => "ndjson",
-        }
-    }
-}
-
 /// A flat record of a table export: one JSON value per column, in column
 /// order.
 pub type Record = Vec<serde_json::Value>;
 
 /// What a job produces.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "camelCase")]
 pub enum JobKind {
     /// Elide's `AsyncQuery`: the result body is embedded in the record.

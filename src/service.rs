@@ -8,15 +8,17 @@ use std::time::Duration;
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::dao::{AsyncApiDao, MemoryDao};
 use crate::error::{Error, Result};
 use crate::event::{EventPage, Subscription};
-use crate::executor::QueryExecutor;
+use crate::format::Formats;
 use crate::model::{AsyncQuery, Principal};
 use crate::policy::SubmitPolicy;
 use crate::request::{CancelOutcome, ShutdownReport, SubmitRequest};
 use crate::runtime::{Runtime, StopOnDrop};
-use crate::storage::{Download, MemoryStorage, ResultStorageEngine};
+use crate::storage::Download;
+
+mod builder;
+pub use builder::AsyncQueryServiceBuilder;
 
 /// Runs queries asynchronously: the library's one entry point.
 ///
@@ -58,104 +60,11 @@ impl std::fmt::Debug for AsyncQueryService {
     }
 }
 
-/// Builds an [`AsyncQueryService`]; only the executor is required.
-#[must_use]
-pub struct AsyncQueryServiceBuilder {
-    config: Config,
-    dao: Option<Arc<dyn AsyncApiDao>>,
-    storage: Option<Arc<dyn ResultStorageEngine>>,
-    executor: Option<Arc<dyn QueryExecutor>>,
-    policy: Option<Arc<dyn SubmitPolicy>>,
-    clock_skew: chrono::TimeDelta,
-}
-
-impl AsyncQueryServiceBuilder {
-    /// Settings (default: [`Config::default`]).
-    pub fn config(mut self, config: Config) -> Self {
-        self.config = config;
-        self
-    }
-
-    /// Where job records live (default: a new [`MemoryDao`]).
-    pub fn dao(mut self, dao: Arc<dyn AsyncApiDao>) -> Self {
-        self.dao = Some(dao);
-        self
-    }
-
-    /// Where export results live (default: a new [`MemoryStorage`]).
-    pub fn storage(mut self, storage: Arc<dyn ResultStorageEngine>) -> Self {
-        self.storage = Some(storage);
-        self
-    }
-
-    /// The host's query executor (required).
-    pub fn executor(mut self, executor: Arc<dyn QueryExecutor>) -> Self {
-        self.executor = Some(executor);
-        self
-    }
-
-    /// The host's rules for new jobs (default: none); see [`SubmitPolicy`].
-    pub fn policy(mut self, policy: Arc<dyn SubmitPolicy>) -> Self {
-        self.policy = Some(policy);
-        self
-    }
-
-    /// Test hook: makes this instance read its machine's clock `skew` off
-    /// (positive: ahead), as a host whose clock is wrong would. With a job
-    /// store that has a clock ([`AsyncApiDao::now`], PostgreSQL) the
-    /// service sets its clock by the store's and the skew has no effect on
-    /// the times it writes; otherwise every time it writes is off by
-    /// `skew`.
-    #[cfg(feature = "test-util")]
-    pub fn clock_skew(mut self, skew: chrono::TimeDelta) -> Self {
-        self.clock_skew = skew;
-        self
-    }
-
-    /// Starts the service's background tasks on the current Tokio runtime.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::Config`] if no executor was given, a setting is out of range,
-    /// or there is no Tokio runtime.
-    pub fn build(self) -> Result<AsyncQueryService> {
-        self.config.validate()?;
-        let executor = self.executor.ok_or_else(|| Error::Config {
-            reason: "no executor: call .executor(Arc::new(YourExecutor)) before build()".into(),
-        })?;
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| Error::Config {
-            reason: "build() must be called inside a Tokio runtime".into(),
-        })?;
-        let inner = Runtime::new(
-            self.config,
-            self.dao.unwrap_or_else(|| Arc::new(MemoryDao::new())),
-            self.storage
-                .unwrap_or_else(|| Arc::new(MemoryStorage::new())),
-            executor,
-            handle,
-            self.clock_skew,
-        );
-        inner.start();
-        let guard = StopOnDrop(Arc::clone(&inner));
-        Ok(AsyncQueryService {
-            inner,
-            policy: self.policy,
-            _stop_on_drop: Arc::new(guard),
-        })
-    }
-}
-
 impl AsyncQueryService {
-    /// A builder with the default configuration and in-memory back-ends.
-    pub fn builder() -> AsyncQueryServiceBuilder {
-        AsyncQueryServiceBuilder {
-            config: Config::default(),
-            dao: None,
-            storage: None,
-            executor: None,
-            policy: None,
-            clock_skew: chrono::TimeDelta::zero(),
-        }
+    /// The export formats this service knows: the built-in ones and those
+    /// added with [`AsyncQueryServiceBuilder::format`].
+    pub fn formats(&self) -> &Formats {
+        self.inner.formats()
     }
 
     /// The crate-private engine (for the HTTP adapter).
@@ -171,7 +80,7 @@ impl AsyncQueryService {
 
     /// Submits many jobs for `principal` at once, without waiting: all are
     /// checked first, then stored `QUEUED` in one DAO call
-    /// ([`AsyncApiDao::create_many`]: one transaction on SQL back-ends), and
+    /// ([`AsyncApiDao::create_many`](crate::AsyncApiDao::create_many): one transaction on SQL back-ends), and
     /// workers take them in order. Use it to enqueue a batch; for one job
     /// with an inline answer use [`submit`](Self::submit).
     ///
@@ -279,7 +188,7 @@ impl AsyncQueryService {
 
     /// A page of job history: `principal`'s jobs, or everyone's for an
     /// admin, filtered and ordered by `query`, answered from the store's
-    /// index (see [`AsyncApiDao::history`]).
+    /// index (see [`AsyncApiDao::history`](crate::AsyncApiDao::history)).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]

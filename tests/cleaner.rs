@@ -70,7 +70,7 @@ async fn an_export_and_a_query(
         .unwrap();
     let export = submit(
         &service,
-        SubmitRequest::export("rows 10", ExportFormat::Csv),
+        SubmitRequest::export("rows 10", ExportFormat::CSV),
     )
     .await;
     let query = submit(&service, SubmitRequest::query("q")).await;
@@ -304,7 +304,7 @@ async fn crash_and_restart(same_instance: bool) {
     let running = first
         .submit(
             &alice(),
-            SubmitRequest::export("rows 1000000 every 1", ExportFormat::Csv).with_async_after(zero),
+            SubmitRequest::export("rows 1000000 every 1", ExportFormat::CSV).with_async_after(zero),
         )
         .await
         .unwrap();

@@ -42,7 +42,7 @@ async fn csv_export_is_stored_and_downloadable_in_ranges() {
     let job = service
         .submit(
             &alice(),
-            SubmitRequest::export("rows 1000", ExportFormat::Csv),
+            SubmitRequest::export("rows 1000", ExportFormat::CSV),
         )
         .await
         .unwrap();
@@ -90,12 +90,12 @@ async fn csv_export_is_stored_and_downloadable_in_ranges() {
 #[tokio::test]
 async fn json_and_ndjson_exports_parse_back() {
     let h = harness(config());
-    for format in [ExportFormat::Json, ExportFormat::Ndjson] {
-        let job = submit(&h.service, SubmitRequest::export("rows 3", format)).await;
+    for format in [ExportFormat::JSON, ExportFormat::NDJSON] {
+        let job = submit(&h.service, SubmitRequest::export("rows 3", format.clone())).await;
         assert_eq!(job.status, QueryStatus::Complete);
         let bytes = read_download(h.service.download(&alice(), job.id, None).await.unwrap()).await;
         let rows: Vec<serde_json::Value> = match format {
-            ExportFormat::Json => serde_json::from_slice(&bytes).unwrap(),
+            ExportFormat::JSON => serde_json::from_slice(&bytes).unwrap(),
             _ => bytes
                 .split(|b| *b == b'\n')
                 .filter(|l| !l.is_empty())
@@ -115,7 +115,7 @@ async fn failure_half_way_leaves_no_file() {
     let job = service
         .submit(
             &alice(),
-            SubmitRequest::export("rows 100000 fail 50000", ExportFormat::Ndjson),
+            SubmitRequest::export("rows 100000 fail 50000", ExportFormat::NDJSON),
         )
         .await
         .unwrap();
@@ -142,7 +142,7 @@ async fn cancel_half_way_leaves_no_file() {
     let job = service
         .submit(
             &alice(),
-            SubmitRequest::export("rows 100000000", ExportFormat::Csv)
+            SubmitRequest::export("rows 100000000", ExportFormat::CSV)
                 .with_async_after(Duration::from_millis(50)),
         )
         .await
@@ -181,7 +181,7 @@ async fn queries_and_exports_do_not_mix_up_their_outputs() {
     ));
     let export = submit(
         &h.service,
-        SubmitRequest::export("plain text", ExportFormat::Csv),
+        SubmitRequest::export("plain text", ExportFormat::CSV),
     )
     .await;
     assert_eq!(export.status, QueryStatus::Failure);
@@ -251,9 +251,9 @@ async fn tricky_values_round_trip_through_real_parsers() {
         .build()
         .unwrap();
     let expected = tricky_rows();
-    for format in [ExportFormat::Csv, ExportFormat::Json, ExportFormat::Ndjson] {
+    for format in [ExportFormat::CSV, ExportFormat::JSON, ExportFormat::NDJSON] {
         let job = service
-            .submit(&alice(), SubmitRequest::export("tricky", format))
+            .submit(&alice(), SubmitRequest::export("tricky", format.clone()))
             .await
             .unwrap();
         assert_eq!(
@@ -264,7 +264,7 @@ async fn tricky_values_round_trip_through_real_parsers() {
         );
         let bytes = read_download(service.download(&alice(), job.id, None).await.unwrap()).await;
         match format {
-            ExportFormat::Csv => {
+            ExportFormat::CSV => {
                 let mut reader = csv::Reader::from_reader(&bytes[..]);
                 assert_eq!(
                     reader.headers().unwrap(),
@@ -284,7 +284,7 @@ async fn tricky_values_round_trip_through_real_parsers() {
                 }
             }
             _ => {
-                let objects: Vec<serde_json::Map<String, Value>> = if format == ExportFormat::Json {
+                let objects: Vec<serde_json::Map<String, Value>> = if format == ExportFormat::JSON {
                     serde_json::from_slice(&bytes).unwrap()
                 } else {
                     let text = std::str::from_utf8(&bytes).unwrap();
@@ -320,7 +320,7 @@ async fn record_limit_fails_or_truncates_but_never_silently() {
     let fail = harness(limited(async_query::config::ExportLimitAction::Fail));
     let job = submit(
         &fail.service,
-        SubmitRequest::export("rows 11", ExportFormat::Csv),
+        SubmitRequest::export("rows 11", ExportFormat::CSV),
     )
     .await;
     assert_eq!(job.status, QueryStatus::Failure);
@@ -333,7 +333,7 @@ async fn record_limit_fails_or_truncates_but_never_silently() {
     );
     let exact = submit(
         &fail.service,
-        SubmitRequest::export("rows 10", ExportFormat::Csv),
+        SubmitRequest::export("rows 10", ExportFormat::CSV),
     )
     .await;
     assert_eq!(
@@ -346,7 +346,7 @@ async fn record_limit_fails_or_truncates_but_never_silently() {
     let truncate = harness(limited(async_query::config::ExportLimitAction::Truncate));
     let job = submit(
         &truncate.service,
-        SubmitRequest::export("rows 1000", ExportFormat::Ndjson),
+        SubmitRequest::export("rows 1000", ExportFormat::NDJSON),
     )
     .await;
     assert_eq!(job.status, QueryStatus::Complete);
@@ -374,7 +374,7 @@ async fn byte_limit_stops_at_the_first_record_that_reaches_it() {
     });
     let job = submit(
         &h.service,
-        SubmitRequest::export("rows 1000", ExportFormat::Json),
+        SubmitRequest::export("rows 1000", ExportFormat::JSON),
     )
     .await;
     let result = job.result.unwrap();
@@ -394,7 +394,7 @@ async fn a_million_rows_through_the_filesystem() {
     let job = service
         .submit(
             &alice(),
-            SubmitRequest::export("rows 1000000", ExportFormat::Csv)
+            SubmitRequest::export("rows 1000000", ExportFormat::CSV)
                 .with_async_after(Duration::from_secs(120)),
         )
         .await

@@ -158,7 +158,7 @@ async fn storage_failing_half_way_ends_failure_with_nothing_stored() {
     f.storage_faults.fail_nth(3); // the third 64 KiB chunk
     let job = submit(
         &f.service,
-        SubmitRequest::export("rows 100000", ExportFormat::Ndjson),
+        SubmitRequest::export("rows 100000", ExportFormat::NDJSON),
     )
     .await;
     assert_eq!(job.status, QueryStatus::Failure);
@@ -185,7 +185,7 @@ async fn a_failed_publish_ends_failure_and_a_failed_download_is_typed() {
     f.storage_faults.fail_nth(1);
     let job = submit(
         &f.service,
-        SubmitRequest::export("rows 10", ExportFormat::Csv),
+        SubmitRequest::export("rows 10", ExportFormat::CSV),
     )
     .await;
     assert_eq!(job.status, QueryStatus::Failure);
@@ -194,7 +194,7 @@ async fn a_failed_publish_ends_failure_and_a_failed_download_is_typed() {
     f.storage_faults.only(&["open"]);
     let ok = submit(
         &f.service,
-        SubmitRequest::export("rows 10", ExportFormat::Csv),
+        SubmitRequest::export("rows 10", ExportFormat::CSV),
     )
     .await;
     assert_eq!(ok.status, QueryStatus::Complete);
@@ -237,7 +237,7 @@ async fn an_export_storage_will_not_delete(config: Config) -> (Faulty, async_que
     });
     let job = submit(
         &f.service,
-        SubmitRequest::export("rows 5", ExportFormat::Csv),
+        SubmitRequest::export("rows 5", ExportFormat::CSV),
     )
     .await;
     assert_eq!(job.status, QueryStatus::Complete);
@@ -318,7 +318,7 @@ async fn a_failed_batch_is_a_typed_error_and_leaks_nothing() {
 /// records in batches (`claim_batch` 4).
 async fn batched_exports(f: &Faulty, n: usize) -> Vec<async_query::AsyncQuery> {
     let requests = (0..n)
-        .map(|_| SubmitRequest::export("rows 10", ExportFormat::Csv))
+        .map(|_| SubmitRequest::export("rows 10", ExportFormat::CSV))
         .collect();
     f.service.submit_many(&alice(), requests).await.unwrap()
 }
@@ -470,7 +470,7 @@ async fn an_export_whose_complete_reply_was_lost_keeps_its_result() {
     f.dao_faults.lose_replies(true);
     let job = submit(
         &f.service,
-        SubmitRequest::export("rows 10", ExportFormat::Csv),
+        SubmitRequest::export("rows 10", ExportFormat::CSV),
     )
     .await;
     assert_eq!(job.status, QueryStatus::Complete, "{job:?}");
@@ -493,7 +493,7 @@ async fn an_outage_as_an_export_finishes_loses_nothing() {
         f.dao_faults.lose_replies(lose_replies);
         let job = submit(
             &f.service,
-            SubmitRequest::export("rows 10 every 100", ExportFormat::Csv)
+            SubmitRequest::export("rows 10 every 100", ExportFormat::CSV)
                 .with_async_after(Duration::ZERO),
         )
         .await;

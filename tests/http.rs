@@ -308,9 +308,9 @@ async fn exports_download_byte_for_byte_in_every_format() {
     let (server, _) = sql_server().await;
     let query = "SELECT o.*, c.name AS customer FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id";
     for (name, format, content_type) in [
-        ("CSV", ExportFormat::Csv, "text/csv"),
-        ("JSON", ExportFormat::Json, "application/json"),
-        ("NDJSON", ExportFormat::Ndjson, "application/x-ndjson"),
+        ("CSV", ExportFormat::CSV, "text/csv"),
+        ("JSON", ExportFormat::JSON, "application/json"),
+        ("NDJSON", ExportFormat::NDJSON, "application/x-ndjson"),
     ] {
         let (status, created) = server
             .post(
@@ -354,18 +354,18 @@ async fn exports_download_byte_for_byte_in_every_format() {
         let bytes = response.bytes().await.expect("bytes");
         assert_eq!(headers["content-length"], bytes.len().to_string().as_str());
         assert_eq!(result["contentLength"], bytes.len());
-        let direct = direct_export(&server, query, format).await;
+        let direct = direct_export(&server, query, format.clone()).await;
         assert!(
             bytes.as_ref() == direct.as_slice(),
             "{name}: HTTP download differs from the direct export"
         );
         // And the data is really there.
         match format {
-            ExportFormat::Csv => {
+            ExportFormat::CSV => {
                 let rows = csv::Reader::from_reader(bytes.as_ref()).records().count();
                 assert_eq!(rows as u64, ORDERS);
             }
-            ExportFormat::Json => {
+            ExportFormat::JSON => {
                 let rows: Vec<Value> = serde_json::from_slice(&bytes).expect("json array");
                 assert_eq!(rows.len() as u64, ORDERS);
                 assert_eq!(rows[0]["customer"], "customer-07920");
@@ -715,7 +715,7 @@ async fn every_error_is_a_json_api_error_with_the_right_status() {
         (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1", json!({"colour": 1})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
         (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1", json!({"asyncAfterSeconds": -1})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
         (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1", json!({"status": "COMPLETE"})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
-        (Method::POST, "/tableExport".into(), Some(JSON_API), submission("tableExport", "SELECT 1", json!({"resultType": "XLSX"})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
+        (Method::POST, "/tableExport".into(), Some(JSON_API), submission("tableExport", "SELECT 1", json!({"resultType": "PDF"})).to_string(), StatusCode::BAD_REQUEST, "invalid_document"),
         (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "DROP TABLE orders", json!({})).to_string(), StatusCode::BAD_REQUEST, "invalid_query"),
         (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELECT 1; SELECT 2", json!({})).to_string(), StatusCode::BAD_REQUEST, "invalid_query"),
         (Method::POST, "/asyncQuery".into(), Some(JSON_API), submission("asyncQuery", "SELEKT", json!({})).to_string(), StatusCode::BAD_REQUEST, "invalid_query"),
@@ -1087,7 +1087,7 @@ async fn signed_download_links_are_bearer_secrets_that_expire() {
     let other = AsyncQueryService::clone(&service)
         .submit(
             &Principal::new("bob"),
-            SubmitRequest::export("rows 1", ExportFormat::Csv),
+            SubmitRequest::export("rows 1", ExportFormat::CSV),
         )
         .await
         .expect("bob's export");
@@ -1331,7 +1331,7 @@ mod fuzz {
                 .service
                 .submit(
                     &alice,
-                    SubmitRequest::export("rows 5", ExportFormat::Csv)
+                    SubmitRequest::export("rows 5", ExportFormat::CSV)
                         .with_id(uuid::Uuid::from_u128(1)),
                 )
                 .await

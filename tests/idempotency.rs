@@ -86,7 +86,7 @@ async fn keys_are_per_principal_and_bound_to_their_request() {
     for different in [
         keyed("other query", "k"),
         keyed("q", "k").with_query_type("GRAPHQL_V1_0"),
-        SubmitRequest::export("q", async_query::ExportFormat::Csv)
+        SubmitRequest::export("q", async_query::ExportFormat::CSV)
             .with_async_after(Duration::ZERO)
             .with_idempotency_key("k"),
     ] {

@@ -66,7 +66,7 @@ impl Script {
             Script::Panic => SubmitRequest::query("panic on purpose"),
             Script::Block => SubmitRequest::query("block"),
             Script::Export(rows) => {
-                SubmitRequest::export(format!("rows {rows} every 5"), ExportFormat::Csv)
+                SubmitRequest::export(format!("rows {rows} every 5"), ExportFormat::CSV)
             }
         }
     }

@@ -151,7 +151,7 @@ async fn the_service_records_its_lifecycle_in_metrics() {
     // An export: its rows and bytes.
     let export = submit(
         &service,
-        SubmitRequest::export("rows 25", ExportFormat::Ndjson),
+        SubmitRequest::export("rows 25", ExportFormat::NDJSON),
     )
     .await;
     assert_eq!(export.status, QueryStatus::Complete);

@@ -74,7 +74,7 @@ async fn the_lifecycle_is_traced_with_job_and_principal() {
     let job = submit(&h.service, SubmitRequest::query("sleep 10")).await;
     let export = submit(
         &h.service,
-        SubmitRequest::export("rows 3", ExportFormat::Csv),
+        SubmitRequest::export("rows 3", ExportFormat::CSV),
     )
     .await;
     // One slot busy, so the next job waits and is claimed.
@@ -106,7 +106,7 @@ async fn the_lifecycle_is_traced_with_job_and_principal() {
         assert_eq!(of("submit", id)["principal"], "alice");
         assert_eq!(of("run", id)["principal"], "alice");
     }
-    assert_eq!(of("store", export.id)["format"], "Csv");
+    assert_eq!(of("store", export.id)["format"], "CSV");
     assert_eq!(of("cancel", blocking.id)["principal"], "alice");
     let claims = spans.named("claim");
     assert!(

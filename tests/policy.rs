@@ -67,7 +67,7 @@ async fn a_policy_refuses_or_adjusts_before_anything_is_stored() {
         matches!(&invalid, Err(Error::InvalidRequest { reason }) if reason.contains("not \"DROP")),
         "{invalid:?}"
     );
-    let export = SubmitRequest::export("rows 3", async_query::ExportFormat::Csv);
+    let export = SubmitRequest::export("rows 3", async_query::ExportFormat::CSV);
     let forbidden = service.submit(&alice(), export.clone()).await;
     assert!(
         matches!(&forbidden, Err(Error::Forbidden { reason }) if reason == "exports are for admins"),

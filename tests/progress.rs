@@ -193,7 +193,7 @@ async fn a_store_that_fails_progress_writes_still_finishes_the_job() {
 async fn exports_report_their_rows() {
     let (dao, faults) = counted();
     let service = service(dao, SECOND);
-    let request = SubmitRequest::export("rows 100 every 50", async_query::ExportFormat::Csv)
+    let request = SubmitRequest::export("rows 100 every 50", async_query::ExportFormat::CSV)
         .with_async_after(Duration::ZERO);
     let job = submit(&service, request).await;
     let done = service

@@ -120,7 +120,7 @@ async fn only_transient_errors_are_retried_and_only_when_configured() {
 #[tokio::test(start_paused = true)]
 async fn an_export_that_fails_transiently_half_way_is_exported_again_whole() {
     let h = harness(retrying(2));
-    let request = SubmitRequest::export("rows 10 flaky 5", ExportFormat::Ndjson)
+    let request = SubmitRequest::export("rows 10 flaky 5", ExportFormat::NDJSON)
         .with_async_after(Duration::ZERO);
     let job = submit(&h.service, request).await;
     let done = h.service.wait(&alice(), job.id, 60 * SECOND).await.unwrap();

@@ -134,13 +134,13 @@ async fn an_export_is_reused_while_its_file_is_kept() {
         .executor(executor.clone())
         .build()
         .unwrap();
-    let csv = || SubmitRequest::export("rows 3", ExportFormat::Csv);
+    let csv = || SubmitRequest::export("rows 3", ExportFormat::CSV);
     let first = submit(&service, csv()).await;
     let again = submit(&service, csv()).await;
     assert_eq!(again.id, first.id);
     let ndjson = submit(
         &service,
-        SubmitRequest::export("rows 3", ExportFormat::Ndjson),
+        SubmitRequest::export("rows 3", ExportFormat::NDJSON),
     )
     .await;
     assert_ne!(ndjson.id, first.id, "another format is another result");

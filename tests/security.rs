@@ -97,7 +97,7 @@ async fn history_lists_ones_own_jobs_and_an_admin_everyones() {
     let mut alices = Vec::new();
     for n in 0..5 {
         let request = if n == 2 {
-            SubmitRequest::export("block", async_query::ExportFormat::Csv)
+            SubmitRequest::export("block", async_query::ExportFormat::CSV)
         } else {
             SubmitRequest::query("block")
         };

@@ -17,7 +17,7 @@ pub enum KindFilter {
 
 impl KindFilter {
     /// Whether `kind` is of this kind.
-    pub fn matches(self, kind: JobKind) -> bool {
+    pub fn matches(self, kind: &JobKind) -> bool {
         matches!(
             (self, kind),
             (KindFilter::Query, JobKind::Query)
@@ -102,7 +102,7 @@ impl HistoryFilter {
             .as_ref()
             .is_none_or(|p| *p == job.principal.name)
             && (self.statuses.is_empty() || self.statuses.contains(&job.status))
-            && self.kind.is_none_or(|k| k.matches(job.kind))
+            && self.kind.is_none_or(|k| k.matches(&job.kind))
             && self.created_from.is_none_or(|t| job.created_on >= t)
             && self.created_before.is_none_or(|t| job.created_on < t)
     }

@@ -1,9 +1,72 @@
-//! Streaming encoders for table exports: CSV, JSON array and NDJSON.
+//! Export formats: how a table export's records become bytes.
 //!
-//! An [`Encoder`] turns records into bytes one at a time and hands back
-//! bounded chunks, so an export of any size needs memory for one chunk only.
+//! A format is an [`ExportEncoding`]: a name ([`ExportFormat`]), a media
+//! type, a file extension, and a new [`RecordEncoder`] per export, which
+//! turns records into bytes one at a time and hands back bounded chunks, so
+//! that an export of any size needs memory for one chunk only. The service
+//! keeps its formats in a [`Formats`] registry: the built-in ones
+//! ([`TextFormat`]: CSV, JSON, NDJSON) and whatever the host adds with
+//! [`AsyncQueryServiceBuilder::format`](crate::AsyncQueryServiceBuilder::format).
 //!
-//! Encodings of awkward values:
+//! ```
+//! use std::sync::Arc;
+//! use async_query::format::{ExportEncoding, ExportSpec, RecordEncoder};
+//! use async_query::{ExportFormat, Record, Result};
+//! use bytes::Bytes;
+//!
+//! /// Tab-separated values: one line per record.
+//! #[derive(Debug)]
+//! struct Tsv;
+//!
+//! struct TsvEncoder { records: u64, bytes: u64 }
+//!
+//! impl ExportEncoding for Tsv {
+//!     fn format(&self) -> ExportFormat { ExportFormat::new("TSV").unwrap() }
+//!     fn content_type(&self) -> &str { "text/tab-separated-values; charset=utf-8" }
+//!     fn extension(&self) -> &str { "tsv" }
+//!     fn encoder(&self, spec: ExportSpec) -> Result<Box<dyn RecordEncoder>> {
+//!         Ok(Box::new(TsvEncoder { records: 0, bytes: 0 }))
+//!     }
+//! }
+//!
+//! impl RecordEncoder for TsvEncoder {
+//!     fn push(&mut self, record: &Record) -> Result<Option<Bytes>> {
+//!         let cells: Vec<String> = record.iter().map(|v| match v {
+//!             serde_json::Value::String(s) => s.replace(['\t', '\n'], " "),
+//!             other => other.to_string(),
+//!         }).collect();
+//!         let line = cells.join("\t") + "\n";
+//!         self.records += 1;
+//!         self.bytes += line.len() as u64;
+//!         Ok(Some(Bytes::from(line)))
+//!     }
+//!     fn finish(self: Box<Self>) -> Result<Bytes> { Ok(Bytes::new()) }
+//!     fn records(&self) -> u64 { self.records }
+//!     fn len(&self) -> u64 { self.bytes }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> async_query::Result<()> {
+//! # #[derive(Debug)] struct Rows;
+//! # #[async_trait::async_trait]
+//! # impl async_query::QueryExecutor for Rows {
+//! #     async fn execute(&self, _: &async_query::AsyncQuery, _: async_query::ExecutionContext)
+//! #         -> std::result::Result<async_query::QueryOutput, async_query::BoxError> {
+//! #         Ok(async_query::QueryOutput::records(vec!["a".into()], futures::stream::iter(vec![Ok(vec![serde_json::json!(1)])])))
+//! #     }
+//! # }
+//! let service = async_query::AsyncQueryService::builder()
+//!     .executor(Arc::new(Rows))
+//!     .format(Arc::new(Tsv))?
+//!     .build()?;
+//! let tsv = ExportFormat::new("tsv").unwrap();
+//! let request = async_query::SubmitRequest::export("SELECT 1 AS a", tsv);
+//! let job = service.submit(&async_query::Principal::new("alice"), request).await?;
+//! assert_eq!(job.status, async_query::QueryStatus::Complete);
+//! # Ok(()) }
+//! ```
+//!
+//! Encodings of awkward values in the text formats:
 //!
 //! | value | CSV | JSON / NDJSON |
 //! |---|---|---|
@@ -25,26 +88,116 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::{ExportFormat, Record};
 
+mod registry;
+mod text;
+
+pub use registry::Formats;
+pub use text::{Encoder, TextFormat};
+
 /// Default size at which an encoder hands a chunk to storage.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
 
-/// How an [`Encoder`] writes, beyond its format.
+/// A table export format: its name, how downloads of it are labelled, and
+/// an encoder for each export. Implement it to add a format (see the
+/// [module documentation](self)); the built-in formats implement it too.
+pub trait ExportEncoding: Send + Sync + std::fmt::Debug {
+    /// The name submits use for this format.
+    fn format(&self) -> ExportFormat;
+
+    /// The media type of a download (`Content-Type`). Visible ASCII only:
+    /// registration refuses anything else.
+    fn content_type(&self) -> &str;
+
+    /// The file extension, without the dot: 1 to 16 ASCII letters and
+    /// digits (registration refuses anything else).
+    fn extension(&self) -> &str;
+
+    /// A fresh encoder for one export.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the format cannot start with (for example columns it cannot
+    /// represent); the job then ends `FAILURE` with the error's message.
+    fn encoder(&self, spec: ExportSpec) -> Result<Box<dyn RecordEncoder>>;
+}
+
+/// One export's encoder: records in, bytes out, in chunks the service
+/// writes to result storage as they come (nothing is visible until the
+/// export is published whole).
+///
+/// Keep memory bounded: hand a chunk back from [`push`](Self::push) once
+/// about [`DEFAULT_CHUNK_SIZE`] bytes are pending, rather than holding the
+/// whole export.
+pub trait RecordEncoder: Send {
+    /// Encodes one record (one value per column); returns a chunk of bytes
+    /// when one is ready.
+    ///
+    /// # Errors
+    ///
+    /// A record the format cannot encode; the export then fails and
+    /// nothing is published.
+    fn push(&mut self, record: &Record) -> Result<Option<Bytes>>;
+
+    /// Ends the export: the remaining bytes (a trailer, a footer, or a
+    /// whole file for formats written at the end).
+    ///
+    /// # Errors
+    ///
+    /// As for [`push`](Self::push).
+    fn finish(self: Box<Self>) -> Result<Bytes>;
+
+    /// Records pushed so far.
+    fn records(&self) -> u64;
+
+    /// Bytes produced so far, handed out and pending, as well as the
+    /// encoder can tell (`Config::export_max_bytes` is checked against it).
+    fn len(&self) -> u64;
+
+    /// Whether nothing has been produced yet.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What an export's encoder is made for: its columns and the options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ExportSpec {
+    /// The column names, in record order.
+    pub columns: Vec<String>,
+    /// How to write, beyond the format.
+    pub options: EncodeOptions,
+}
+
+impl ExportSpec {
+    /// A spec for these columns and options.
+    pub fn new(columns: Vec<String>, options: EncodeOptions) -> Self {
+        ExportSpec { columns, options }
+    }
+}
+
+/// How an encoder writes, beyond its format.
 ///
 /// ```
 /// use async_query::format::EncodeOptions;
-/// let options = EncodeOptions::default().csv_header(false);
+/// let options = EncodeOptions::default().csv_header(false).csv_formula_guard(true);
 /// assert!(!options.writes_csv_header());
+/// assert!(options.guards_csv_formulas());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct EncodeOptions {
     csv_header: bool,
+    csv_formula_guard: bool,
 }
 
 impl Default for EncodeOptions {
-    /// A CSV header row, as Elide writes by default.
+    /// A CSV header row, as Elide writes by default; no formula guard.
     fn default() -> Self {
-        EncodeOptions { csv_header: true }
+        EncodeOptions {
+            csv_header: true,
+            csv_formula_guard: false,
+        }
     }
 }
 
@@ -59,201 +212,38 @@ impl EncodeOptions {
     pub fn writes_csv_header(&self) -> bool {
         self.csv_header
     }
-}
 
-/// Encodes records of one export into chunks of about
-/// [`DEFAULT_CHUNK_SIZE`] bytes.
-#[derive(Debug)]
-pub struct Encoder {
-    format: ExportFormat,
-    columns: Vec<String>,
-    /// Pending JSON / NDJSON bytes.
-    buffer: Vec<u8>,
-    /// Pending CSV bytes live inside the writer (flushed after every record).
-    csv: Option<csv::Writer<Vec<u8>>>,
-    /// Reused for rendering non-string values as CSV fields.
-    scratch: Vec<u8>,
-    chunk_size: usize,
-    records: u64,
-    /// Bytes already handed out as chunks.
-    emitted: u64,
-}
-
-impl Encoder {
-    /// An encoder for `format` with these columns.
-    ///
-    /// ```
-    /// use async_query::{ExportFormat, format::{EncodeOptions, Encoder}};
-    /// use serde_json::json;
-    ///
-    /// let columns = vec!["a".into(), "b".into()];
-    /// let mut enc = Encoder::new(ExportFormat::Csv, columns, EncodeOptions::default());
-    /// enc.push(&vec![json!("x,y"), json!(null)]).unwrap();
-    /// let bytes = enc.finish().unwrap();
-    /// assert_eq!(&bytes[..], b"a,b\n\"x,y\",\n");
-    /// ```
-    pub fn new(format: ExportFormat, columns: Vec<String>, options: EncodeOptions) -> Self {
-        let mut encoder = Encoder {
-            format,
-            columns,
-            buffer: Vec::new(),
-            csv: None,
-            scratch: Vec::new(),
-            chunk_size: DEFAULT_CHUNK_SIZE,
-            records: 0,
-            emitted: 0,
-        };
-        match format {
-            ExportFormat::Csv => {
-                let mut writer = csv_writer(Vec::with_capacity(DEFAULT_CHUNK_SIZE + 1024));
-                if options.csv_header {
-                    // Writing into a Vec cannot fail.
-                    let _ = writer.write_record(&encoder.columns);
-                    let _ = writer.flush();
-                }
-                encoder.csv = Some(writer);
-            }
-            ExportFormat::Json => {
-                encoder.buffer.reserve(DEFAULT_CHUNK_SIZE + 1024);
-                encoder.buffer.push(b'[');
-            }
-            ExportFormat::Ndjson => encoder.buffer.reserve(DEFAULT_CHUNK_SIZE + 1024),
-        }
-        encoder
+    /// Spreadsheet safety for CSV (off by default, for fidelity): a text
+    /// cell (header names included) that starts with `=`, `+`, `-`, `@`, a
+    /// tab or a carriage return gets a `'` in front, so that a spreadsheet
+    /// opening the file shows it as text instead of running it as a
+    /// formula (OWASP's advice against CSV injection). Numbers are written
+    /// as they are (`-5` stays a number). The file then no longer holds
+    /// the exact values: turn it on for exports people open in Excel,
+    /// LibreOffice or Google Sheets, not for exports programs read.
+    /// `Config::csv_formula_guard` sets it for a service.
+    pub fn csv_formula_guard(mut self, guard: bool) -> Self {
+        self.csv_formula_guard = guard;
+        self
     }
 
-    /// Records encoded so far.
-    pub fn records(&self) -> u64 {
-        self.records
-    }
-
-    /// Bytes encoded so far (handed out and pending), not counting what
-    /// [`finish`](Self::finish) adds (`]` for JSON).
-    pub fn len(&self) -> u64 {
-        self.emitted + self.pending() as u64
-    }
-
-    /// Whether nothing has been encoded yet (not even a header).
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn pending(&self) -> usize {
-        match &self.csv {
-            Some(writer) => writer.get_ref().len(),
-            None => self.buffer.len(),
-        }
-    }
-
-    /// Encodes one record; returns a chunk when one is full.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidRequest`] if the record does not have one value per
-    /// column.
-    pub fn push(&mut self, record: &Record) -> Result<Option<Bytes>> {
-        if record.len() != self.columns.len() {
-            return Err(Error::invalid(format!(
-                "record {} has {} values but the export has {} columns",
-                self.records + 1,
-                record.len(),
-                self.columns.len()
-            )));
-        }
-        match self.format {
-            ExportFormat::Csv => self.push_csv(record)?,
-            ExportFormat::Json => {
-                if self.records > 0 {
-                    self.buffer.push(b',');
-                }
-                self.push_object(record);
-            }
-            ExportFormat::Ndjson => {
-                self.push_object(record);
-                self.buffer.push(b'\n');
-            }
-        }
-        self.records += 1;
-        if self.pending() < self.chunk_size {
-            return Ok(None);
-        }
-        self.take().map(Some)
-    }
-
-    /// Ends the export and returns the remaining bytes.
-    ///
-    /// # Errors
-    ///
-    /// [`Error::InvalidRequest`] only if CSV encoding failed.
-    pub fn finish(mut self) -> Result<Bytes> {
-        if self.format == ExportFormat::Json {
-            self.buffer.push(b']');
-        }
-        self.take()
-    }
-
-    fn push_csv(&mut self, record: &Record) -> Result<()> {
-        let Some(writer) = self.csv.as_mut() else {
-            return Ok(());
-        };
-        for value in record {
-            match value {
-                Value::Null => writer.write_field([]),
-                Value::String(s) => writer.write_field(s),
-                other => {
-                    self.scratch.clear();
-                    // Serialising a Value into a Vec cannot fail.
-                    let _ = serde_json::to_writer(&mut self.scratch, other);
-                    writer.write_field(&self.scratch)
-                }
-            }
-            .map_err(csv_error)?;
-        }
-        writer.write_record(None::<&[u8]>).map_err(csv_error)?;
-        // Keep the byte count exact: nothing waits in the writer's own buffer.
-        writer.flush().map_err(|e| csv_error(e.into()))
-    }
-
-    fn push_object(&mut self, record: &Record) {
-        self.buffer.push(b'{');
-        for (i, (column, value)) in self.columns.iter().zip(record).enumerate() {
-            if i > 0 {
-                self.buffer.push(b',');
-            }
-            // Serialising a String or a Value into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut self.buffer, column);
-            self.buffer.push(b':');
-            let _ = serde_json::to_writer(&mut self.buffer, value);
-        }
-        self.buffer.push(b'}');
-    }
-
-    /// Hands out everything pending as one chunk.
-    fn take(&mut self) -> Result<Bytes> {
-        let fresh = Vec::with_capacity(self.chunk_size + 1024);
-        let chunk = match self.csv.take() {
-            Some(writer) => {
-                let bytes = writer
-                    .into_inner()
-                    .map_err(|e| csv_error(csv::Error::from(e.into_error())))?;
-                self.csv = Some(csv_writer(fresh));
-                bytes
-            }
-            None => std::mem::replace(&mut self.buffer, fresh),
-        };
-        self.emitted += chunk.len() as u64;
-        Ok(Bytes::from(chunk))
+    /// Whether CSV text cells that start like a formula are prefixed.
+    pub fn guards_csv_formulas(&self) -> bool {
+        self.csv_formula_guard
     }
 }
 
-fn csv_writer(into: Vec<u8>) -> csv::Writer<Vec<u8>> {
-    csv::WriterBuilder::new()
-        .terminator(csv::Terminator::Any(b'\n'))
-        .from_writer(into)
-}
-
-fn csv_error(e: csv::Error) -> Error {
-    Error::invalid(format!("CSV encoding failed: {e}"))
+/// Refuses a record (the `done + 1`th) that does not have one value per
+/// column.
+pub(crate) fn check_arity(record: &Record, columns: usize, done: u64) -> Result<()> {
+    if record.len() == columns {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "record {} has {} values but the export has {columns} columns",
+        done + 1,
+        record.len(),
+    )))
 }
 
 /// Turns any serialisable value whose JSON form is an object into a
@@ -287,81 +277,5 @@ pub fn to_record<T: serde::Serialize>(value: &T, columns: &[String]) -> Result<R
         Err(e) => Err(Error::invalid(format!(
             "the record could not be serialised: {e}"
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn encode(format: ExportFormat, rows: &[Record]) -> String {
-        let mut enc = Encoder::new(
-            format,
-            vec!["a".into(), "b".into()],
-            EncodeOptions::default(),
-        );
-        let mut out = Vec::new();
-        for row in rows {
-            if let Some(chunk) = enc.push(row).unwrap() {
-                out.extend_from_slice(&chunk);
-            }
-        }
-        out.extend_from_slice(&enc.finish().unwrap());
-        String::from_utf8(out).unwrap()
-    }
-
-    #[test]
-    fn json_and_ndjson_round_trip() {
-        let rows = vec![
-            vec![json!("q\"uote,\nline"), json!(null)],
-            vec![json!(1.5), json!({"n": [1, 2]})],
-        ];
-        let array: Vec<serde_json::Map<String, Value>> =
-            serde_json::from_str(&encode(ExportFormat::Json, &rows)).unwrap();
-        assert_eq!(array.len(), 2);
-        assert_eq!(array[0]["a"], json!("q\"uote,\nline"));
-        assert_eq!(array[1]["b"], json!({"n": [1, 2]}));
-        let nd = encode(ExportFormat::Ndjson, &rows);
-        assert_eq!(nd.lines().count(), 2);
-        assert_eq!(encode(ExportFormat::Json, &[]), "[]");
-    }
-
-    #[test]
-    fn csv_quotes_and_renders_nested_values_as_json() {
-        let rows = vec![vec![json!("a,\"b\""), json!([1, "x"])]];
-        let text = encode(ExportFormat::Csv, &rows);
-        let mut reader = csv::Reader::from_reader(text.as_bytes());
-        let record = reader.records().next().unwrap().unwrap();
-        assert_eq!(&record[0], "a,\"b\"");
-        assert_eq!(&record[1], "[1,\"x\"]");
-    }
-
-    #[test]
-    fn wrong_arity_is_a_typed_error() {
-        let mut enc = Encoder::new(
-            ExportFormat::Csv,
-            vec!["a".into()],
-            EncodeOptions::default(),
-        );
-        assert!(matches!(
-            enc.push(&vec![json!(1), json!(2)]),
-            Err(Error::InvalidRequest { .. })
-        ));
-    }
-
-    #[test]
-    fn chunks_are_bounded() {
-        let mut enc = Encoder::new(
-            ExportFormat::Ndjson,
-            vec!["a".into(), "b".into()],
-            EncodeOptions::default(),
-        );
-        let row = vec![json!("x".repeat(100)), json!(1)];
-        for _ in 0..10_000 {
-            if let Some(chunk) = enc.push(&row).unwrap() {
-                assert!(chunk.len() < DEFAULT_CHUNK_SIZE + 1024);
-            }
-        }
     }
 }

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::JSON_API;
 use crate::error::Error;
 use crate::event::EventPage;
-use crate::model::{AsyncQuery, ExportFormat, JobKind, QueryStatus, ResultBody};
+use crate::model::{AsyncQuery, JobKind, QueryStatus, ResultBody};
 
 /// The two resource types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +27,7 @@ impl Collection {
         }
     }
 
-    pub(super) fn of(kind: JobKind) -> Self {
+    pub(super) fn of(kind: &JobKind) -> Self {
         match kind {
             JobKind::Query => Collection::Query,
             JobKind::TableExport { .. } => Collection::TableExport,
@@ -173,14 +173,6 @@ fn time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
-fn format_name(format: ExportFormat) -> &'static str {
-    match format {
-        ExportFormat::Csv => "CSV",
-        ExportFormat::Json => "JSON",
-        ExportFormat::Ndjson => "NDJSON",
-    }
-}
-
 /// Where the router serves the stored object `name`.
 pub(super) fn export_path(export_url_prefix: &str, name: &str) -> String {
     format!("{}/{name}", export_url_prefix.trim_end_matches('/'))
@@ -214,7 +206,7 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<S
         result.insert("httpStatus".into(), json!(http_status));
         result.insert("completedOn".into(), json!(time(r.completed_on)));
         result.insert("message".into(), json!(r.message));
-        match job.kind {
+        match &job.kind {
             JobKind::Query => {
                 result.insert("contentLength".into(), json!(r.content_length));
                 result.insert("responseBody".into(), json!(r.inline_body()));
@@ -232,17 +224,17 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<S
         }
         Value::Object(result)
     });
-    match job.kind {
+    match &job.kind {
         JobKind::Query => {
             attributes.insert("resultType".into(), json!("EMBEDDED"));
         }
         JobKind::TableExport { format } => {
-            attributes.insert("resultType".into(), json!(format_name(format)));
+            attributes.insert("resultType".into(), json!(format.as_str()));
         }
     }
     attributes.insert("result".into(), result.unwrap_or(Value::Null));
     json!({
-        "type": Collection::of(job.kind).type_name(),
+        "type": Collection::of(&job.kind).type_name(),
         "id": job.id.to_string(),
         "attributes": attributes,
     })
@@ -257,7 +249,7 @@ pub(super) fn events(page: &EventPage) -> Value {
             let e = &logged.event;
             let mut attributes = json!({
                 "jobId": e.id.to_string(),
-                "jobType": Collection::of(e.kind).type_name(),
+                "jobType": Collection::of(&e.kind).type_name(),
                 "status": e.to.as_str(),
                 "previousStatus": e.from.map(QueryStatus::as_str),
                 "at": time(e.at),

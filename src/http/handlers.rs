@@ -97,6 +97,15 @@ pub(super) async fn create<R: PrincipalResolver>(
     let principal = principal(&app, &parts).await?;
     let body = document_body(&app, &parts, body).await?;
     let mut submission = super::submission::submission(&body, collection)?;
+    if let crate::model::JobKind::TableExport { format } = &submission.kind
+        && app.service.formats().get(format).is_none()
+    {
+        let known: Vec<&str> = app.service.formats().names().map(|f| f.as_str()).collect();
+        return Err(ApiError::bad_request(format!(
+            "resultType {format} is not a format this service exports; use one of {}",
+            known.join(", ")
+        )));
+    }
     if let Some(header) = parts.headers.get("idempotency-key") {
         let key = header.to_str().map_err(|_| {
             ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
@@ -237,7 +246,7 @@ async fn job_of<R: PrincipalResolver>(
     collection: Collection,
 ) -> Result<AsyncQuery, ApiError> {
     let job = app.service.get(principal, id).await?;
-    if Collection::of(job.kind) != collection {
+    if Collection::of(&job.kind) != collection {
         return Err(crate::error::Error::NotFound { id }.into());
     }
     Ok(job)
@@ -348,7 +357,9 @@ pub(super) async fn download<R: PrincipalResolver>(
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(download.content_type),
+        // Formats are registered with visible-ASCII content types only.
+        HeaderValue::from_str(&download.content_type)
+            .unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
     headers.insert(
         header::CONTENT_LENGTH,
@@ -356,10 +367,7 @@ pub(super) async fn download<R: PrincipalResolver>(
     );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     // The name is a UUID and an extension: safe to quote as is.
-    let disposition = format!(
-        "attachment; filename=\"{id}.{}\"",
-        download.format.extension()
-    );
+    let disposition = format!("attachment; filename=\"{id}.{}\"", download.extension);
     if let Ok(value) = HeaderValue::from_str(&disposition) {
         headers.insert(header::CONTENT_DISPOSITION, value);
     }

@@ -59,19 +59,12 @@ pub(super) fn submission(body: &[u8], collection: Collection) -> Result<SubmitRe
             }
         },
         Collection::TableExport => {
-            let format = match result_type
-                .as_deref()
-                .map(str::to_ascii_uppercase)
-                .as_deref()
-            {
-                None | Some("CSV") => ExportFormat::Csv,
-                Some("JSON") => ExportFormat::Json,
-                Some("NDJSON") => ExportFormat::Ndjson,
-                Some(_) => {
-                    return Err(ApiError::bad_request(
-                        "resultType must be \"CSV\", \"JSON\" or \"NDJSON\"",
-                    ));
-                }
+            // Whether the service knows the format is checked at submit,
+            // with the same 400.
+            let format = match result_type.as_deref() {
+                None => ExportFormat::CSV,
+                Some(name) => ExportFormat::new(name)
+                    .map_err(|e| ApiError::bad_request(format!("resultType: {e}")))?,
             };
             JobKind::TableExport { format }
         }

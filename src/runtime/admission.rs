@@ -16,7 +16,7 @@ use super::table::Place;
 use super::tasks::Detached;
 use super::waiting::follow_local;
 use crate::error::{Error, Result};
-use crate::model::{AsyncQuery, Principal, QueryStatus};
+use crate::model::{AsyncQuery, JobKind, Principal, QueryStatus};
 use crate::request::SubmitRequest;
 
 /// How admitted jobs may start.
@@ -209,6 +209,9 @@ impl Runtime {
         }
         if let Some(key) = &request.idempotency_key {
             super::idempotency::check_key(key)?;
+        }
+        if let JobKind::TableExport { format } = &request.kind {
+            self.formats.find(format)?;
         }
         self.executor.validate(&request).map_err(Error::invalid)?;
         let config = &self.config;

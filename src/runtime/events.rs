@@ -67,7 +67,7 @@ impl EventHub {
     pub(super) fn emit(&self, job: &AsyncQuery, from: Option<QueryStatus>, to: QueryStatus) {
         self.publish(|| JobEvent {
             id: job.id,
-            kind: job.kind,
+            kind: job.kind.clone(),
             owner: job.principal.name.clone(),
             from,
             to,
@@ -81,7 +81,7 @@ impl EventHub {
     pub(super) fn emit_progress(&self, job: &AsyncQuery, progress: &Progress, at: DateTime<Utc>) {
         self.publish(|| JobEvent {
             id: job.id,
-            kind: job.kind,
+            kind: job.kind.clone(),
             owner: job.principal.name.clone(),
             from: Some(QueryStatus::Processing),
             to: QueryStatus::Processing,

@@ -152,7 +152,7 @@ impl Runtime {
 
     /// Turns executor output into the stored result.
     async fn save(&self, job: &AsyncQuery, output: QueryOutput) -> Result<QueryResult, RunError> {
-        match (job.kind, output) {
+        match (&job.kind, output) {
             (JobKind::Query, QueryOutput::Body { body, record_count }) => {
                 let limit = self.config.max_inline_result_bytes;
                 if body.len() > limit {

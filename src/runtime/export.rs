@@ -12,7 +12,7 @@ use super::execution::RunError;
 use crate::config::ExportLimitAction;
 use crate::error::{Error, Result};
 use crate::executor::RecordStream;
-use crate::format::{EncodeOptions, Encoder};
+use crate::format::{EncodeOptions, ExportEncoding, ExportSpec, RecordEncoder};
 use crate::model::{
     AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
 };
@@ -21,23 +21,29 @@ use crate::storage::Download;
 impl Runtime {
     /// The name a job's export is stored under: its id, with the format's
     /// extension if so configured.
-    fn export_name(&self, id: Uuid, format: ExportFormat) -> String {
+    fn export_name(&self, id: Uuid, encoding: &dyn ExportEncoding) -> String {
         if self.config.append_file_extension {
-            format!("{id}.{}", format.extension())
+            format!("{id}.{}", encoding.extension())
         } else {
             id.to_string()
         }
     }
 
     /// Streams records into result storage; publishes only on success.
-    #[tracing::instrument(name = "store", skip_all, fields(job = %job.id, principal = %job.principal.name, ?format))]
+    #[tracing::instrument(name = "store", skip_all, fields(job = %job.id, principal = %job.principal.name, %format))]
     pub(super) async fn export(
         &self,
         job: &AsyncQuery,
-        format: ExportFormat,
+        format: &ExportFormat,
         records: RecordStream,
     ) -> Result<QueryResult, RunError> {
-        let name = self.export_name(job.id, format);
+        // Checked at submit; a job submitted on an instance that knows
+        // formats this one does not fails here.
+        let encoding = self
+            .formats
+            .find(format)
+            .map_err(|e| RunError::from(e.to_string()))?;
+        let name = self.export_name(job.id, &**encoding);
         let mut writer = self
             .storage
             .create(&name)
@@ -47,8 +53,12 @@ impl Runtime {
             columns,
             records: mut rows,
         } = records;
-        let options = EncodeOptions::default().csv_header(self.config.csv_header);
-        let mut encoder = Encoder::new(format, columns, options);
+        let options = EncodeOptions::default()
+            .csv_header(self.config.csv_header)
+            .csv_formula_guard(self.config.csv_formula_guard);
+        let mut encoder = encoding
+            .encoder(ExportSpec::new(columns, options))
+            .map_err(|e| RunError::from(e.to_string()))?;
         let written: Result<Option<String>, RunError> = async {
             while let Some(row) = rows.next().await {
                 // An always-ready row source must still let cancellation and
@@ -56,7 +66,7 @@ impl Runtime {
                 tokio::task::consume_budget().await;
                 let row = row.map_err(RunError::of_executor)?;
                 // A row beyond a limit proves the export would exceed it.
-                if let Some(limit) = self.export_limit_reached(&encoder) {
+                if let Some(limit) = self.export_limit_reached(&*encoder) {
                     return match self.config.export_limit_action {
                         ExportLimitAction::Truncate => Ok(Some(limit)),
                         ExportLimitAction::Fail => Err(format!(
@@ -100,7 +110,7 @@ impl Runtime {
             .publish()
             .await
             .map_err(|e| storage_failed(job, &e, format!("could not publish the export: {e}")))?;
-        crate::metrics::exported(format.extension(), record_count, content_length);
+        crate::metrics::exported(encoding.extension(), record_count, content_length);
         Ok(QueryResult {
             record_count: Some(record_count),
             content_length: Some(content_length),
@@ -115,7 +125,7 @@ impl Runtime {
 
     /// The configured export limit `encoder` has reached, described for
     /// messages, if any.
-    fn export_limit_reached(&self, encoder: &Encoder) -> Option<String> {
+    fn export_limit_reached(&self, encoder: &dyn RecordEncoder) -> Option<String> {
         if let Some(max) = self.config.export_max_records
             && encoder.records() >= max
         {
@@ -143,17 +153,18 @@ impl Runtime {
     /// writing its record leaves an object no record points at. Both
     /// possible names are tried, since instances may be configured apart.
     pub(super) async fn discard_export_of(&self, job: &AsyncQuery) {
-        let JobKind::TableExport { format } = job.kind else {
+        let JobKind::TableExport { format } = &job.kind else {
             return;
         };
         if job.status == QueryStatus::Queued {
             return;
         }
-        for name in [
-            job.id.to_string(),
-            format!("{}.{}", job.id, format.extension()),
-        ] {
-            self.discard_output(&name).await;
+        self.discard_output(&job.id.to_string()).await;
+        // A format this instance does not know never ran here, but another
+        // instance may have published it with its extension.
+        if let Some(encoding) = self.formats.get(format) {
+            self.discard_output(&format!("{}.{}", job.id, encoding.extension()))
+                .await;
         }
     }
 
@@ -183,7 +194,7 @@ impl Runtime {
     /// Opens the stored file of `job`, a record its caller may see.
     async fn open_export(&self, job: AsyncQuery, range: Option<Range<u64>>) -> Result<Download> {
         let id = job.id;
-        let JobKind::TableExport { format } = job.kind else {
+        let JobKind::TableExport { format } = &job.kind else {
             return Err(Error::NoResult {
                 id,
                 reason: "it is a query; its result is inline in the record".into(),
@@ -224,9 +235,16 @@ impl Runtime {
                 },
             });
         };
+        // A format unknown here (registered on the instance that ran the
+        // export only) is served as bytes.
+        let (content_type, extension) = match self.formats.get(format) {
+            Some(encoding) => (encoding.content_type(), encoding.extension()),
+            None => ("application/octet-stream", "bin"),
+        };
         Ok(Download {
-            format,
-            content_type: format.content_type(),
+            format: format.clone(),
+            content_type: content_type.to_owned(),
+            extension: extension.to_owned(),
             file_name: name.clone(),
             record_count: result.record_count,
             stream,

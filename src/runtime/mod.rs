@@ -78,6 +78,8 @@ pub(crate) struct Runtime {
     dao: Arc<dyn AsyncApiDao>,
     storage: Arc<dyn ResultStorageEngine>,
     executor: Arc<dyn QueryExecutor>,
+    /// The export formats this instance knows.
+    formats: crate::format::Formats,
     clock: clock::Clock,
     tasks: tasks::Tasks,
     jobs: Arc<local::LocalJobs>,
@@ -88,6 +90,11 @@ pub(crate) struct Runtime {
 }
 
 impl Runtime {
+    /// The export formats this instance knows.
+    pub(crate) fn formats(&self) -> &crate::format::Formats {
+        &self.formats
+    }
+
     /// A runtime whose tasks run on `handle`; nothing runs until
     /// [`start`](Self::start).
     pub(crate) fn new(
@@ -95,6 +102,7 @@ impl Runtime {
         dao: Arc<dyn AsyncApiDao>,
         storage: Arc<dyn ResultStorageEngine>,
         executor: Arc<dyn QueryExecutor>,
+        formats: crate::format::Formats,
         handle: Handle,
         clock_skew: chrono::TimeDelta,
     ) -> Arc<Self> {
@@ -114,6 +122,7 @@ impl Runtime {
             dao,
             storage,
             executor,
+            formats,
         })
     }
 

@@ -83,7 +83,10 @@ pub struct Download {
     /// The export's format.
     pub format: ExportFormat,
     /// Its media type.
-    pub content_type: &'static str,
+    pub content_type: String,
+    /// The format's file extension, without the dot (for a download's
+    /// file name).
+    pub extension: String,
     /// The stored object's name: `<id>`, or `<id>.<ext>` with
     /// [`Config::append_file_extension`](crate::Config::append_file_extension).
     pub file_name: String,

@@ -94,7 +94,7 @@ pub async fn read_download(download: async_query::Download) -> Vec<u8> {
 
 /// `alice` exports `query` as CSV and waits up to a minute for the end.
 pub async fn export_csv(service: &AsyncQueryService, query: &str) -> AsyncQuery {
-    let request = SubmitRequest::export(query, async_query::ExportFormat::Csv);
+    let request = SubmitRequest::export(query, async_query::ExportFormat::CSV);
     let job = service.submit(&alice(), request).await.expect("submit");
     service
         .wait(&alice(), job.id, 60 * SECOND)

@@ -62,7 +62,7 @@ pub async fn dao_history(dao: &dyn AsyncApiDao) {
         job.principal.name.clone_from(&mine);
         if export {
             job.kind = JobKind::TableExport {
-                format: ExportFormat::Csv,
+                format: ExportFormat::CSV,
             };
         }
         dao.create(&job).await.expect("create failed");

@@ -52,20 +52,20 @@ pub async fn dao_reuse(dao: &dyn AsyncApiDao) {
     let me = format!("reuse-{}", Uuid::new_v4().simple());
     let q = format!("select {}", Uuid::new_v4().simple());
     let csv = JobKind::TableExport {
-        format: ExportFormat::Csv,
+        format: ExportFormat::CSV,
     };
     let inline = || ResultBody::Inline("[1]".into());
     let at = |seconds: i64| t - TimeDelta::seconds(seconds);
     let mine = (me.as_str(), q.as_str(), JobKind::Query);
-    let old = made(dao, mine, at(50), QueryStatus::Complete, inline()).await;
-    let newest = made(dao, mine, at(30), QueryStatus::Complete, inline()).await;
+    let old = made(dao, mine.clone(), at(50), QueryStatus::Complete, inline()).await;
+    let newest = made(dao, mine.clone(), at(30), QueryStatus::Complete, inline()).await;
     // Newer, but none may answer: failed, expired, another principal,
     // another query; the last is an export.
     let stored = ResultBody::Stored("x.csv".into());
     let complete = QueryStatus::Complete;
     let specs = [
-        (mine, at(20), QueryStatus::Failure, ResultBody::None),
-        (mine, at(15), complete, ResultBody::Expired),
+        (mine.clone(), at(20), QueryStatus::Failure, ResultBody::None),
+        (mine.clone(), at(15), complete, ResultBody::Expired),
         (
             ("someone-else", q.as_str(), JobKind::Query),
             at(10),
@@ -78,7 +78,12 @@ pub async fn dao_reuse(dao: &dyn AsyncApiDao) {
             complete,
             inline(),
         ),
-        ((me.as_str(), q.as_str(), csv), at(5), complete, stored),
+        (
+            (me.as_str(), q.as_str(), csv.clone()),
+            at(5),
+            complete,
+            stored,
+        ),
     ];
     let mut others = Vec::new();
     for (owner, created, status, body) in specs {
@@ -101,17 +106,17 @@ pub async fn dao_reuse(dao: &dyn AsyncApiDao) {
     };
     let query = JobKind::Query;
     assert_eq!(
-        found(query, at(60)).await,
+        found(query.clone(), at(60)).await,
         Some(newest.id),
         "the newest identical COMPLETE record answers"
     );
     assert_eq!(
-        found(query, at(30)).await,
+        found(query.clone(), at(30)).await,
         Some(newest.id),
         "created exactly at the window's start counts"
     );
     assert_eq!(
-        found(query, at(29)).await,
+        found(query.clone(), at(29)).await,
         None,
         "records created before the window do not answer"
     );
@@ -121,7 +126,7 @@ pub async fn dao_reuse(dao: &dyn AsyncApiDao) {
         "a stored export answers its own format"
     );
     let json = JobKind::TableExport {
-        format: ExportFormat::Json,
+        format: ExportFormat::JSON,
     };
     assert_eq!(
         found(json, at(60)).await,
