@@ -1,8 +1,10 @@
-//! Export throughput: N rows × 10 columns to CSV in the filesystem storage,
-//! against a baseline in the same run that writes the same rows with a bare
-//! `csv::Writer` into a `BufWriter<File>`.
+//! Export throughput: N rows × 10 columns to CSV (and XLSX, with feature
+//! `xlsx`) in the filesystem storage, against a baseline in the same run
+//! that writes the same rows with the same library's bare writer: a
+//! `csv::Writer` into a `BufWriter<File>`; `rust_xlsxwriter` in constant
+//! memory mode saving to a file.
 //!
-//! `cargo bench --bench export`
+//! `cargo bench --bench export --features xlsx`
 //!
 //! Peak memory is measured with the `export` example instead (see
 //! docs/BENCHMARKS.md): `/usr/bin/time -v target/release/examples/export N`.
@@ -34,7 +36,7 @@ impl QueryExecutor for DemoTable {
     ) -> Result<QueryOutput, BoxError> {
         let rows: u64 = job.query.parse()?;
         let records = futures::stream::iter((0..rows).map(|i| Ok(table::row(i))));
-        Ok(QueryOutput::records(table::columns(), records))
+        Ok(QueryOutput::records(table::columns(), records).with_column_types(table::types()))
     }
 }
 
@@ -64,6 +66,71 @@ fn bare_csv(path: &std::path::Path, rows: u64) {
     inner.get_ref().sync_all().expect("sync");
 }
 
+/// The XLSX baseline: the same rows and cell types (numbers, text,
+/// booleans, dates), a bare constant-memory workbook saved to a file.
+#[cfg(feature = "xlsx")]
+fn bare_xlsx(path: &std::path::Path, rows: u64) {
+    use rust_xlsxwriter::{Format, Workbook};
+    let mut workbook = Workbook::new();
+    let bold = Format::new().set_bold();
+    let date = Format::new().set_num_format("yyyy-mm-dd");
+    let sheet = workbook.add_worksheet_with_constant_memory();
+    for (col, name) in table::columns().iter().enumerate() {
+        sheet
+            .write_string_with_format(0, col as u16, name, &bold)
+            .expect("header");
+    }
+    for i in 0..rows {
+        let row = u32::try_from(i + 1).expect("row");
+        for (col, value) in table::row(i).into_iter().enumerate() {
+            let col = col as u16;
+            match value {
+                Value::Null => continue,
+                Value::Bool(b) => sheet.write_boolean(row, col, b),
+                Value::Number(n) => sheet.write_number(row, col, n.as_f64().expect("number")),
+                Value::String(s) if col == 8 => {
+                    let day = chrono::NaiveDate::parse_from_str(&s, "%Y-%m-%d").expect("date");
+                    let serial = day
+                        .and_hms_opt(0, 0, 0)
+                        .expect("midnight")
+                        .and_utc()
+                        .timestamp() as f64
+                        / 86_400.0
+                        + 25_569.0;
+                    sheet.write_number_with_format(row, col, serial, &date)
+                }
+                Value::String(s) => sheet.write_string(row, col, s),
+                other => sheet.write_string(row, col, other.to_string()),
+            }
+            .expect("cell");
+        }
+    }
+    let file = std::fs::File::create(path).expect("create");
+    let mut out = BufWriter::new(file);
+    workbook.save_to_writer(&mut out).expect("save");
+    out.flush().expect("flush");
+    out.get_ref().sync_all().expect("sync");
+}
+
+/// Submits an export of `ROWS` rows in `format` and deletes the file.
+async fn service_export(
+    service: &AsyncQueryService,
+    storage: &FileSystemStorage,
+    analyst: &Principal,
+    format: ExportFormat,
+) {
+    let request =
+        SubmitRequest::export(ROWS.to_string(), format).with_async_after(Duration::from_secs(60));
+    let job = service.submit(analyst, request).await.expect("submit");
+    assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
+    // Keep the directory small: results are not needed afterwards.
+    if let Some(async_query::ResultBody::Stored(name)) = job.result.map(|r| r.body) {
+        async_query::ResultStorageEngine::delete(storage, &name)
+            .await
+            .expect("delete");
+    }
+}
+
 fn export(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -91,20 +158,27 @@ fn export(c: &mut Criterion) {
         b.iter(|| bare_csv(&baseline_path, ROWS))
     });
     group.bench_function("service: TableExport to FileSystemStorage", |b| {
-        b.to_async(&rt).iter(|| async {
-            let request = SubmitRequest::export(ROWS.to_string(), ExportFormat::CSV)
-                .with_async_after(Duration::from_secs(10));
-            let job = service.submit(&analyst, request).await.expect("submit");
-            assert_eq!(job.status, QueryStatus::Complete);
-            // Keep the directory small: results are not needed afterwards.
-            if let Some(async_query::ResultBody::Stored(name)) = job.result.map(|r| r.body) {
-                async_query::ResultStorageEngine::delete(&storage, &name)
-                    .await
-                    .expect("delete");
-            }
-        })
+        b.to_async(&rt)
+            .iter(|| service_export(&service, &storage, &analyst, ExportFormat::CSV))
     });
     group.finish();
+
+    #[cfg(feature = "xlsx")]
+    {
+        let mut group = c.benchmark_group("export 200k rows x 10 columns, XLSX");
+        group.sample_size(10);
+        group.throughput(Throughput::Elements(ROWS));
+        let baseline_path = dir.path().join("baseline.xlsx");
+        group.bench_function(
+            "baseline: rust_xlsxwriter constant memory + BufWriter<File>",
+            |b| b.iter(|| bare_xlsx(&baseline_path, ROWS)),
+        );
+        group.bench_function("service: TableExport to FileSystemStorage", |b| {
+            b.to_async(&rt)
+                .iter(|| service_export(&service, &storage, &analyst, ExportFormat::XLSX))
+        });
+        group.finish();
+    }
 }
 
 criterion_group!(benches, export);

@@ -1,9 +1,11 @@
-//! Exports a generated table (10 columns) to CSV in a directory and prints
+//! Exports a generated table (10 columns) to CSV (or `format=<name>`: JSON,
+//! NDJSON, XLSX with feature `xlsx`) in a directory and prints
 //! where it is, how big, how fast, and the process's peak memory.
 //!
 //! ```text
 //! cargo run --release --example export              # 1,000,000 rows
 //! cargo run --release --example export -- 10000000  # any row count
+//! cargo run --release --example export --features xlsx -- 1000000 format=xlsx
 //! # to an S3-compatible server (bucket must exist) or to Redis:
 //! cargo run --release --example export --features s3 -- 1000000 s3=http://127.0.0.1:9000/exports
 //! cargo run --release --example export --features redis -- 1000000 redis=redis://127.0.0.1:6379
@@ -44,7 +46,7 @@ impl QueryExecutor for DemoTable {
     ) -> Result<QueryOutput, BoxError> {
         let rows: u64 = job.query.parse()?;
         let records = futures::stream::iter((0..rows).map(|i| Ok(table::row(i))));
-        Ok(QueryOutput::records(table::columns(), records))
+        Ok(QueryOutput::records(table::columns(), records).with_column_types(table::types()))
     }
 }
 
@@ -102,11 +104,17 @@ fn peak_rss_kib() -> Option<u64> {
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let rows: u64 = match std::env::args().nth(1) {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let rows: u64 = match args.first() {
         Some(arg) => arg.parse().map_err(|_| format!("not a row count: {arg}"))?,
         None => 1_000_000,
     };
-    let (storage, place) = storage(std::env::args().nth(2).as_deref()).await?;
+    let format = match args.iter().find_map(|a| a.strip_prefix("format=")) {
+        Some(name) => ExportFormat::new(name)?,
+        None => ExportFormat::CSV,
+    };
+    let place_arg = args.iter().skip(1).find(|a| !a.starts_with("format="));
+    let (storage, place) = storage(place_arg.map(String::as_str)).await?;
     let service = AsyncQueryService::builder()
         .config(Config {
             append_file_extension: true,
@@ -118,8 +126,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
 
     let start = Instant::now();
-    let request = SubmitRequest::export(rows.to_string(), ExportFormat::CSV)
-        .with_async_after(Duration::from_secs(3600));
+    let request =
+        SubmitRequest::export(rows.to_string(), format).with_async_after(Duration::from_secs(3600));
     let job = service.submit(&Principal::new("analyst"), request).await?;
     let elapsed = start.elapsed();
     let result = job.result.as_ref().ok_or("the export has no result")?;

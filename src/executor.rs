@@ -8,7 +8,7 @@ use futures::stream::BoxStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::BoxError;
-use crate::model::{AsyncQuery, Principal, Record};
+use crate::model::{AsyncQuery, ColumnType, Principal, Record};
 use crate::progress::{Progress, ProgressCell};
 use crate::request::SubmitRequest;
 
@@ -126,12 +126,16 @@ pub struct RecordStream {
     /// The rows. An `Err` ends the export `FAILURE` and removes what was
     /// written.
     pub records: BoxStream<'static, Result<Record, BoxError>>,
+    /// What each column holds, in column order, for typed formats; empty:
+    /// unknown (each value goes by its JSON type). See [`ColumnType`].
+    pub column_types: Vec<ColumnType>,
 }
 
 impl std::fmt::Debug for RecordStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RecordStream")
             .field("columns", &self.columns)
+            .field("column_types", &self.column_types)
             .finish_non_exhaustive()
     }
 }
@@ -168,6 +172,28 @@ impl QueryOutput {
         QueryOutput::Records(RecordStream {
             columns,
             records: Box::pin(records),
+            column_types: Vec::new(),
         })
+    }
+
+    /// Says what each column of a record stream holds (one type per
+    /// column, in order), for typed formats such as XLSX; a body is
+    /// returned as it is. See [`ColumnType`].
+    ///
+    /// ```
+    /// use async_query::{ColumnType, QueryOutput};
+    /// let rows = futures::stream::iter(vec![Ok(vec![serde_json::json!("2026-12-07T10:00:00Z")])]);
+    /// let output = QueryOutput::records(vec!["at".into()], rows)
+    ///     .with_column_types(vec![ColumnType::Timestamp]);
+    /// assert!(matches!(output, QueryOutput::Records(r) if r.column_types == [ColumnType::Timestamp]));
+    /// ```
+    pub fn with_column_types(self, types: Vec<ColumnType>) -> Self {
+        match self {
+            QueryOutput::Records(stream) => QueryOutput::Records(RecordStream {
+                column_types: types,
+                ..stream
+            }),
+            body => body,
+        }
     }
 }

@@ -61,6 +61,7 @@
 //! | `postgres` | [`dao::PostgresDao`](crate::dao): job records in PostgreSQL shared by many instances, with LISTEN/NOTIFY |
 //! | `axum` | `async_query::http`: an axum router with Elide-compatible JSON:API routes, downloads with ranges and event polling |
 //! | `metrics` | counters, gauges and histograms through the `metrics` facade, named in [`metrics`] |
+//! | `xlsx` | the `XLSX` export format ([`format::XlsxFormat`]): Excel workbooks in constant memory |
 //!
 //! Further reading in the repository: `docs/architecture.md`,
 //! `docs/lifecycle.md` (every transition and who makes it),
@@ -109,7 +110,8 @@ pub use error::{BoxError, Error, Result};
 pub use event::{EventPage, JobEvent, LoggedEvent, Subscription};
 pub use executor::{ExecutionContext, QueryExecutor, QueryOutput, RecordStream};
 pub use model::{
-    AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, Record, ResultBody,
+    AsyncQuery, ColumnType, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, Record,
+    ResultBody,
 };
 pub use progress::Progress;
 pub use request::{CancelOutcome, Reuse, ShutdownReport, SubmitRequest, WaitTimeout};

@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::progress::Progress;
 
 mod export_format;
-pub use export_format::{ExportFormat, MAX_FORMAT_NAME_LEN, ParseFormatError};
+pub use export_format::{ColumnType, ExportFormat, MAX_FORMAT_NAME_LEN, ParseFormatError};
 
 /// A map keyed by job id, with a fast, randomly seeded hasher (ids may
 /// come from clients, so the seed keeps them from choosing collisions).

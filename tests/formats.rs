@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::Arc;
 
-use async_query::format::{ExportEncoding, ExportSpec, RecordEncoder};
+use async_query::format::{ExportEncoding, ExportSpec, RecordEncoder, Tail};
 use async_query::{
     AsyncQuery, AsyncQueryService, BoxError, Config, Error, ExecutionContext, ExportFormat,
     MemoryDao, MemoryStorage, QueryExecutor, QueryOutput, QueryStatus, Record, SubmitRequest,
@@ -62,8 +62,11 @@ impl RecordEncoder for LinesEncoder {
         self.emitted += chunk.len() as u64;
         Ok(Some(Bytes::from(chunk)))
     }
-    fn finish(self: Box<Self>) -> async_query::Result<Bytes> {
-        Ok(Bytes::from(self.pending))
+    fn finish(self: Box<Self>) -> async_query::Result<Tail> {
+        // As a reader, as a format written at the end would hand it over.
+        Ok(Tail::reader(std::io::Cursor::new(
+            self.pending.into_bytes(),
+        )))
     }
     fn records(&self) -> u64 {
         self.records
@@ -158,7 +161,10 @@ async fn an_unknown_format_is_refused_before_anything_is_stored() {
         panic!("expected InvalidRequest, got {refused:?}");
     };
     assert!(reason.contains("PDF"), "{reason}");
-    assert!(reason.contains("CSV, JSON, NDJSON, LINES"), "{reason}");
+    assert!(
+        reason.contains("known formats: CSV, JSON, NDJSON") && reason.ends_with(", LINES"),
+        "{reason}"
+    );
     let many = service
         .submit_many(
             &alice(),
@@ -361,6 +367,212 @@ mod http {
                 detail.contains("format") || detail.contains("resultType"),
                 "{unknown:?}: {detail}"
             );
+        }
+    }
+}
+
+/// XLSX exports read back by an independent reader (`calamine`) and
+/// compared cell by cell with the rows the executor produced.
+#[cfg(feature = "xlsx")]
+mod xlsx {
+    use super::*;
+    use async_query::ColumnType;
+    use calamine::{Data, Reader, Xlsx};
+
+    /// Exports `rows` under `columns`, typed as `types`.
+    #[derive(Debug, Clone)]
+    struct Fixed {
+        columns: Vec<String>,
+        types: Vec<ColumnType>,
+        rows: Vec<Record>,
+    }
+
+    #[async_trait::async_trait]
+    impl QueryExecutor for Fixed {
+        async fn execute(
+            &self,
+            _job: &AsyncQuery,
+            _ctx: ExecutionContext,
+        ) -> Result<QueryOutput, BoxError> {
+            let rows = self.rows.clone().into_iter().map(Ok);
+            Ok(
+                QueryOutput::records(self.columns.clone(), futures::stream::iter(rows))
+                    .with_column_types(self.types.clone()),
+            )
+        }
+    }
+
+    async fn export(fixed: Fixed) -> (async_query::Download, Vec<Vec<Data>>) {
+        let service = AsyncQueryService::builder()
+            .executor(Arc::new(fixed))
+            .build()
+            .expect("service");
+        let job = service
+            .submit(&alice(), SubmitRequest::export("any", ExportFormat::XLSX))
+            .await
+            .expect("submit");
+        assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
+        let download = service
+            .download(&alice(), job.id, None)
+            .await
+            .expect("download");
+        let bytes = read_download(
+            service
+                .download(&alice(), job.id, None)
+                .await
+                .expect("download"),
+        )
+        .await;
+        let mut book: Xlsx<_> =
+            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).expect("an XLSX file");
+        assert_eq!(book.sheet_names(), ["Sheet1"]);
+        let range = book.worksheet_range("Sheet1").expect("sheet");
+        (download, range.rows().map(<[Data]>::to_vec).collect())
+    }
+
+    /// What `value` in a column of type `typed` reads back as.
+    fn expected(value: &Value, typed: Option<ColumnType>) -> Data {
+        match value {
+            Value::Null => Data::Empty,
+            Value::Bool(b) => Data::Bool(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) if i.unsigned_abs() > 1 << 53 => Data::String(i.to_string()),
+                _ => Data::Float(n.as_f64().expect("a number")),
+            },
+            Value::String(s) => match (typed, chrono::DateTime::parse_from_rfc3339(s)) {
+                (Some(ColumnType::Timestamp), Ok(at)) => Data::Float(
+                    at.timestamp() as f64 / 86_400.0
+                        + 25_569.0
+                        + f64::from(at.timestamp_subsec_nanos()) / 86_400e9,
+                ),
+                // An empty string is an empty cell, as in CSV.
+                _ if s.is_empty() => Data::Empty,
+                _ => Data::String(s.clone()),
+            },
+            other => Data::String(other.to_string()),
+        }
+    }
+
+    /// A read-back cell, with dates as their serial number (calamine
+    /// reads date-formatted cells as `DateTime`) and integers as floats.
+    fn plain(cell: &Data) -> Data {
+        match cell {
+            Data::DateTime(at) => Data::Float(at.as_f64()),
+            Data::Int(i) => Data::Float(*i as f64),
+            other => other.clone(),
+        }
+    }
+
+    #[tokio::test]
+    async fn typed_cells_unicode_nulls_and_awkward_values_read_back_cell_by_cell() {
+        let columns = ["id", "name", "amount", "paid", "at", "tags", "big", "note"];
+        let types = vec![
+            ColumnType::Integer,
+            ColumnType::Text,
+            ColumnType::Float,
+            ColumnType::Boolean,
+            ColumnType::Timestamp,
+            ColumnType::Json,
+            ColumnType::Integer,
+            ColumnType::Text,
+        ];
+        let rows: Vec<Record> = vec![
+            vec![
+                json!(1),
+                json!("Zoë ✓ 東京"),
+                json!(9.5),
+                json!(true),
+                json!("2026-12-07T10:30:00Z"),
+                json!(["a", 1]),
+                json!(9_007_199_254_740_993_i64),
+                json!("=1+1"),
+            ],
+            vec![
+                json!(2),
+                json!(""),
+                json!(-0.25),
+                json!(false),
+                json!("2026-12-07T12:00:00+02:00"),
+                json!({"k": null}),
+                json!(-3),
+                Value::Null,
+            ],
+            vec![
+                json!(3),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                json!("not a date"),
+                Value::Null,
+                json!(0),
+                json!("line\nbreak\ttab"),
+            ],
+        ];
+        let fixed = Fixed {
+            columns: columns.iter().map(|c| (*c).to_owned()).collect(),
+            types: types.clone(),
+            rows: rows.clone(),
+        };
+        let (download, cells) = export(fixed).await;
+        assert_eq!(
+            download.content_type,
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+        );
+        assert_eq!(download.extension, "xlsx");
+        let header: Vec<Data> = columns.iter().map(|c| Data::String((*c).into())).collect();
+        assert_eq!(cells[0], header);
+        assert_eq!(cells.len(), rows.len() + 1);
+        for (r, (row, read)) in rows.iter().zip(&cells[1..]).enumerate() {
+            for (c, value) in row.iter().enumerate() {
+                let got = read.get(c).map(plain).unwrap_or(Data::Empty);
+                let want = expected(value, types.get(c).copied());
+                match (&got, &want) {
+                    (Data::Float(a), Data::Float(b)) => {
+                        assert!(
+                            (a - b).abs() < 1e-9,
+                            "row {r} column {c}: {got:?} != {want:?}"
+                        )
+                    }
+                    _ => assert_eq!(got, want, "row {r} column {c} ({value})"),
+                }
+            }
+        }
+        // A timestamp column is formatted as a date-time: calamine sees a
+        // date, not a bare number.
+        assert!(
+            matches!(cells[1][4], Data::DateTime(_)),
+            "{:?}",
+            cells[1][4]
+        );
+    }
+
+    #[tokio::test]
+    async fn an_empty_result_is_a_header_row_and_a_wide_row_keeps_every_column() {
+        let (_, cells) = export(Fixed {
+            columns: vec!["a".into(), "b".into()],
+            types: Vec::new(),
+            rows: Vec::new(),
+        })
+        .await;
+        assert_eq!(
+            cells,
+            [vec![Data::String("a".into()), Data::String("b".into())]]
+        );
+
+        let width = 2_000;
+        let columns: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
+        let row: Record = (0..width).map(|i| json!(format!("v{i}"))).collect();
+        let (_, cells) = export(Fixed {
+            columns,
+            types: Vec::new(),
+            rows: vec![row.clone(), row],
+        })
+        .await;
+        assert_eq!(cells.len(), 3);
+        for read in &cells[1..] {
+            assert_eq!(read.len(), width);
+            assert_eq!(read[width - 1], Data::String(format!("v{}", width - 1)));
+            assert_eq!(read[0], Data::String("v0".into()));
         }
     }
 }

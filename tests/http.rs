@@ -375,6 +375,58 @@ async fn exports_download_byte_for_byte_in_every_format() {
     }
 }
 
+/// The SQL Lab's orders as an Excel workbook over HTTP, read back with
+/// `calamine` (not byte for byte: a workbook records when it was made).
+#[cfg(feature = "xlsx")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_lab_exports_an_xlsx_workbook() {
+    use calamine::{Data, Reader};
+    let (server, _) = sql_server().await;
+    let (status, created) = server
+        .post(
+            "tableExport",
+            "alice",
+            "SELECT o.id, o.amount, c.name AS customer FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id",
+            json!({ "resultType": "xlsx", "asyncAfterSeconds": 60 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(attr(&created, "resultType"), "XLSX");
+    assert_eq!(attr(&created, "status"), "COMPLETE", "{created}");
+    let url = attr(&created, "result")["url"].as_str().expect("url");
+    assert!(url.ends_with(".xlsx"), "{url}");
+    let response = server
+        .request(Method::GET, url, Some("alice"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    );
+    let bytes = response.bytes().await.expect("bytes");
+    let mut book: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(bytes.to_vec())).expect("xlsx");
+    let range = book.worksheet_range("Sheet1").expect("sheet");
+    let rows: Vec<&[Data]> = range.rows().collect();
+    assert_eq!(rows.len() as u64, ORDERS + 1);
+    assert_eq!(
+        rows[0],
+        [
+            Data::String("id".into()),
+            Data::String("amount".into()),
+            Data::String("customer".into())
+        ]
+    );
+    assert!(
+        matches!(rows[1][0], Data::Float(f) if f == 1.0),
+        "{:?}",
+        rows[1]
+    );
+    assert_eq!(rows[1][2], Data::String("customer-07920".into()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_answer_206_and_416() {
     let (server, _) = sql_server().await;

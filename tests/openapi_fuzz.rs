@@ -32,6 +32,7 @@ impl QueryExecutor for Echo {
             JobKind::Query => QueryOutput::body("[]", 0),
             JobKind::TableExport { .. } => QueryOutput::Records(RecordStream {
                 columns: vec!["n".into()],
+                column_types: Vec::new(),
                 records: Box::pin(futures::stream::iter(
                     (0..3).map(|n| Ok(vec![serde_json::json!(n)])),
                 )),

@@ -22,6 +22,16 @@ pub fn columns() -> Vec<String> {
     .collect()
 }
 
+/// What the columns hold, for typed formats (XLSX): `ordered_on` is a
+/// date.
+#[allow(dead_code)] // not every user of the table is typed
+pub fn types() -> Vec<async_query::ColumnType> {
+    use async_query::ColumnType::{Boolean, Date, Float, Integer, Text};
+    vec![
+        Integer, Text, Text, Text, Integer, Float, Float, Boolean, Date, Text,
+    ]
+}
+
 const REGIONS: [&str; 5] = ["EMEA", "APAC", "NA", "LATAM", "ANZ"];
 const PRODUCTS: [&str; 4] = ["widget", "gadget, large", "gizmo \"pro\"", "doohickey"];
 

@@ -10,7 +10,7 @@
 //!
 //! ```
 //! use std::sync::Arc;
-//! use async_query::format::{ExportEncoding, ExportSpec, RecordEncoder};
+//! use async_query::format::{ExportEncoding, ExportSpec, RecordEncoder, Tail};
 //! use async_query::{ExportFormat, Record, Result};
 //! use bytes::Bytes;
 //!
@@ -40,7 +40,7 @@
 //!         self.bytes += line.len() as u64;
 //!         Ok(Some(Bytes::from(line)))
 //!     }
-//!     fn finish(self: Box<Self>) -> Result<Bytes> { Ok(Bytes::new()) }
+//!     fn finish(self: Box<Self>) -> Result<Tail> { Ok(Tail::bytes(Bytes::new())) }
 //!     fn records(&self) -> u64 { self.records }
 //!     fn len(&self) -> u64 { self.bytes }
 //! }
@@ -86,13 +86,17 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::model::{ExportFormat, Record};
+use crate::model::{ColumnType, ExportFormat, Record};
 
 mod registry;
 mod text;
+#[cfg(feature = "xlsx")]
+mod xlsx;
 
 pub use registry::Formats;
 pub use text::{Encoder, TextFormat};
+#[cfg(feature = "xlsx")]
+pub use xlsx::{SheetOverflow, XLSX_MAX_CELL_CHARS, XLSX_MAX_COLUMNS, XLSX_MAX_ROWS, XlsxFormat};
 
 /// Default size at which an encoder hands a chunk to storage.
 pub const DEFAULT_CHUNK_SIZE: usize = 64 * 1024;
@@ -138,13 +142,16 @@ pub trait RecordEncoder: Send {
     /// nothing is published.
     fn push(&mut self, record: &Record) -> Result<Option<Bytes>>;
 
-    /// Ends the export: the remaining bytes (a trailer, a footer, or a
-    /// whole file for formats written at the end).
+    /// Ends the export: the remaining bytes (a trailer, a footer, or, for
+    /// formats written at the end, the whole file as a [`Tail::reader`]
+    /// that the service reads in bounded chunks). Runs on a blocking
+    /// thread ([`tokio::task::spawn_blocking`]), so it may compress or do
+    /// file I/O.
     ///
     /// # Errors
     ///
     /// As for [`push`](Self::push).
-    fn finish(self: Box<Self>) -> Result<Bytes>;
+    fn finish(self: Box<Self>) -> Result<Tail>;
 
     /// Records pushed so far.
     fn records(&self) -> u64;
@@ -159,20 +166,114 @@ pub trait RecordEncoder: Send {
     }
 }
 
+/// The last bytes of an export, from [`RecordEncoder::finish`]: a few
+/// bytes in memory, or a reader (a temporary file, say) that the service
+/// reads in chunks of [`DEFAULT_CHUNK_SIZE`], so that a format written at
+/// the end still needs memory for one chunk only.
+pub struct Tail {
+    bytes: Option<Bytes>,
+    reader: Option<Box<dyn std::io::Read + Send>>,
+}
+
+impl Tail {
+    /// These bytes.
+    pub fn bytes(bytes: impl Into<Bytes>) -> Self {
+        Tail {
+            bytes: Some(bytes.into()),
+            reader: None,
+        }
+    }
+
+    /// Everything `reader` yields, read in chunks.
+    pub fn reader(reader: impl std::io::Read + Send + 'static) -> Self {
+        Tail {
+            bytes: None,
+            reader: Some(Box::new(reader)),
+        }
+    }
+
+    /// Whether [`next_chunk`](Self::next_chunk) may block (it reads).
+    pub(crate) fn blocks(&self) -> bool {
+        self.reader.is_some()
+    }
+
+    /// The next chunk, `None` at the end. Blocks on the reader.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] if the reader fails.
+    pub fn next_chunk(&mut self) -> Result<Option<Bytes>> {
+        if let Some(bytes) = self.bytes.take() {
+            return Ok(Some(bytes));
+        }
+        let Some(reader) = self.reader.as_mut() else {
+            return Ok(None);
+        };
+        let mut chunk = vec![0; DEFAULT_CHUNK_SIZE];
+        let mut filled = 0;
+        while filled < chunk.len() {
+            match reader.read(&mut chunk[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    return Err(Error::invalid(format!(
+                        "reading the export's end failed: {e}"
+                    )));
+                }
+            }
+        }
+        if filled == 0 {
+            self.reader = None;
+            return Ok(None);
+        }
+        chunk.truncate(filled);
+        Ok(Some(Bytes::from(chunk)))
+    }
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail")
+            .field("bytes", &self.bytes.as_ref().map(Bytes::len))
+            .field("reader", &self.reader.is_some())
+            .finish()
+    }
+}
+
 /// What an export's encoder is made for: its columns and the options.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ExportSpec {
     /// The column names, in record order.
     pub columns: Vec<String>,
+    /// What each column holds, as the executor said
+    /// ([`QueryOutput::with_column_types`](crate::QueryOutput::with_column_types));
+    /// empty: unknown.
+    pub column_types: Vec<ColumnType>,
     /// How to write, beyond the format.
     pub options: EncodeOptions,
 }
 
 impl ExportSpec {
-    /// A spec for these columns and options.
+    /// A spec for these columns and options, with no column types.
     pub fn new(columns: Vec<String>, options: EncodeOptions) -> Self {
-        ExportSpec { columns, options }
+        ExportSpec {
+            columns,
+            column_types: Vec::new(),
+            options,
+        }
+    }
+
+    /// The same, with these column types (one per column, in order).
+    pub fn with_column_types(mut self, types: Vec<ColumnType>) -> Self {
+        self.column_types = types;
+        self
+    }
+
+    /// The type of column `index`, if known.
+    pub fn column_type(&self, index: usize) -> Option<ColumnType> {
+        self.column_types.get(index).copied()
     }
 }
 

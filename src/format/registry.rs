@@ -27,7 +27,8 @@ pub struct Formats {
 }
 
 impl Default for Formats {
-    /// The built-in formats: CSV, JSON and NDJSON.
+    /// The built-in formats: CSV, JSON and NDJSON, and with feature
+    /// `xlsx` [`XLSX`](super::XlsxFormat).
     fn default() -> Self {
         let mut formats = Formats {
             by_name: BTreeMap::new(),
@@ -35,6 +36,10 @@ impl Default for Formats {
         for text in [TextFormat::Csv, TextFormat::Json, TextFormat::Ndjson] {
             formats.by_name.insert(text.format(), Arc::new(text));
         }
+        #[cfg(feature = "xlsx")]
+        formats
+            .by_name
+            .insert(ExportFormat::XLSX, Arc::new(super::XlsxFormat::new()));
         formats
     }
 }
@@ -75,6 +80,11 @@ impl Formats {
     /// The format named `format`, if known.
     pub fn get(&self, format: &ExportFormat) -> Option<&Arc<dyn ExportEncoding>> {
         self.by_name.get(format)
+    }
+
+    /// Whether a known format has this file extension.
+    pub fn knows_extension(&self, extension: &str) -> bool {
+        self.by_name.values().any(|e| e.extension() == extension)
     }
 
     /// The names of the known formats, in order.
@@ -150,9 +160,10 @@ mod tests {
         let unknown = formats
             .find(&ExportFormat::new("PDF").unwrap())
             .unwrap_err();
+        let message = unknown.to_string();
         assert!(
-            unknown.to_string().contains("CSV, JSON, NDJSON, ODD"),
-            "{unknown}"
+            message.contains("known formats: CSV, JSON, NDJSON") && message.ends_with(", ODD"),
+            "{message}"
         );
     }
 }

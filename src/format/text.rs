@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use serde_json::Value;
 
-use super::{DEFAULT_CHUNK_SIZE, EncodeOptions, ExportEncoding, ExportSpec, RecordEncoder};
+use super::{DEFAULT_CHUNK_SIZE, EncodeOptions, ExportEncoding, ExportSpec, RecordEncoder, Tail};
 use crate::error::{Error, Result};
 use crate::model::{ExportFormat, Record};
 
@@ -79,7 +79,8 @@ impl Encoder {
     /// let columns = vec!["a".into(), "b".into()];
     /// let mut enc = Encoder::new(TextFormat::Csv, columns, EncodeOptions::default());
     /// enc.push(&vec![json!("x,y"), json!(null)]).unwrap();
-    /// let bytes = Box::new(enc).finish().unwrap();
+    /// let mut tail = Box::new(enc).finish().unwrap();
+    /// let bytes = tail.next_chunk().unwrap().unwrap();
     /// assert_eq!(&bytes[..], b"a,b\n\"x,y\",\n");
     /// ```
     pub fn new(format: TextFormat, columns: Vec<String>, options: EncodeOptions) -> Self {
@@ -201,11 +202,11 @@ impl RecordEncoder for Encoder {
         self.take().map(Some)
     }
 
-    fn finish(mut self: Box<Self>) -> Result<Bytes> {
+    fn finish(mut self: Box<Self>) -> Result<Tail> {
         if self.format == TextFormat::Json {
             self.buffer.push(b']');
         }
-        self.take()
+        self.take().map(Tail::bytes)
     }
 
     fn records(&self) -> u64 {
@@ -250,7 +251,10 @@ mod tests {
                 out.extend_from_slice(&chunk);
             }
         }
-        out.extend_from_slice(&enc.finish().unwrap());
+        let mut tail = enc.finish().unwrap();
+        while let Some(chunk) = tail.next_chunk().unwrap() {
+            out.extend_from_slice(&chunk);
+        }
         String::from_utf8(out).unwrap()
     }
 

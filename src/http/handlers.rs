@@ -309,12 +309,16 @@ pub(super) async fn download<R: PrincipalResolver>(
     let name = last_segment(&parts);
     let id = match name.split_once('.') {
         None => document::parse_id(name)?,
-        Some((id, "csv" | "json" | "ndjson")) => document::parse_id(id)?,
+        Some((id, extension)) if app.service.formats().knows_extension(extension) => {
+            document::parse_id(id)?
+        }
         Some(_) => {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,
                 "invalid_id",
-                format!("{name:?} is not a job id, with .csv, .json or .ndjson or without"),
+                format!(
+                    "{name:?} is not a job id, with the extension of an export format (.csv, …) or without"
+                ),
             ));
         }
     };

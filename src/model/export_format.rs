@@ -112,6 +112,43 @@ impl<'de> Deserialize<'de> for ExportFormat {
     }
 }
 
+/// What a table export's column holds, as far as typed formats care
+/// (XLSX cells): an executor that knows its columns' types says so with
+/// [`QueryOutput::with_column_types`](crate::QueryOutput::with_column_types).
+/// Without types, a format goes by each value's JSON type.
+///
+/// | type | values | XLSX |
+/// |---|---|---|
+/// | `Text` | strings | text cells |
+/// | `Integer`, `Float` | numbers | number cells |
+/// | `Boolean` | booleans | boolean cells |
+/// | `Date` | RFC 3339 dates (`2026-12-07`) or date-times | dates (`yyyy-mm-dd`) |
+/// | `Timestamp` | RFC 3339 date-times (`2026-12-07T10:00:00Z`, any offset: converted to UTC) | date-times (`yyyy-mm-dd hh:mm:ss`, UTC) |
+/// | `Json` | anything | its JSON text |
+///
+/// A value that does not fit its column's type (a string in a `Timestamp`
+/// column that does not parse) is written as its JSON type would be, not
+/// dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ColumnType {
+    /// Text.
+    Text,
+    /// Whole numbers.
+    Integer,
+    /// Floating-point numbers.
+    Float,
+    /// `true` / `false`.
+    Boolean,
+    /// Calendar dates.
+    Date,
+    /// Instants: date and time with an offset.
+    Timestamp,
+    /// Arbitrary JSON (arrays, objects).
+    Json,
+}
+
 /// A format name that [`ExportFormat::new`] refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(

@@ -16,7 +16,7 @@ use crate::format::{EncodeOptions, ExportEncoding, ExportSpec, RecordEncoder};
 use crate::model::{
     AsyncQuery, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, ResultBody,
 };
-use crate::storage::Download;
+use crate::storage::{Download, ResultWriter};
 
 impl Runtime {
     /// The name a job's export is stored under: its id, with the format's
@@ -43,22 +43,31 @@ impl Runtime {
             .formats
             .find(format)
             .map_err(|e| RunError::from(e.to_string()))?;
+        // Everything that can refuse the export before anything is stored.
+        let RecordStream {
+            columns,
+            records: mut rows,
+            column_types,
+        } = records;
+        if !column_types.is_empty() && column_types.len() != columns.len() {
+            return Err(RunError::from(format!(
+                "the executor gave {} column types for {} columns",
+                column_types.len(),
+                columns.len()
+            )));
+        }
+        let options = EncodeOptions::default()
+            .csv_header(self.config.csv_header)
+            .csv_formula_guard(self.config.csv_formula_guard);
+        let mut encoder = encoding
+            .encoder(ExportSpec::new(columns, options).with_column_types(column_types))
+            .map_err(|e| RunError::from(e.to_string()))?;
         let name = self.export_name(job.id, &**encoding);
         let mut writer = self
             .storage
             .create(&name)
             .await
             .map_err(|e| storage_failed(job, &e, format!("could not store the export: {e}")))?;
-        let RecordStream {
-            columns,
-            records: mut rows,
-        } = records;
-        let options = EncodeOptions::default()
-            .csv_header(self.config.csv_header)
-            .csv_formula_guard(self.config.csv_formula_guard);
-        let mut encoder = encoding
-            .encoder(ExportSpec::new(columns, options))
-            .map_err(|e| RunError::from(e.to_string()))?;
         let written: Result<Option<String>, RunError> = async {
             while let Some(row) = rows.next().await {
                 // An always-ready row source must still let cancellation and
@@ -89,12 +98,9 @@ impl Runtime {
         .await;
         let record_count = encoder.records();
         let written = match written {
-            Ok(truncated) => match encoder.finish() {
-                Ok(tail) => writer.write(tail).await.map(|()| truncated).map_err(|e| {
-                    storage_failed(job, &e, format!("could not store the export: {e}")).into()
-                }),
-                Err(e) => Err(e.to_string().into()),
-            },
+            Ok(truncated) => write_tail(job, encoder, &mut *writer)
+                .await
+                .map(|()| truncated),
             Err(e) => Err(e),
         };
         let truncated = match written {
@@ -249,6 +255,38 @@ impl Runtime {
             record_count: result.record_count,
             stream,
         })
+    }
+}
+
+/// Finishes `encoder` and writes what it hands over, on blocking threads
+/// (a format written at the end may compress, or read a temporary file).
+async fn write_tail(
+    job: &AsyncQuery,
+    encoder: Box<dyn RecordEncoder>,
+    writer: &mut dyn ResultWriter,
+) -> Result<(), RunError> {
+    let panicked =
+        |e: tokio::task::JoinError| RunError::from(format!("the export's encoder failed: {e}"));
+    let mut tail = tokio::task::spawn_blocking(move || encoder.finish())
+        .await
+        .map_err(panicked)?
+        .map_err(|e| RunError::from(e.to_string()))?;
+    loop {
+        let (next, back) = if tail.blocks() {
+            tokio::task::spawn_blocking(move || (tail.next_chunk(), tail))
+                .await
+                .map_err(panicked)?
+        } else {
+            (tail.next_chunk(), tail)
+        };
+        tail = back;
+        let Some(chunk) = next.map_err(|e| RunError::from(e.to_string()))? else {
+            return Ok(());
+        };
+        writer
+            .write(chunk)
+            .await
+            .map_err(|e| storage_failed(job, &e, format!("could not store the export: {e}")))?;
     }
 }
 
