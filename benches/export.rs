@@ -4,7 +4,12 @@
 //! `csv::Writer` into a `BufWriter<File>`; `rust_xlsxwriter` in constant
 //! memory mode saving to a file.
 //!
-//! `cargo bench --bench export --features xlsx`
+//! For ARROW_STREAM and PARQUET (feature `arrow`) the baseline builds the
+//! same typed record batches of 8,192 rows with Arrow's builders and
+//! writes them with `arrow_ipc`'s `StreamWriter` / `parquet`'s
+//! `ArrowWriter` (Snappy, the same row groups) into a `BufWriter<File>`.
+//!
+//! `cargo bench --bench export --features xlsx,arrow`
 //!
 //! Peak memory is measured with the `export` example instead (see
 //! docs/BENCHMARKS.md): `/usr/bin/time -v target/release/examples/export N`.
@@ -112,6 +117,127 @@ fn bare_xlsx(path: &std::path::Path, rows: u64) {
     out.get_ref().sync_all().expect("sync");
 }
 
+/// The Arrow baseline's batches: the demo table's rows, 8,192 at a time,
+/// typed as `table::types()` says.
+#[cfg(feature = "arrow")]
+fn bare_batches(rows: u64, mut write: impl FnMut(&arrow_array::RecordBatch)) {
+    use arrow_array::builder::{
+        BooleanBuilder, Date32Builder, Float64Builder, Int64Builder, StringBuilder,
+    };
+    use arrow_array::{ArrayRef, RecordBatch};
+    use arrow_schema::{DataType, Field, Schema};
+    use async_query::ColumnType;
+    let types = table::types();
+    let fields: Vec<Field> = table::columns()
+        .iter()
+        .zip(&types)
+        .map(|(name, t)| {
+            let dt = match t {
+                ColumnType::Integer => DataType::Int64,
+                ColumnType::Float => DataType::Float64,
+                ColumnType::Boolean => DataType::Boolean,
+                ColumnType::Date => DataType::Date32,
+                _ => DataType::Utf8,
+            };
+            Field::new(name, dt, true)
+        })
+        .collect();
+    let schema = Arc::new(Schema::new(fields));
+    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).expect("epoch");
+    // Row by row into one builder per column, as a host would.
+    enum B {
+        I(Int64Builder),
+        F(Float64Builder),
+        Bo(BooleanBuilder),
+        D(Date32Builder),
+        S(StringBuilder),
+    }
+    let mut builders: Vec<B> = types
+        .iter()
+        .map(|t| match t {
+            ColumnType::Integer => B::I(Int64Builder::with_capacity(8_192)),
+            ColumnType::Float => B::F(Float64Builder::with_capacity(8_192)),
+            ColumnType::Boolean => B::Bo(BooleanBuilder::with_capacity(8_192)),
+            ColumnType::Date => B::D(Date32Builder::with_capacity(8_192)),
+            _ => B::S(StringBuilder::with_capacity(8_192, 8_192 * 16)),
+        })
+        .collect();
+    let mut in_batch = 0;
+    for i in 0..rows {
+        for (b, v) in builders.iter_mut().zip(table::row(i)) {
+            match b {
+                B::I(b) => b.append_option(v.as_i64()),
+                B::F(b) => b.append_option(v.as_f64()),
+                B::Bo(b) => b.append_option(v.as_bool()),
+                B::D(b) => b.append_option(v.as_str().map(|s| {
+                    let day = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").expect("date");
+                    (day - epoch).num_days() as i32
+                })),
+                B::S(b) => b.append_option(v.as_str()),
+            }
+        }
+        in_batch += 1;
+        if in_batch == 8_192 || i + 1 == rows {
+            let columns: Vec<ArrayRef> = builders
+                .iter_mut()
+                .map(|b| -> ArrayRef {
+                    match b {
+                        B::I(b) => Arc::new(b.finish()),
+                        B::F(b) => Arc::new(b.finish()),
+                        B::Bo(b) => Arc::new(b.finish()),
+                        B::D(b) => Arc::new(b.finish()),
+                        B::S(b) => Arc::new(b.finish()),
+                    }
+                })
+                .collect();
+            write(&RecordBatch::try_new(Arc::clone(&schema), columns).expect("batch"));
+            in_batch = 0;
+        }
+    }
+}
+
+/// The ARROW_STREAM baseline: `StreamWriter` into a file.
+#[cfg(feature = "arrow")]
+fn bare_arrow(path: &std::path::Path, rows: u64) {
+    let mut writer = None;
+    bare_batches(rows, |batch| {
+        let w = writer.get_or_insert_with(|| {
+            let file = BufWriter::new(std::fs::File::create(path).expect("create"));
+            arrow_ipc::writer::StreamWriter::try_new(file, &batch.schema()).expect("writer")
+        });
+        w.write(batch).expect("write");
+    });
+    let mut w = writer.expect("a batch");
+    w.finish().expect("finish");
+    w.get_mut().flush().expect("flush");
+    w.get_ref().get_ref().sync_all().expect("sync");
+}
+
+/// The PARQUET baseline: `ArrowWriter` (Snappy, 65,536-row groups) into a
+/// file.
+#[cfg(feature = "arrow")]
+fn bare_parquet(path: &std::path::Path, rows: u64) {
+    use parquet::file::properties::WriterProperties;
+    let props = WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .set_max_row_group_size(65_536)
+        .build();
+    let mut writer = None;
+    bare_batches(rows, |batch| {
+        let w = writer.get_or_insert_with(|| {
+            let file = BufWriter::new(std::fs::File::create(path).expect("create"));
+            parquet::arrow::ArrowWriter::try_new(file, batch.schema(), Some(props.clone()))
+                .expect("writer")
+        });
+        w.write(batch).expect("write");
+    });
+    let mut w = writer.expect("a batch");
+    w.finish().expect("close");
+    let out = w.inner_mut();
+    out.flush().expect("flush");
+    out.get_ref().sync_all().expect("sync");
+}
+
 /// Submits an export of `ROWS` rows in `format` and deletes the file.
 async fn service_export(
     service: &AsyncQueryService,
@@ -178,6 +304,39 @@ fn export(c: &mut Criterion) {
                 .iter(|| service_export(&service, &storage, &analyst, ExportFormat::XLSX))
         });
         group.finish();
+    }
+
+    #[cfg(feature = "arrow")]
+    {
+        type Bare = fn(&std::path::Path, u64);
+        let cases: [(&str, ExportFormat, &str, Bare); 2] = [
+            (
+                "ARROW_STREAM",
+                ExportFormat::ARROW_STREAM,
+                "arrow_ipc StreamWriter",
+                bare_arrow,
+            ),
+            (
+                "PARQUET",
+                ExportFormat::PARQUET,
+                "parquet ArrowWriter (Snappy)",
+                bare_parquet,
+            ),
+        ];
+        for (name, format, bare_name, bare) in cases {
+            let mut group = c.benchmark_group(format!("export 200k rows x 10 columns, {name}"));
+            group.sample_size(10);
+            group.throughput(Throughput::Elements(ROWS));
+            let baseline_path = dir.path().join(format!("baseline.{name}"));
+            group.bench_function(format!("baseline: {bare_name} + BufWriter<File>"), |b| {
+                b.iter(|| bare(&baseline_path, ROWS))
+            });
+            group.bench_function("service: TableExport to FileSystemStorage", |b| {
+                b.to_async(&rt)
+                    .iter(|| service_export(&service, &storage, &analyst, format.clone()))
+            });
+            group.finish();
+        }
     }
 }
 

@@ -62,6 +62,7 @@
 //! | `axum` | `async_query::http`: an axum router with Elide-compatible JSON:API routes, downloads with ranges and event polling |
 //! | `metrics` | counters, gauges and histograms through the `metrics` facade, named in [`metrics`] |
 //! | `xlsx` | the `XLSX` export format ([`format::XlsxFormat`]): Excel workbooks in constant memory |
+//! | `arrow` | the `ARROW_STREAM` and `PARQUET` export formats ([`format::ArrowStreamFormat`], [`format::ParquetFormat`]) |
 //!
 //! Further reading in the repository: `docs/architecture.md`,
 //! `docs/lifecycle.md` (every transition and who makes it),

@@ -427,6 +427,57 @@ async fn the_sql_lab_exports_an_xlsx_workbook() {
     assert_eq!(rows[1][2], Data::String("customer-07920".into()));
 }
 
+/// The SQL Lab's orders as Parquet over HTTP, read back with the
+/// `parquet` crate's reader.
+#[cfg(feature = "arrow")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_lab_exports_parquet() {
+    let (server, _) = sql_server().await;
+    let (status, created) = server
+        .post(
+            "tableExport",
+            "alice",
+            "SELECT o.id, c.name AS customer FROM orders o JOIN customers c ON c.id = o.customer_id ORDER BY o.id",
+            json!({ "resultType": "parquet", "asyncAfterSeconds": 60 }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(attr(&created, "resultType"), "PARQUET");
+    assert_eq!(attr(&created, "status"), "COMPLETE", "{created}");
+    let url = attr(&created, "result")["url"].as_str().expect("url");
+    assert!(url.ends_with(".parquet"), "{url}");
+    let response = server
+        .request(Method::GET, url, Some("alice"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(
+        response.headers()["content-type"],
+        "application/vnd.apache.parquet"
+    );
+    let bytes = response.bytes().await.expect("bytes");
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .expect("a Parquet file")
+        .build()
+        .expect("reader");
+    let mut rows = 0;
+    let mut first = None;
+    for batch in reader {
+        let batch = batch.expect("batch");
+        if first.is_none() {
+            use arrow_array::cast::AsArray;
+            let customer = batch.column(1).as_string::<i32>().value(0).to_owned();
+            first = Some((batch.schema().field(0).data_type().clone(), customer));
+        }
+        rows += batch.num_rows() as u64;
+    }
+    assert_eq!(rows, ORDERS);
+    assert_eq!(
+        first,
+        Some((arrow_schema::DataType::Int64, "customer-07920".to_owned()))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ranges_answer_206_and_416() {
     let (server, _) = sql_server().await;

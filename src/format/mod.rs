@@ -88,11 +88,17 @@ use serde_json::Value;
 use crate::error::{Error, Result};
 use crate::model::{ColumnType, ExportFormat, Record};
 
+#[cfg(feature = "arrow")]
+mod arrow;
+#[cfg(feature = "arrow")]
+mod columnar;
 mod registry;
 mod text;
 #[cfg(feature = "xlsx")]
 mod xlsx;
 
+#[cfg(feature = "arrow")]
+pub use arrow::{ArrowStreamFormat, PARQUET_ROW_GROUP_ROWS, ParquetFormat};
 pub use registry::Formats;
 pub use text::{Encoder, TextFormat};
 #[cfg(feature = "xlsx")]

@@ -27,8 +27,10 @@ pub struct Formats {
 }
 
 impl Default for Formats {
-    /// The built-in formats: CSV, JSON and NDJSON, and with feature
-    /// `xlsx` [`XLSX`](super::XlsxFormat).
+    /// The built-in formats: CSV, JSON and NDJSON, with feature `xlsx`
+    /// [`XLSX`](super::XlsxFormat), with feature `arrow`
+    /// [`ARROW_STREAM`](super::ArrowStreamFormat) and
+    /// [`PARQUET`](super::ParquetFormat).
     fn default() -> Self {
         let mut formats = Formats {
             by_name: BTreeMap::new(),
@@ -40,6 +42,16 @@ impl Default for Formats {
         formats
             .by_name
             .insert(ExportFormat::XLSX, Arc::new(super::XlsxFormat::new()));
+        #[cfg(feature = "arrow")]
+        {
+            formats.by_name.insert(
+                ExportFormat::ARROW_STREAM,
+                Arc::new(super::ArrowStreamFormat),
+            );
+            formats
+                .by_name
+                .insert(ExportFormat::PARQUET, Arc::new(super::ParquetFormat));
+        }
         formats
     }
 }
@@ -162,7 +174,10 @@ mod tests {
             .unwrap_err();
         let message = unknown.to_string();
         assert!(
-            message.contains("known formats: CSV, JSON, NDJSON") && message.ends_with(", ODD"),
+            ["CSV", "JSON", "NDJSON"]
+                .iter()
+                .all(|n| message.contains(n))
+                && message.ends_with(", ODD"),
             "{message}"
         );
     }

@@ -10,7 +10,8 @@ pub const MAX_FORMAT_NAME_LEN: usize = 32;
 /// The format of a [`JobKind::TableExport`](crate::JobKind::TableExport),
 /// by name: one of the built-in formats ([`CSV`](Self::CSV),
 /// [`JSON`](Self::JSON), [`NDJSON`](Self::NDJSON), and with features
-/// [`XLSX`](Self::XLSX)) or a name a host registered with
+/// [`XLSX`](Self::XLSX), [`ARROW_STREAM`](Self::ARROW_STREAM) and
+/// [`PARQUET`](Self::PARQUET)) or a name a host registered with
 /// [`AsyncQueryServiceBuilder::format`](crate::AsyncQueryServiceBuilder::format).
 ///
 /// Names are case-insensitive and kept upper-case, as Elide spells its
@@ -50,6 +51,10 @@ impl ExportFormat {
     pub const NDJSON: ExportFormat = ExportFormat(Name::Static("NDJSON"));
     /// An Excel workbook (Office Open XML), feature `xlsx`.
     pub const XLSX: ExportFormat = ExportFormat(Name::Static("XLSX"));
+    /// The Arrow IPC streaming format, feature `arrow`.
+    pub const ARROW_STREAM: ExportFormat = ExportFormat(Name::Static("ARROW_STREAM"));
+    /// Apache Parquet, feature `arrow`.
+    pub const PARQUET: ExportFormat = ExportFormat(Name::Static("PARQUET"));
 
     /// The format named `name` (case-insensitive).
     ///
@@ -68,7 +73,14 @@ impl ExportFormat {
             });
         }
         let upper = name.to_ascii_uppercase();
-        for known in [Self::CSV, Self::JSON, Self::NDJSON, Self::XLSX] {
+        for known in [
+            Self::CSV,
+            Self::JSON,
+            Self::NDJSON,
+            Self::XLSX,
+            Self::ARROW_STREAM,
+            Self::PARQUET,
+        ] {
             if known.as_str() == upper {
                 return Ok(known);
             }
