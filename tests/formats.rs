@@ -7,8 +7,9 @@ use std::sync::Arc;
 
 use async_query::format::{ExportEncoding, ExportSpec, RecordEncoder, Tail};
 use async_query::{
-    AsyncQuery, AsyncQueryService, BoxError, Config, Error, ExecutionContext, ExportFormat,
-    MemoryDao, MemoryStorage, QueryExecutor, QueryOutput, QueryStatus, Record, SubmitRequest,
+    AsyncQuery, AsyncQueryService, BoxError, ColumnType, Config, Error, ExecutionContext,
+    ExportFormat, MemoryDao, MemoryStorage, QueryExecutor, QueryOutput, QueryStatus, Record,
+    SubmitRequest,
 };
 use bytes::Bytes;
 use common::{alice, read_download};
@@ -102,6 +103,49 @@ impl QueryExecutor for Rows {
             futures::stream::iter(rows),
         ))
     }
+}
+
+/// Exports `rows` under `columns` (typed as `types`, or untyped).
+#[derive(Debug, Clone)]
+struct Fixed {
+    columns: Vec<String>,
+    types: Vec<ColumnType>,
+    rows: Vec<Record>,
+}
+
+#[async_trait::async_trait]
+impl QueryExecutor for Fixed {
+    async fn execute(
+        &self,
+        _job: &AsyncQuery,
+        _ctx: ExecutionContext,
+    ) -> Result<QueryOutput, BoxError> {
+        let rows = self.rows.clone().into_iter().map(Ok);
+        Ok(
+            QueryOutput::records(self.columns.clone(), futures::stream::iter(rows))
+                .with_column_types(self.types.clone()),
+        )
+    }
+}
+
+/// The export's status, result message and bytes.
+async fn export_of(fixed: Fixed, format: ExportFormat) -> (AsyncQuery, Vec<u8>) {
+    let service = AsyncQueryService::builder()
+        .executor(Arc::new(fixed))
+        .build()
+        .expect("service");
+    let job = service
+        .submit(&alice(), SubmitRequest::export("any", format))
+        .await
+        .expect("submit");
+    if job.status != QueryStatus::Complete {
+        return (job, Vec::new());
+    }
+    let download = service
+        .download(&alice(), job.id, None)
+        .await
+        .expect("download");
+    (job, read_download(download).await)
 }
 
 fn service(config: Config) -> AsyncQueryService {
@@ -302,6 +346,94 @@ async fn the_csv_formula_guard_is_off_by_default_and_prefixes_formulas_when_on()
     );
 }
 
+/// CSV, JSON and NDJSON read back by their own parsers for an empty result
+/// and for rows 2,000 columns wide (unicode, nulls and awkward text are in
+/// `tests/export.rs`).
+#[tokio::test]
+async fn text_formats_read_back_an_empty_result_and_very_wide_rows() {
+    let columns: Vec<String> = vec!["a".into(), "b ü".into()];
+    let empty = Fixed {
+        columns: columns.clone(),
+        types: Vec::new(),
+        rows: Vec::new(),
+    };
+    let (job, bytes) = export_of(empty.clone(), ExportFormat::CSV).await;
+    assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
+    let mut reader = csv::Reader::from_reader(&bytes[..]);
+    assert_eq!(reader.headers().expect("header"), vec!["a", "b ü"]);
+    assert_eq!(reader.records().count(), 0);
+    let (job, bytes) = export_of(empty.clone(), ExportFormat::JSON).await;
+    assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
+    let parsed: Vec<Value> = serde_json::from_slice(&bytes).expect("a JSON array");
+    assert!(parsed.is_empty());
+    let (job, bytes) = export_of(empty, ExportFormat::NDJSON).await;
+    assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
+    assert!(bytes.is_empty(), "no records, no lines: {bytes:?}");
+
+    let width = 2_000;
+    let columns: Vec<String> = (0..width).map(|i| format!("c{i}")).collect();
+    let rows: Vec<Record> = (0..3)
+        .map(|r| {
+            (0..width)
+                .map(|i| match i % 3 {
+                    0 => json!(format!("v{r}.{i}")),
+                    1 => json!(i * r),
+                    _ => Value::Null,
+                })
+                .collect()
+        })
+        .collect();
+    let wide = Fixed {
+        columns: columns.clone(),
+        types: Vec::new(),
+        rows: rows.clone(),
+    };
+    let (_, bytes) = export_of(wide.clone(), ExportFormat::CSV).await;
+    let mut reader = csv::Reader::from_reader(&bytes[..]);
+    assert_eq!(reader.headers().expect("header"), columns);
+    let read: Vec<csv::StringRecord> = reader.records().map(|r| r.expect("row")).collect();
+    assert_eq!(read.len(), rows.len());
+    for (got, want) in read.iter().zip(&rows) {
+        assert_eq!(got.len(), width);
+        for (field, value) in got.iter().zip(want) {
+            let want = match value {
+                Value::Null => String::new(),
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            assert_eq!(field, want);
+        }
+    }
+    let objects = |bytes: Vec<u8>, format: &ExportFormat| -> Vec<serde_json::Map<String, Value>> {
+        if *format == ExportFormat::JSON {
+            serde_json::from_slice(&bytes).expect("a JSON array of objects")
+        } else {
+            std::str::from_utf8(&bytes)
+                .expect("UTF-8")
+                .lines()
+                .map(|line| serde_json::from_str(line).expect("one object per line"))
+                .collect()
+        }
+    };
+    for format in [ExportFormat::JSON, ExportFormat::NDJSON] {
+        let (job, bytes) = export_of(wide.clone(), format.clone()).await;
+        assert_eq!(
+            job.status,
+            QueryStatus::Complete,
+            "{format}: {:?}",
+            job.result
+        );
+        let read = objects(bytes, &format);
+        assert_eq!(read.len(), rows.len(), "{format}");
+        for (object, want) in read.iter().zip(&rows) {
+            assert_eq!(object.len(), width, "{format}");
+            for (column, value) in columns.iter().zip(want) {
+                assert_eq!(&object[column], value, "{format} {column}");
+            }
+        }
+    }
+}
+
 #[cfg(feature = "axum")]
 mod http {
     use super::*;
@@ -379,31 +511,7 @@ mod http {
 #[cfg(feature = "xlsx")]
 mod xlsx {
     use super::*;
-    use async_query::ColumnType;
     use calamine::{Data, Reader, Xlsx};
-
-    /// Exports `rows` under `columns`, typed as `types`.
-    #[derive(Debug, Clone)]
-    struct Fixed {
-        columns: Vec<String>,
-        types: Vec<ColumnType>,
-        rows: Vec<Record>,
-    }
-
-    #[async_trait::async_trait]
-    impl QueryExecutor for Fixed {
-        async fn execute(
-            &self,
-            _job: &AsyncQuery,
-            _ctx: ExecutionContext,
-        ) -> Result<QueryOutput, BoxError> {
-            let rows = self.rows.clone().into_iter().map(Ok);
-            Ok(
-                QueryOutput::records(self.columns.clone(), futures::stream::iter(rows))
-                    .with_column_types(self.types.clone()),
-            )
-        }
-    }
 
     async fn export(fixed: Fixed) -> (async_query::Download, Vec<Vec<Data>>) {
         let service = AsyncQueryService::builder()
@@ -588,50 +696,6 @@ mod columnar {
     use arrow_array::cast::AsArray;
     use arrow_array::types::{Date32Type, Float64Type, Int64Type, TimestampMicrosecondType};
     use arrow_array::{Array, RecordBatch};
-    use async_query::ColumnType;
-
-    /// Exports `rows` under `columns` (typed as `types`, or untyped).
-    #[derive(Debug, Clone)]
-    struct Fixed {
-        columns: Vec<String>,
-        types: Vec<ColumnType>,
-        rows: Vec<Record>,
-    }
-
-    #[async_trait::async_trait]
-    impl QueryExecutor for Fixed {
-        async fn execute(
-            &self,
-            _job: &AsyncQuery,
-            _ctx: ExecutionContext,
-        ) -> Result<QueryOutput, BoxError> {
-            let rows = self.rows.clone().into_iter().map(Ok);
-            Ok(
-                QueryOutput::records(self.columns.clone(), futures::stream::iter(rows))
-                    .with_column_types(self.types.clone()),
-            )
-        }
-    }
-
-    /// The export's status, result message and bytes.
-    async fn export(fixed: Fixed, format: ExportFormat) -> (AsyncQuery, Vec<u8>) {
-        let service = AsyncQueryService::builder()
-            .executor(Arc::new(fixed))
-            .build()
-            .expect("service");
-        let job = service
-            .submit(&alice(), SubmitRequest::export("any", format))
-            .await
-            .expect("submit");
-        if job.status != QueryStatus::Complete {
-            return (job, Vec::new());
-        }
-        let download = service
-            .download(&alice(), job.id, None)
-            .await
-            .expect("download");
-        (job, read_download(download).await)
-    }
 
     fn ipc_batches(bytes: Vec<u8>) -> Vec<RecordBatch> {
         arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
@@ -784,14 +848,14 @@ mod columnar {
     #[tokio::test]
     async fn typed_columns_read_back_cell_by_cell_in_both_formats() {
         let fixed = typed();
-        let (job, bytes) = export(fixed.clone(), ExportFormat::ARROW_STREAM).await;
+        let (job, bytes) = export_of(fixed.clone(), ExportFormat::ARROW_STREAM).await;
         assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
         let batches = ipc_batches(bytes);
         assert!(batches.len() >= 3, "{} batches", batches.len());
         assert!(batches.iter().all(|b| b.num_rows() <= 8_192));
         compare(&fixed, &batches);
 
-        let (job, bytes) = export(fixed.clone(), ExportFormat::PARQUET).await;
+        let (job, bytes) = export_of(fixed.clone(), ExportFormat::PARQUET).await;
         assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
         assert_eq!(&bytes[..4], b"PAR1");
         let metadata = parquet::file::reader::FileReader::metadata(
@@ -817,7 +881,7 @@ mod columnar {
             ],
         };
         for format in [ExportFormat::ARROW_STREAM, ExportFormat::PARQUET] {
-            let (job, bytes) = export(untyped.clone(), format.clone()).await;
+            let (job, bytes) = export_of(untyped.clone(), format.clone()).await;
             assert_eq!(
                 job.status,
                 QueryStatus::Complete,
@@ -847,7 +911,7 @@ mod columnar {
         // naming the record and column, and nothing is published.
         let mut rows: Vec<Record> = (0..8_192).map(|i| vec![json!(i)]).collect();
         rows.push(vec![json!("oops")]);
-        let (job, _) = export(
+        let (job, _) = export_of(
             Fixed {
                 columns: vec!["n".into()],
                 types: Vec::new(),
@@ -869,7 +933,7 @@ mod columnar {
             types: vec![ColumnType::Integer, ColumnType::Text],
             rows: Vec::new(),
         };
-        let (job, bytes) = export(empty.clone(), ExportFormat::ARROW_STREAM).await;
+        let (job, bytes) = export_of(empty.clone(), ExportFormat::ARROW_STREAM).await;
         assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
         let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(bytes), None)
             .expect("stream");
@@ -878,7 +942,7 @@ mod columnar {
             &arrow_schema::DataType::Int64
         );
         assert_eq!(reader.count(), 0);
-        let (job, bytes) = export(empty, ExportFormat::PARQUET).await;
+        let (job, bytes) = export_of(empty, ExportFormat::PARQUET).await;
         assert_eq!(job.status, QueryStatus::Complete, "{:?}", job.result);
         assert!(parquet_batches(bytes).iter().all(|b| b.num_rows() == 0));
 
@@ -889,7 +953,7 @@ mod columnar {
             rows: vec![(0..width).map(|i| json!(format!("v{i}"))).collect(); 3],
         };
         for format in [ExportFormat::ARROW_STREAM, ExportFormat::PARQUET] {
-            let (job, bytes) = export(wide.clone(), format.clone()).await;
+            let (job, bytes) = export_of(wide.clone(), format.clone()).await;
             assert_eq!(
                 job.status,
                 QueryStatus::Complete,

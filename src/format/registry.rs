@@ -10,7 +10,9 @@ use crate::model::ExportFormat;
 /// The export formats a service knows, by name: the built-in ones, and
 /// those the host added. Every instance that runs exports must know the
 /// formats its submitters name: a job whose format its worker does not
-/// know ends `FAILURE`.
+/// know ends `FAILURE`, and an instance's cleaner removes the published
+/// files only of exports in formats it knows (the file's extension comes
+/// from the format). Register the same formats on every instance.
 ///
 /// ```
 /// use async_query::ExportFormat;

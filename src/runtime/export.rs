@@ -166,8 +166,11 @@ impl Runtime {
             return;
         }
         self.discard_output(&job.id.to_string()).await;
-        // A format this instance does not know never ran here, but another
-        // instance may have published it with its extension.
+        // A published export is named with its format's extension, which
+        // only a registered format gives. An export in a format this
+        // instance lacks never ran here; its published file, if another
+        // instance wrote one, is not found from here (hence "register the
+        // same formats on every instance", on `Formats`).
         if let Some(encoding) = self.formats.get(format) {
             self.discard_output(&format!("{}.{}", job.id, encoding.extension()))
                 .await;
