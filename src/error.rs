@@ -114,8 +114,9 @@ pub enum Error {
     },
 
     /// The host's [`SubmitPolicy`](crate::policy::SubmitPolicy) does not
-    /// let this principal submit this request. Nothing was stored. HTTP:
-    /// 403.
+    /// let this principal submit this request (nothing was stored), or a
+    /// principal without the admin role asked for what only admins see
+    /// ([`overview`](crate::AsyncQueryService::overview)). HTTP: 403.
     #[error("forbidden: {reason}")]
     Forbidden {
         /// Which rule, and what to do instead.

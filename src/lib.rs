@@ -83,6 +83,7 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod overview;
 pub mod policy;
 pub mod progress;
 pub mod request;
@@ -114,6 +115,7 @@ pub use model::{
     AsyncQuery, ColumnType, ExportFormat, JobKind, Principal, QueryResult, QueryStatus, Record,
     ResultBody,
 };
+pub use overview::Overview;
 pub use progress::Progress;
 pub use request::{CancelOutcome, Reuse, ShutdownReport, SubmitRequest, WaitTimeout};
 pub use retry::{RetryPolicy, Transient};

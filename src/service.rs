@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventPage, Subscription};
 use crate::format::Formats;
 use crate::model::{AsyncQuery, Principal};
+use crate::overview::Overview;
 use crate::policy::SubmitPolicy;
 use crate::request::{CancelOutcome, ShutdownReport, SubmitRequest};
 use crate::runtime::{Runtime, StopOnDrop};
@@ -284,6 +285,72 @@ impl AsyncQueryService {
     /// still stopped.
     pub async fn shutdown(&self, grace: Duration) -> Result<ShutdownReport> {
         self.inner.shutdown(grace).await
+    }
+
+    /// The queue across every instance sharing the job store, for an
+    /// admin: queued and running jobs per instance and per principal, the
+    /// oldest queued job, expired leases, and what this instance's cleaner
+    /// removed lately (see [`Overview`]).
+    ///
+    /// It reads every queued, running and cancelling record from the store
+    /// (one `list` call), so its cost grows with the backlog, not with
+    /// history: call it for a dashboard's refresh, not per request.
+    ///
+    /// ```
+    /// # use async_query::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> async_query::Result<()> {
+    /// # let service = AsyncQueryService::builder()
+    /// #     .executor(std::sync::Arc::new(async_query::testing::ScriptedExecutor::new()))
+    /// #     .build()?;
+    /// let alice = Principal::new("alice");
+    /// let blocked = SubmitRequest::query("block").with_async_after(std::time::Duration::ZERO);
+    /// service.submit(&alice, blocked).await?;
+    /// let admin = Principal::new("root").with_role("admin");
+    /// let overview = service.overview(&admin).await?;
+    /// assert_eq!(overview.running, 1);
+    /// assert_eq!(overview.principals[0].principal, "alice");
+    /// assert!(matches!(service.overview(&alice).await, Err(Error::Forbidden { .. })));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Forbidden`] for a principal without the
+    /// [admin role](crate::Config::admin_role); [`Error::Dao`] if the store
+    /// fails.
+    pub async fn overview(&self, principal: &Principal) -> Result<Overview> {
+        checked(principal)?;
+        if !principal.has_role(&self.inner.config().admin_role) {
+            return Err(Error::Forbidden {
+                reason: "the overview of every job is for admins".into(),
+            });
+        }
+        self.inner.overview().await
+    }
+
+    /// Resolves once [`shutdown`](Self::shutdown) starts (or the service
+    /// stops because its last clone was dropped): for a host's own
+    /// long-lived answers, such as the HTTP adapter's event stream, to end
+    /// cleanly instead of holding the server's graceful shutdown open.
+    ///
+    /// ```
+    /// # use async_query::*;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> async_query::Result<()> {
+    /// # let service = AsyncQueryService::builder()
+    /// #     .executor(std::sync::Arc::new(async_query::testing::ScriptedExecutor::new()))
+    /// #     .build()?;
+    /// let watcher = tokio::spawn({
+    ///     let service = service.clone();
+    ///     async move { service.closing().await }
+    /// });
+    /// service.shutdown(std::time::Duration::from_secs(1)).await?;
+    /// watcher.await.expect("resolved by the shutdown");
+    /// # Ok(()) }
+    /// ```
+    pub async fn closing(&self) {
+        self.inner.closing().await;
     }
 
     /// Starts keeping the last `capacity` status changes of each principal

@@ -99,7 +99,7 @@ async fn schemathesis_finds_no_mismatch_and_no_server_error() {
         String::from_utf8_lossy(&run.stderr)
     );
     // It did test every operation, and the links between them.
-    assert!(report.contains("Tested: 10"), "{report}");
+    assert!(report.contains("Tested: 11"), "{report}");
     service
         .shutdown(std::time::Duration::from_secs(5))
         .await

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::JSON_API;
 use crate::error::Error;
-use crate::event::EventPage;
+use crate::event::{EventPage, LoggedEvent};
 use crate::model::{AsyncQuery, JobKind, QueryStatus, ResultBody};
 
 /// The two resource types.
@@ -241,29 +241,28 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<S
 }
 
 /// The `/asyncEvents` answer.
+/// One logged event as an `asyncEvent` resource object.
+pub(super) fn event(logged: &LoggedEvent) -> Value {
+    let e = &logged.event;
+    let mut attributes = json!({
+        "jobId": e.id.to_string(),
+        "jobType": Collection::of(&e.kind).type_name(),
+        "status": e.to.as_str(),
+        "previousStatus": e.from.map(QueryStatus::as_str),
+        "at": time(e.at),
+    });
+    if let Some(progress) = &e.progress {
+        attributes["progress"] = json!(progress);
+    }
+    json!({
+        "type": "asyncEvent",
+        "id": logged.seq.to_string(),
+        "attributes": attributes,
+    })
+}
+
 pub(super) fn events(page: &EventPage) -> Value {
-    let data: Vec<Value> = page
-        .events
-        .iter()
-        .map(|logged| {
-            let e = &logged.event;
-            let mut attributes = json!({
-                "jobId": e.id.to_string(),
-                "jobType": Collection::of(&e.kind).type_name(),
-                "status": e.to.as_str(),
-                "previousStatus": e.from.map(QueryStatus::as_str),
-                "at": time(e.at),
-            });
-            if let Some(progress) = &e.progress {
-                attributes["progress"] = json!(progress);
-            }
-            json!({
-                "type": "asyncEvent",
-                "id": logged.seq.to_string(),
-                "attributes": attributes,
-            })
-        })
-        .collect();
+    let data: Vec<Value> = page.events.iter().map(event).collect();
     json!({
         "data": data,
         "meta": {

@@ -20,7 +20,7 @@ use super::{App, PrincipalResolver};
 use crate::model::{AsyncQuery, Principal, QueryStatus, ResultBody};
 use crate::request::CancelOutcome;
 
-type Answer = Result<Response, ApiError>;
+pub(super) type Answer = Result<Response, ApiError>;
 
 pub(super) async fn principal<R: PrincipalResolver>(
     app: &App<R>,

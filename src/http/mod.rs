@@ -47,6 +47,34 @@
 //! | `PATCH /asyncQuery/{id}`, `PATCH /tableExport/{id}` | `status: "CANCELLED"` cancels | 200 |
 //! | `GET /export/{id}[.ext]` | the stored export; `Range` gives 206; with `?expires=…&signature=…` (see [`DownloadLinks`]) no principal is needed | 200, 206 |
 //! | `GET /asyncEvents?last_id=N&limit=M` | the caller's status changes after cursor `N` | 200 |
+//! | `GET /asyncOverview` | for admins: queued and running jobs per instance and per principal, the oldest queued job, expired leases, the cleaner's recent sweeps ([`AsyncQueryService::overview`]) | 200 |
+//! | `GET /asyncEvents/stream` | the same changes pushed as Server-Sent Events, resumable with `Last-Event-ID` (or `?last_id=N`); see below | 200 `text/event-stream` |
+//!
+//! # The event stream
+//!
+//! `GET /asyncEvents/stream` answers `text/event-stream` and keeps the
+//! connection open, in the spirit of Superset's WebSocket transport:
+//!
+//! - `ready` first, with `id:` the position the stream starts after (the
+//!   client's `Last-Event-ID` or `last_id`; without one, the newest change,
+//!   so only changes from now on follow). A client that shows a list of
+//!   jobs reloads it when `ready` arrives; from then on nothing is missed.
+//! - `asyncEvent` for each status or progress change, with `id:` its
+//!   position and as data the same `asyncEvent` resource object
+//!   `/asyncEvents` returns. A browser's `EventSource` reconnects by
+//!   itself and sends the last `id:` as `Last-Event-ID`, so the stream
+//!   resumes where it broke off.
+//! - `missed` when changes after the cursor are no longer kept: reload.
+//! - `closing` (the service is shutting down, see
+//!   [`AsyncQueryService::closing`]) or `failure` (the event store
+//!   failed) as the last event before the server ends the stream.
+//!
+//! Comments (`:`) keep idle connections alive every
+//! [`HttpOptions::event_stream_keep_alive`]. Each stream holds at most one
+//! page ([`HttpOptions::events_page_limit`]) of events and reads the next
+//! only when the client has taken them, and at most
+//! [`HttpOptions::max_event_streams`] are open at once (one more gets 503
+//! `too_many_streams` with `Retry-After`).
 //!
 //! Documents use the media type `application/vnd.api+json` (requests may
 //! also say `application/json`). Attribute names follow Elide's
@@ -63,7 +91,7 @@
 //! |---|---|
 //! | 400 | malformed JSON or document, bad UUID, unknown attribute, bad query parameter, a query the executor or the host's [`SubmitPolicy`](crate::policy::SubmitPolicy) rejects as invalid |
 //! | 401 | the [`PrincipalResolver`] found no principal ([`HeaderPrincipal`]: no `X-User`), or one without a name |
-//! | 403 | a change that is not allowed: setting a read-only attribute, or any `PATCH` other than `status: "CANCELLED"`; a download link that was changed (`link_invalid`) or has expired (`link_expired`); a submission the host's `SubmitPolicy` forbids this principal (`forbidden`) |
+//! | 403 | a change that is not allowed: setting a read-only attribute, `/asyncOverview` for a non-admin, or any `PATCH` other than `status: "CANCELLED"`; a download link that was changed (`link_invalid`) or has expired (`link_expired`); a submission the host's `SubmitPolicy` forbids this principal (`forbidden`) |
 //! | 404 | unknown route, unknown id, or a job of another principal (the same answer, so ids cannot be probed); an export without a stored result |
 //! | 405 | a method the route does not have (with `Allow`) |
 //! | 410 | an export whose result outlived [`Config::result_lifetime`](crate::Config::result_lifetime) (the record stays and says so) |
@@ -78,11 +106,14 @@ mod document;
 mod handlers;
 mod links;
 mod listing;
+mod overview;
 mod principal;
 mod range;
+mod stream;
 mod submission;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -104,6 +135,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/tableExport/{id}", &["GET", "PATCH"]),
     ("/export/{id}", &["GET"]),
     ("/asyncEvents", &["GET"]),
+    ("/asyncEvents/stream", &["GET"]),
+    ("/asyncOverview", &["GET"]),
 ];
 
 /// Settings of the HTTP adapter.
@@ -128,6 +161,12 @@ pub struct HttpOptions {
     /// [`DownloadLinks`]. Default `None`: the `url` is the plain
     /// `/export/{id}` path, served to the job's principal only.
     pub download_links: Option<DownloadLinks>,
+    /// The most `/asyncEvents/stream` connections open at once; one more
+    /// is answered 503 `too_many_streams`. Default 1,000.
+    pub max_event_streams: usize,
+    /// How often an idle event stream sends a comment, so that proxies
+    /// and load balancers keep it open. Default 15 s.
+    pub event_stream_keep_alive: Duration,
 }
 
 impl Default for HttpOptions {
@@ -138,6 +177,8 @@ impl Default for HttpOptions {
             events_page_limit: 100,
             max_body_bytes: 1 << 20,
             download_links: None,
+            max_event_streams: 1_000,
+            event_stream_keep_alive: Duration::from_secs(15),
         }
     }
 }
@@ -160,6 +201,8 @@ struct App<R> {
     service: AsyncQueryService,
     resolver: R,
     options: HttpOptions,
+    /// One permit per open event stream.
+    streams: Arc<tokio::sync::Semaphore>,
 }
 
 /// The routes, with [`HttpOptions::default`]. See the [module docs](self).
@@ -181,6 +224,7 @@ pub fn router_with_options<R: PrincipalResolver>(
     let app = Arc::new(App {
         service,
         resolver,
+        streams: Arc::new(tokio::sync::Semaphore::new(options.max_event_streams)),
         options,
     });
     let on = |collection| {
@@ -207,6 +251,14 @@ pub fn router_with_options<R: PrincipalResolver>(
         .route(
             "/asyncEvents",
             get(events::<R>).fallback(method_not_allowed),
+        )
+        .route(
+            "/asyncEvents/stream",
+            get(stream::event_stream::<R>).fallback(method_not_allowed),
+        )
+        .route(
+            "/asyncOverview",
+            get(overview::overview::<R>).fallback(method_not_allowed),
         )
         .fallback(no_route)
         .with_state(app)

@@ -15,17 +15,7 @@ use crate::config::Config;
 use crate::dao::ListFilter;
 use crate::error::Result;
 use crate::model::{AsyncQuery, QueryStatus};
-
-/// What one sweep did (for logs).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-struct Sweep {
-    retried: usize,
-    timed_out: usize,
-    cancel_completed: usize,
-    results_expired: usize,
-    deleted: usize,
-    events_tidied: u64,
-}
+use crate::overview::{CLEANER_HISTORY, CleanerSweep};
 
 /// One kind of job the cleaner ends: which records, and how they end.
 struct Rule {
@@ -134,10 +124,13 @@ impl Runtime {
 
     /// One pass of the cleaner.
     #[tracing::instrument(name = "clean", skip_all)]
-    async fn sweep(&self) -> Result<Sweep> {
+    async fn sweep(&self) -> Result<CleanerSweep> {
         self.clock_ready().await;
         let now = self.clock.now();
-        let mut sweep = Sweep::default();
+        let mut sweep = CleanerSweep {
+            at: now,
+            ..CleanerSweep::default()
+        };
         for rule in rules(&self.config, now) {
             for job in self.dao.list(&rule.filter).await? {
                 if self.jobs.runs(job.id) || (rule.attended)(&job, now) {
@@ -151,6 +144,7 @@ impl Runtime {
                     None => continue,
                 }
                 if matches!(ending, Ending::LeaseExpired(_)) {
+                    sweep.leases_expired += 1;
                     crate::metrics::leases_expired(1);
                 }
             }
@@ -162,6 +156,7 @@ impl Runtime {
         match self.storage.remove_stale_partials(oldest_live.into()).await {
             Ok(0) => {}
             Ok(n) => {
+                sweep.partials_removed = n;
                 crate::metrics::cleaned("partials", n);
                 tracing::info!(files = n, "removed partial exports left by stopped writers");
             }
@@ -169,13 +164,22 @@ impl Runtime {
         }
 
         if let Some(lifetime) = self.config.result_lifetime {
-            sweep.results_expired = self.purge(Purge::Results(now, lifetime)).await?;
-            crate::metrics::cleaned("results", sweep.results_expired as u64);
+            sweep.results_expired = self.purge(Purge::Results(now, lifetime)).await? as u64;
+            crate::metrics::cleaned("results", sweep.results_expired);
         }
-        sweep.deleted = self.purge(Purge::Records(now)).await?;
-        crate::metrics::cleaned("records", sweep.deleted as u64);
+        sweep.records_deleted = self.purge(Purge::Records(now)).await? as u64;
+        crate::metrics::cleaned("records", sweep.records_deleted);
         sweep.events_tidied = self.tidy_events().await?;
         Ok(sweep)
+    }
+
+    /// Keeps `sweep` among the last sweeps that changed something.
+    fn remember_sweep(&self, sweep: CleanerSweep) {
+        let mut sweeps = self.sweeps.lock().unwrap_or_else(|p| p.into_inner());
+        if sweeps.len() == CLEANER_HISTORY {
+            sweeps.pop_front();
+        }
+        sweeps.push_back(sweep);
     }
 
     /// Sweeps every `cleaner_interval` (start-up recovery is the
@@ -190,7 +194,10 @@ impl Runtime {
                 () = tokio::time::sleep(self.config.cleaner_interval) => {}
             }
             match self.sweep().await {
-                Ok(sweep) if sweep != Sweep::default() => tracing::debug!(?sweep, "cleaner sweep"),
+                Ok(sweep) if !sweep.is_idle() => {
+                    tracing::debug!(?sweep, "cleaner sweep");
+                    self.remember_sweep(sweep);
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "cleaner sweep failed; retrying at the next interval")

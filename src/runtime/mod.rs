@@ -28,8 +28,10 @@ use std::sync::Arc;
 use tokio::runtime::Handle;
 
 use crate::config::Config;
-use crate::dao::AsyncApiDao;
+use crate::dao::{AsyncApiDao, ListFilter};
+use crate::error::Result;
 use crate::executor::QueryExecutor;
+use crate::model::QueryStatus;
 use crate::storage::ResultStorageEngine;
 
 /// Awaits `$work` inside `$span` when a subscriber wants the span, and
@@ -87,6 +89,8 @@ pub(crate) struct Runtime {
     dispatch: dispatch::Dispatch,
     waiters: waiting::Waiters,
     writer: writer::Writer,
+    /// The cleaner's last sweeps that changed something, oldest first.
+    sweeps: std::sync::Mutex<std::collections::VecDeque<crate::overview::CleanerSweep>>,
 }
 
 impl Runtime {
@@ -118,6 +122,7 @@ impl Runtime {
             dispatch: dispatch::Dispatch::new(config.pool_size, config.claim_batch),
             waiters: waiting::Waiters::default(),
             writer: writer::Writer::default(),
+            sweeps: std::sync::Mutex::default(),
             config,
             dao,
             storage,
@@ -136,6 +141,28 @@ impl Runtime {
         self.tasks.spawn(Arc::clone(self).cleaner());
         self.tasks.spawn(Arc::clone(self).listener());
         self.tasks.spawn(Arc::clone(self).event_tail());
+    }
+
+    /// The queue across every instance, read from the store now, with
+    /// this instance's recent sweeps.
+    pub(crate) async fn overview(&self) -> Result<crate::overview::Overview> {
+        self.clock_ready().await;
+        let now = self.clock.now();
+        let active = self
+            .dao
+            .list(&ListFilter::statuses([
+                QueryStatus::Queued,
+                QueryStatus::Processing,
+                QueryStatus::Cancelled,
+            ]))
+            .await?;
+        let sweeps = self.sweeps.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(crate::overview::of(&active, now, &sweeps))
+    }
+
+    /// Resolves once shutdown starts (or the service stops).
+    pub(crate) async fn closing(&self) {
+        self.tasks.closing().await;
     }
 
     pub(crate) fn config(&self) -> &Config {

@@ -64,6 +64,11 @@ impl Tasks {
         self.stop.cancelled().await;
     }
 
+    /// Resolves once shutdown starts (or the service stops).
+    pub(super) async fn closing(&self) {
+        self.closing.cancelled().await;
+    }
+
     /// Whether new submissions and claims are accepted.
     pub(super) fn accepting(&self) -> bool {
         !self.closing.is_cancelled() && !self.stop.is_cancelled()

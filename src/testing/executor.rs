@@ -26,9 +26,9 @@ use crate::progress::Progress;
 /// | `rows <n> flaky <k>` | an export whose stream fails transiently at row `k` on the first attempt |
 /// | `rows <n> every <ms>` | an export yielding one row every `ms` milliseconds of Tokio time |
 /// | `progress <n> every <ms>` | `n` steps of `ms` milliseconds of Tokio time, reporting [`Progress`](crate::Progress) `i` of `n` (message `step i`) after each; returns `{"steps":<n>}` |
+/// | anything else | returns the query text as the body |
 ///
 /// Exports report their rows as progress (`i` of `n`) as they yield them.
-/// | anything else | returns the query text as the body |
 ///
 /// It records the order in which queries started.
 #[derive(Debug, Default)]

@@ -282,15 +282,24 @@ impl HttpClient {
 
     /// `user` gets `path`.
     pub async fn get(&self, path: &str, user: &str) -> (reqwest::StatusCode, serde_json::Value) {
-        let request = self.client.get(format!("{}{path}", self.base));
-        parsed(
-            request
-                .header("X-User", user)
-                .send()
-                .await
-                .expect("an answer"),
-        )
-        .await
+        self.get_as(path, user, "").await
+    }
+
+    /// `user`, holding `roles` (comma-separated), gets `path`.
+    pub async fn get_as(
+        &self,
+        path: &str,
+        user: &str,
+        roles: &str,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .header("X-User", user);
+        if !roles.is_empty() {
+            request = request.header("X-Roles", roles);
+        }
+        parsed(request.send().await.expect("an answer")).await
     }
 }
 
