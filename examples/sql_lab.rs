@@ -11,6 +11,9 @@
 //! 127.0.0.1:8080. The principal comes from the `X-User` header (admins:
 //! `X-Roles: admin`) — a demo convenience, not authentication. The README
 //! shows curl commands for the whole flow. Ctrl-C stops it gracefully.
+//! With `--features axum,sqlite,dashboard` it also serves the dashboard
+//! at `/ui`; `/login?user=alice` (add `&roles=admin` for the admin view)
+//! signs a browser in with a cookie the same demo resolver reads.
 //! `GET /metrics` answers in Prometheus' text format (add `--features
 //! metrics` for the service's own series).
 //!
@@ -52,6 +55,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     println!(
         "  curl -s -H 'X-User: alice' -H 'Content-Type: application/vnd.api+json' \\\n    -d '{{\"data\":{{\"type\":\"asyncQuery\",\"attributes\":{{\"query\":\"SELECT count(*) AS n FROM orders\",\"queryType\":\"SQL\",\"status\":\"QUEUED\"}}}}}}' \\\n    http://{addr}/asyncQuery"
     );
+    if cfg!(feature = "dashboard") {
+        println!(
+            "Dashboard: open http://{addr}/login?user=alice (admin view: ?user=root&roles=admin)"
+        );
+    }
     println!("Ctrl-C stops the server.");
     lab.serve(async {
         let _ = tokio::signal::ctrl_c().await;

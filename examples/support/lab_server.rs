@@ -13,8 +13,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_query::http::{self, DownloadLinks, HeaderPrincipal, HttpOptions};
-use async_query::{AsyncApiDao, AsyncQueryService, Config, ResultStorageEngine};
+use async_query::http::{
+    self, AuthError, DownloadLinks, HeaderPrincipal, HttpOptions, PrincipalResolver,
+};
+use async_query::{AsyncApiDao, AsyncQueryService, Config, Principal, ResultStorageEngine};
+use axum::http::request::Parts;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::lab;
@@ -135,20 +138,22 @@ impl Lab {
             options = options.with_download_links(DownloadLinks::new(key, LINK_LIFETIME)?);
         }
         let metrics = prometheus();
-        let app = http::router_with_options(service.clone(), HeaderPrincipal, options).route(
-            "/metrics",
-            axum::routing::get(move || {
-                let text = metrics.as_ref().map_or_else(
-                    |e| format!("# metrics are off: {e}\n"),
-                    |handle| {
-                        // Drains histogram buckets; a scrape is often enough.
-                        handle.run_upkeep();
-                        handle.render()
-                    },
-                );
-                std::future::ready(text)
-            }),
-        );
+        let app = http::router_with_options(service.clone(), LabPrincipal, options)
+            .route("/login", axum::routing::get(login))
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text = metrics.as_ref().map_or_else(
+                        |e| format!("# metrics are off: {e}\n"),
+                        |handle| {
+                            // Drains histogram buckets; a scrape is often enough.
+                            handle.run_upkeep();
+                            handle.render()
+                        },
+                    );
+                    std::future::ready(text)
+                }),
+            );
         let listener = tokio::net::TcpListener::bind(&settings.addr)
             .await
             .map_err(|e| format!("listening on {}: {e}", settings.addr))?;
@@ -171,10 +176,20 @@ impl Lab {
         self,
         stop: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), BoxError> {
+        // The service shuts down first, while the server still answers:
+        // that ends the open event streams, which the server's graceful
+        // shutdown would otherwise wait for.
+        let service = self.service.clone();
+        let (report_tx, report_rx) = tokio::sync::oneshot::channel();
         axum::serve(self.listener, self.app)
-            .with_graceful_shutdown(stop)
+            .with_graceful_shutdown(async move {
+                stop.await;
+                let _ = report_tx.send(service.shutdown(Duration::from_secs(5)).await);
+            })
             .await?;
-        let report = self.service.shutdown(Duration::from_secs(5)).await?;
+        let report = report_rx
+            .await
+            .map_err(|_| "the server stopped before its shutdown signal")??;
         println!(
             "stopped; {} running job(s) ended TIMEDOUT",
             report.stopped.len()
@@ -269,4 +284,85 @@ async fn open_results(place: &str) -> Result<Arc<dyn ResultStorageEngine>, BoxEr
         return Err("SQL_LAB_RESULTS is a Redis URL: run with --features redis".into());
     }
     Ok(Arc::new(async_query::FileSystemStorage::new(place).await?))
+}
+
+/// Who a request is: `X-User` / `X-Roles` headers (curl, tests), or for a
+/// browser the `sql_lab_user` / `sql_lab_roles` cookies `/login` sets. A
+/// demo convenience, not authentication: the dashboard's requests pass
+/// through this resolver exactly as the API's do.
+#[derive(Debug, Clone, Copy)]
+pub struct LabPrincipal;
+
+#[async_trait::async_trait]
+impl PrincipalResolver for LabPrincipal {
+    async fn resolve(&self, request: &Parts) -> Result<Principal, AuthError> {
+        if request.headers.contains_key(HeaderPrincipal::USER) {
+            return HeaderPrincipal.resolve(request).await;
+        }
+        let cookie = |name: &str| {
+            request
+                .headers
+                .get_all(axum::http::header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.to_owned())
+        };
+        let Some(name) = cookie("sql_lab_user").filter(|n| demo_name(n)) else {
+            return Err(AuthError::unauthorized(
+                "send X-User (and X-Roles), or open /login?user=NAME in a browser",
+            ));
+        };
+        let mut principal = Principal::new(name);
+        for role in cookie("sql_lab_roles").unwrap_or_default().split(',') {
+            if demo_name(role) {
+                principal = principal.with_role(role);
+            }
+        }
+        Ok(principal)
+    }
+}
+
+/// A name the demo login takes: 1-64 letters, digits, `-`, `_` or `.`.
+fn demo_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
+/// `GET /login?user=NAME[&roles=admin]`: the demo's sign-in for a browser;
+/// sets the cookies `LabPrincipal` reads and opens the dashboard.
+async fn login(uri: axum::http::Uri) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let parameter = |name: &str| {
+        uri.query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+            .map(|value| value.replace("%2C", ",").replace("%2c", ","))
+            .unwrap_or_default()
+    };
+    let (user, roles) = (parameter("user"), parameter("roles"));
+    let (user, roles) = (user.as_str(), roles.as_str());
+    if !demo_name(user) || !roles.split(',').all(|r| r.is_empty() || demo_name(r)) {
+        return (
+            StatusCode::BAD_REQUEST,
+            "open /login?user=NAME (and &roles=admin for the admin view); names are 1-64 \
+             letters, digits, '-', '_' or '.'\n",
+        )
+            .into_response();
+    }
+    let cookie =
+        |name: &str, value: &str| format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict");
+    let mut response = (StatusCode::SEE_OTHER, [(header::LOCATION, "/ui")]).into_response();
+    for value in [cookie("sql_lab_user", user), cookie("sql_lab_roles", roles)] {
+        if let Ok(value) = header::HeaderValue::from_str(&value) {
+            response.headers_mut().append(header::SET_COOKIE, value);
+        }
+    }
+    response
 }

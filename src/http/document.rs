@@ -240,7 +240,6 @@ pub(super) fn resource(job: &AsyncQuery, export_url_prefix: &str, link: Option<S
     })
 }
 
-/// The `/asyncEvents` answer.
 /// One logged event as an `asyncEvent` resource object.
 pub(super) fn event(logged: &LoggedEvent) -> Value {
     let e = &logged.event;
@@ -261,6 +260,7 @@ pub(super) fn event(logged: &LoggedEvent) -> Value {
     })
 }
 
+/// The `/asyncEvents` answer.
 pub(super) fn events(page: &EventPage) -> Value {
     let data: Vec<Value> = page.events.iter().map(event).collect();
     json!({

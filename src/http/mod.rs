@@ -50,6 +50,32 @@
 //! | `GET /asyncOverview` | for admins: queued and running jobs per instance and per principal, the oldest queued job, expired leases, the cleaner's recent sweeps ([`AsyncQueryService::overview`]) | 200 |
 //! | `GET /asyncEvents/stream` | the same changes pushed as Server-Sent Events, resumable with `Last-Event-ID` (or `?last_id=N`); see below | 200 `text/event-stream` |
 //!
+//! # The dashboard (feature `dashboard`)
+//!
+//! With the feature `dashboard` the same router also serves a page at
+//! [`HttpOptions::dashboard_path`] (default `/ui`), with its script and
+//! stylesheet under it: users watch their jobs live, cancel them, download
+//! finished exports, read failures and submit queries and exports; admins
+//! also see everyone's jobs and the overview. Its assets are embedded in
+//! the crate (no CDN, no build step) and it calls only the routes above,
+//! sending the browser's cookies, so every request passes `resolver` as
+//! the API's do; a resolver that reads the host's session cookie is all it
+//! needs ([`HeaderPrincipal`] is not enough, since a browser cannot add
+//! headers to an event stream or a download link). The page itself is
+//! served to anyone and holds no data.
+//!
+//! ```
+//! # #[cfg(feature = "dashboard")] {
+//! use async_query::http::{self, HttpOptions};
+//! # use async_query::AsyncQueryService;
+//! # fn mount(service: AsyncQueryService, resolver: impl http::PrincipalResolver) -> axum::Router {
+//! // The API, and the dashboard at /jobs/ops.
+//! let options = HttpOptions::default().with_dashboard_path("/ops");
+//! axum::Router::new().nest("/jobs", http::router_with_options(service, resolver, options))
+//! # }
+//! # }
+//! ```
+//!
 //! # The event stream
 //!
 //! `GET /asyncEvents/stream` answers `text/event-stream` and keeps the
@@ -102,6 +128,8 @@
 //! | 429 | the queue is full (with `Retry-After`) |
 //! | 503 | the service is shutting down, or its database or storage failed |
 
+#[cfg(feature = "dashboard")]
+mod dashboard;
 mod document;
 mod handlers;
 mod links;
@@ -167,6 +195,11 @@ pub struct HttpOptions {
     /// How often an idle event stream sends a comment, so that proxies
     /// and load balancers keep it open. Default 15 s.
     pub event_stream_keep_alive: Duration,
+    /// Where the router serves the dashboard page (feature `dashboard`),
+    /// relative to where the router is mounted. Default `"/ui"`. It must
+    /// not be one of [`ROUTES`].
+    #[cfg(feature = "dashboard")]
+    pub dashboard_path: String,
 }
 
 impl Default for HttpOptions {
@@ -179,6 +212,8 @@ impl Default for HttpOptions {
             download_links: None,
             max_event_streams: 1_000,
             event_stream_keep_alive: Duration::from_secs(15),
+            #[cfg(feature = "dashboard")]
+            dashboard_path: "/ui".into(),
         }
     }
 }
@@ -187,6 +222,14 @@ impl HttpOptions {
     /// Sets [`download_links`](Self::download_links).
     pub fn with_download_links(mut self, links: DownloadLinks) -> Self {
         self.download_links = Some(links);
+        self
+    }
+
+    /// Sets [`dashboard_path`](Self::dashboard_path) (feature `dashboard`);
+    /// slashes around it are normalised, so `"ops/"` serves `/ops`.
+    #[cfg(feature = "dashboard")]
+    pub fn with_dashboard_path(mut self, path: impl AsRef<str>) -> Self {
+        self.dashboard_path = dashboard::normalised(path.as_ref());
         self
     }
 
@@ -221,6 +264,12 @@ pub fn router_with_options<R: PrincipalResolver>(
     use handlers::{create, download, events, method_not_allowed, no_route, read, update};
 
     service.enable_event_log(options.event_log_capacity);
+    #[cfg(feature = "dashboard")]
+    let mut options = options;
+    #[cfg(feature = "dashboard")]
+    {
+        options.dashboard_path = dashboard::normalised(&options.dashboard_path);
+    }
     let app = Arc::new(App {
         service,
         resolver,
@@ -239,6 +288,10 @@ pub fn router_with_options<R: PrincipalResolver>(
     };
     let (query_collection, query_item) = on(Query);
     let (export_collection, export_item) = on(TableExport);
+    #[cfg(feature = "dashboard")]
+    let page = dashboard::routes::<R>(&app.options.dashboard_path);
+    #[cfg(not(feature = "dashboard"))]
+    let page = Router::new();
     Router::new()
         .route("/asyncQuery", query_collection)
         .route("/asyncQuery/{id}", query_item)
@@ -260,6 +313,7 @@ pub fn router_with_options<R: PrincipalResolver>(
             "/asyncOverview",
             get(overview::overview::<R>).fallback(method_not_allowed),
         )
+        .merge(page)
         .fallback(no_route)
         .with_state(app)
 }
