@@ -801,3 +801,64 @@ async fn the_page_is_served_at_its_path_with_its_assets_and_a_strict_policy() {
         "{page}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn older_jobs_load_on_request_and_the_list_stays_newest_first() {
+    let Some(browser) = Browser::start("dashboard older jobs").await else {
+        return;
+    };
+    let site = site(2).await;
+    let alice = Principal::new("alice");
+    // Five exports, then 130 queries: one page (100) of each collection
+    // first, so the exports, older than every query shown, wait.
+    for n in 0..5 {
+        let request = SubmitRequest::export(format!("rows {n}"), async_query::ExportFormat::CSV);
+        site.service.submit(&alice, request).await.expect("submit");
+    }
+    for n in 0..130 {
+        let request = SubmitRequest::query(format!("query {n}"));
+        site.service.submit(&alice, request).await.expect("submit");
+    }
+    browser.open_as(&site, "alice", "").await;
+    let created = "return [...document.querySelectorAll('#jobs tbody tr')]\
+                   .map(r => r.querySelector('time').getAttribute('datetime'))";
+    let first = browser
+        .eventually(
+            "the first page",
+            "const n = document.querySelectorAll('#jobs tbody tr').length; return n ? n : null;",
+        )
+        .await;
+    assert_eq!(first, json!(100));
+    let rows = browser.rows().await;
+    assert_eq!(rows[0].2, "query 129");
+    assert!(rows.iter().all(|r| r.2.starts_with("query ")), "{rows:?}");
+    let more = browser
+        .client
+        .find(Locator::Css("#more"))
+        .await
+        .expect("#more");
+    assert!(more.is_displayed().await.expect("displayed"));
+    more.click().await.expect("show older jobs");
+    browser
+        .eventually(
+            "every job",
+            "return document.querySelectorAll('#jobs tbody tr').length === 135",
+        )
+        .await;
+    let rows = browser.rows().await;
+    let queries: Vec<&str> = rows.iter().take(130).map(|r| r.2.as_str()).collect();
+    let expected: Vec<String> = (0..130).rev().map(|n| format!("query {n}")).collect();
+    assert_eq!(queries, expected);
+    let times: Vec<String> = serde_json::from_value(
+        browser
+            .client
+            .execute(created, vec![])
+            .await
+            .expect("times"),
+    )
+    .expect("strings");
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    assert!(!more.is_displayed().await.expect("displayed"));
+    browser.assert_same_load().await;
+    finish(browser, site).await;
+}

@@ -18,6 +18,8 @@
   const $ = (id) => document.getElementById(id);
   const state = {
     jobs: new Map(), // id -> resource object
+    // Per collection, the next page's link, or null once all is loaded.
+    next: { asyncQuery: null, tableExport: null },
     admin: false,
     cursor: null, // last event id seen, as a string
     source: null,
@@ -36,7 +38,13 @@
     }
   }
 
-  async function call(method, path, body) {
+  // `path` under the API's mount point.
+  function call(method, path, body) {
+    return request(method, api + path, body);
+  }
+
+  // `url` as the server wrote it (a listing's `links.next`).
+  async function request(method, url, body) {
     const init = { method, credentials: "same-origin", headers: { Accept: MEDIA } };
     if (body !== undefined) {
       init.headers["Content-Type"] = MEDIA;
@@ -44,7 +52,7 @@
     }
     let response;
     try {
-      response = await fetch(api + path, init);
+      response = await fetch(url, init);
     } catch (e) {
       throw new ApiError(0, `the server cannot be reached (${e.message})`, "network");
     }
@@ -129,6 +137,7 @@
       ]);
       state.jobs.clear();
       for (const job of [...queries.data, ...exports.data]) state.jobs.set(job.id, job);
+      state.next = { asyncQuery: queries.links.next || null, tableExport: exports.links.next || null };
       renderJobs();
       problem("");
     } catch (e) {
@@ -152,6 +161,45 @@
         renderJobs();
       }
     }
+  }
+
+  // Loads the next page of each collection that has one.
+  async function loadOlder() {
+    const button = $("more");
+    button.disabled = true;
+    try {
+      for (const [collection, link] of Object.entries(state.next)) {
+        if (!link) continue;
+        const page = await request("GET", link);
+        for (const job of page.data) if (!state.jobs.has(job.id)) state.jobs.set(job.id, job);
+        state.next[collection] = page.links.next || null;
+      }
+      renderJobs();
+      problem("");
+    } catch (e) {
+      problem(`Older jobs could not be loaded: ${e.message}`);
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  // The two collections are listed page by page: below the oldest job
+  // loaded of a collection with more pages, jobs of the other may be
+  // missing, so the list stops there until more is loaded. What is shown
+  // is then exactly the newest jobs, newest first.
+  function boundary() {
+    let edge = null;
+    for (const [collection, link] of Object.entries(state.next)) {
+      if (!link) continue;
+      let oldest = null;
+      for (const job of state.jobs.values()) {
+        if (job.type === collection && (oldest === null || job.attributes.createdOn < oldest)) {
+          oldest = job.attributes.createdOn;
+        }
+      }
+      if (oldest !== null && (edge === null || oldest > edge)) edge = oldest;
+    }
+    return edge;
   }
 
   function matchesFilters(job) {
@@ -228,7 +276,9 @@
   }
 
   function renderJobs() {
+    const edge = boundary();
     const jobs = [...state.jobs.values()]
+      .filter((job) => edge === null || job.attributes.createdOn >= edge)
       .filter(matchesFilters)
       .sort((x, y) => (x.attributes.createdOn < y.attributes.createdOn ? 1
         : x.attributes.createdOn > y.attributes.createdOn ? -1 : 0));
@@ -242,6 +292,7 @@
       if (again) again.focus();
     }
     $("empty").hidden = jobs.length > 0;
+    $("more").hidden = !state.next.asyncQuery && !state.next.tableExport;
   }
 
   async function cancel(job) {
@@ -294,6 +345,7 @@
         button.disabled = false;
       }
     });
+    $("more").addEventListener("click", loadOlder);
     $("filters").addEventListener("submit", (event) => {
       event.preventDefault();
       loadJobs();
