@@ -147,29 +147,33 @@ impl Browser {
             eprintln!("\n*** SKIPPED {test}: {why} ***\n");
             return None;
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new(&driver)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        // Port 0: ChromeDriver picks a free port and says which, so no
+        // other listener can take it between a probe and its start.
+        let mut child = Command::new(&driver)
+            .arg("--port=0")
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start {}: {e}", driver.display()));
-        let deadline = tokio::time::Instant::now() + PATIENCE;
-        while tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} did not listen on port {port}",
-                driver.display()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let port = tokio::time::timeout(PATIENCE, async {
+            while let Some(line) = lines.next_line().await.expect("read ChromeDriver's output") {
+                if let Some(port) = line
+                    .strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|rest| rest.trim_end_matches('.').parse::<u16>().ok())
+                {
+                    return port;
+                }
+            }
+            panic!("{} ended without saying its port", driver.display())
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{} did not start within {PATIENCE:?}", driver.display()));
+        // Keep reading (and dropping) its output, so it never blocks on a
+        // full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         let downloads = tempfile::tempdir().expect("a download directory");
         let capabilities = json!({
             "browserName": "chrome",
@@ -719,7 +723,11 @@ async fn without_an_event_stream_the_page_polls_and_still_sees_changes() {
 /// at the configured path, under a strict policy, told where the API is.
 #[tokio::test]
 async fn the_page_is_served_at_its_path_with_its_assets_and_a_strict_policy() {
-    let site = site_with(1, HttpOptions::default().with_dashboard_path("ops/")).await;
+    let options = HttpOptions::default()
+        .with_dashboard_path("ops/")
+        .expect("a free path");
+    assert_eq!(options.dashboard_path(), "/ops");
+    let site = site_with(1, options).await;
     let client = reqwest::Client::new();
     let get = async |path: &str| {
         let response = client
@@ -875,4 +883,32 @@ async fn older_jobs_load_on_request_and_the_list_stays_newest_first() {
     assert!(!more.is_displayed().await.expect("displayed"));
     browser.assert_same_load().await;
     finish(browser, site).await;
+}
+
+/// A path the router could not serve beside the API is refused up front
+/// with a reason, rather than panicking in axum or hiding a route.
+#[test]
+fn a_dashboard_path_that_collides_with_the_api_is_refused() {
+    assert_eq!(HttpOptions::default().dashboard_path(), "/ui");
+    for (path, why) in [
+        ("/asyncQuery", "one of the API's routes"),
+        ("export/ui", "one of the API's routes"),
+        ("/asyncEvents/ui", "one of the API's routes"),
+        ("/", "is empty"),
+        ("", "is empty"),
+        ("/ui/{id}", "may hold only"),
+        ("/ui/*rest", "may hold only"),
+        ("/my ui", "may hold only"),
+    ] {
+        match HttpOptions::default().with_dashboard_path(path) {
+            Err(async_query::Error::Config { reason }) => {
+                assert!(reason.contains(why), "{path:?}: {reason}");
+            }
+            other => panic!("{path:?} was not refused: {other:?}"),
+        }
+    }
+    let nested = HttpOptions::default()
+        .with_dashboard_path("/admin/jobs/")
+        .expect("a free path");
+    assert_eq!(nested.dashboard_path(), "/admin/jobs");
 }

@@ -26,8 +26,8 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::{App, PrincipalResolver};
-use crate::ExportFormat;
+use super::{App, PrincipalResolver, ROUTES};
+use crate::{Error, ExportFormat, Result};
 
 const INDEX: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/app.js");
@@ -38,14 +38,34 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
     connect-src 'self'; img-src 'self' data:; form-action 'self'; \
     frame-ancestors 'none'; base-uri 'none'";
 
-/// `path` as the dashboard's route: one leading slash, no trailing one.
-pub(super) fn normalised(path: &str) -> String {
+/// `path` as the dashboard's route (one leading slash, no trailing one),
+/// if the router can serve it beside the API.
+pub(super) fn checked_path(path: &str) -> Result<String> {
     let trimmed = path.trim_matches('/');
+    let refuse = |why: &str| {
+        Err(Error::Config {
+            reason: format!("the dashboard path {path:?} {why}"),
+        })
+    };
     if trimmed.is_empty() {
-        "/ui".into()
-    } else {
-        format!("/{trimmed}")
+        return refuse("is empty");
     }
+    if !trimmed
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+    {
+        return refuse("may hold only letters, digits, '-', '.', '_', '~' and '/'");
+    }
+    let first = trimmed.split('/').next().unwrap_or_default();
+    let taken = ROUTES
+        .iter()
+        .any(|(route, _)| route.trim_start_matches('/').split('/').next() == Some(first));
+    if taken {
+        return refuse(&format!(
+            "starts with /{first}, which is one of the API's routes"
+        ));
+    }
+    Ok(format!("/{trimmed}"))
 }
 
 /// The page and its two assets under `path`.
@@ -64,6 +84,11 @@ pub(super) fn routes<R: PrincipalResolver>(path: &str) -> Router<Arc<App<R>>> {
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (headers(content_type), body).into_response()
+}
+
+/// What every file of the page is served with.
+fn headers(content_type: &'static str) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -71,7 +96,7 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );
-    (headers, body).into_response()
+    headers
 }
 
 /// Escapes `text` for an HTML attribute value.
@@ -109,19 +134,10 @@ async fn page<R: PrincipalResolver>(
             "{{max_async_after}}",
             &app.service.config().max_async_after.as_secs().to_string(),
         );
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    let mut headers = headers("text/html; charset=utf-8");
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(POLICY),
-    );
-    headers.insert(
-        "x-content-type-options",
-        HeaderValue::from_static("nosniff"),
     );
     headers.insert(
         header::REFERRER_POLICY,

@@ -53,7 +53,8 @@
 //! # The dashboard (feature `dashboard`)
 //!
 //! With the feature `dashboard` the same router also serves a page at
-//! [`HttpOptions::dashboard_path`] (default `/ui`), with its script and
+//! [`HttpOptions::dashboard_path`] (default `/ui`; a path that collides
+//! with the API's is refused), with its script and
 //! stylesheet under it: users watch their jobs live, cancel them, download
 //! finished exports, read failures and submit queries and exports; admins
 //! also see everyone's jobs and the overview. Its assets are embedded in
@@ -68,10 +69,10 @@
 //! # #[cfg(feature = "dashboard")] {
 //! use async_query::http::{self, HttpOptions};
 //! # use async_query::AsyncQueryService;
-//! # fn mount(service: AsyncQueryService, resolver: impl http::PrincipalResolver) -> axum::Router {
+//! # fn mount(service: AsyncQueryService, resolver: impl http::PrincipalResolver) -> async_query::Result<axum::Router> {
 //! // The API, and the dashboard at /jobs/ops.
-//! let options = HttpOptions::default().with_dashboard_path("/ops");
-//! axum::Router::new().nest("/jobs", http::router_with_options(service, resolver, options))
+//! let options = HttpOptions::default().with_dashboard_path("/ops")?;
+//! Ok(axum::Router::new().nest("/jobs", http::router_with_options(service, resolver, options)))
 //! # }
 //! # }
 //! ```
@@ -195,11 +196,11 @@ pub struct HttpOptions {
     /// How often an idle event stream sends a comment, so that proxies
     /// and load balancers keep it open. Default 15 s.
     pub event_stream_keep_alive: Duration,
-    /// Where the router serves the dashboard page (feature `dashboard`),
-    /// relative to where the router is mounted. Default `"/ui"`. It must
-    /// not be one of [`ROUTES`].
+    /// Where the router serves the dashboard page (feature `dashboard`);
+    /// read with [`dashboard_path`](Self::dashboard_path), set with
+    /// [`with_dashboard_path`](Self::with_dashboard_path), which checks it.
     #[cfg(feature = "dashboard")]
-    pub dashboard_path: String,
+    dashboard_path: String,
 }
 
 impl Default for HttpOptions {
@@ -225,12 +226,27 @@ impl HttpOptions {
         self
     }
 
+    /// Where the router serves the dashboard page (feature `dashboard`),
+    /// relative to where the router is mounted: one leading slash, no
+    /// trailing one. Default `"/ui"`.
+    #[cfg(feature = "dashboard")]
+    pub fn dashboard_path(&self) -> &str {
+        &self.dashboard_path
+    }
+
     /// Sets [`dashboard_path`](Self::dashboard_path) (feature `dashboard`);
     /// slashes around it are normalised, so `"ops/"` serves `/ops`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Config`](crate::Error::Config) for a path whose first
+    /// segment is one of the API's ([`ROUTES`]: the page would hide or
+    /// collide with a route), or that holds a character the router treats
+    /// as a pattern (`{`, `}`, `*`) or that a URL cannot carry as it is.
     #[cfg(feature = "dashboard")]
-    pub fn with_dashboard_path(mut self, path: impl AsRef<str>) -> Self {
-        self.dashboard_path = dashboard::normalised(path.as_ref());
-        self
+    pub fn with_dashboard_path(mut self, path: impl AsRef<str>) -> crate::Result<Self> {
+        self.dashboard_path = dashboard::checked_path(path.as_ref())?;
+        Ok(self)
     }
 
     /// Sets [`export_url_prefix`](Self::export_url_prefix).
@@ -264,12 +280,6 @@ pub fn router_with_options<R: PrincipalResolver>(
     use handlers::{create, download, events, method_not_allowed, no_route, read, update};
 
     service.enable_event_log(options.event_log_capacity);
-    #[cfg(feature = "dashboard")]
-    let mut options = options;
-    #[cfg(feature = "dashboard")]
-    {
-        options.dashboard_path = dashboard::normalised(&options.dashboard_path);
-    }
     let app = Arc::new(App {
         service,
         resolver,
