@@ -21,7 +21,7 @@ pub struct JobEvent {
     /// What kind of job it is.
     pub kind: JobKind,
     /// The name of the principal that submitted it.
-    pub owner: String,
+    pub owner: Arc<str>,
     /// The previous status; `None` when the job was just created.
     pub from: Option<QueryStatus>,
     /// The new status.

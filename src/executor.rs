@@ -147,7 +147,7 @@ pub enum QueryOutput {
     /// An inline body (typically JSON) and how many records it holds.
     Body {
         /// The response body stored in the record.
-        body: String,
+        body: Arc<str>,
         /// Number of records in the body.
         record_count: u64,
     },
@@ -157,7 +157,7 @@ pub enum QueryOutput {
 
 impl QueryOutput {
     /// An inline body of `record_count` records.
-    pub fn body(body: impl Into<String>, record_count: u64) -> Self {
+    pub fn body(body: impl Into<Arc<str>>, record_count: u64) -> Self {
         QueryOutput::Body {
             body: body.into(),
             record_count,

@@ -102,7 +102,7 @@ impl HistoryQuery {
         let owner = if principal.has_role(admin_role) {
             self.principal.clone()
         } else {
-            Some(principal.name.clone())
+            Some(principal.name.to_string())
         };
         Ok(HistoryFilter {
             principal: owner,

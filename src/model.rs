@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -244,7 +245,7 @@ pub enum JobKind {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Principal {
     /// The stable user name, compared for ownership.
-    pub name: String,
+    pub name: Arc<str>,
     /// Roles, e.g. `"admin"`.
     #[serde(default)]
     pub roles: BTreeSet<String>,
@@ -252,7 +253,7 @@ pub struct Principal {
 
 impl Principal {
     /// A principal with no roles.
-    pub fn new(name: impl Into<String>) -> Self {
+    pub fn new(name: impl Into<Arc<str>>) -> Self {
         Principal {
             name: name.into(),
             roles: BTreeSet::new(),
@@ -278,7 +279,7 @@ impl Principal {
     /// The visibility rule: the owner (by name) and holders of `admin_role`
     /// may see a job; nobody else.
     pub fn may_see(&self, owner: &str, admin_role: &str) -> bool {
-        self.name == owner || self.has_role(admin_role)
+        *self.name == *owner || self.has_role(admin_role)
     }
 }
 
@@ -289,7 +290,7 @@ pub enum ResultBody {
     /// No output (failures, cancellations, time-outs).
     None,
     /// The body itself, for [`JobKind::Query`].
-    Inline(String),
+    Inline(Arc<str>),
     /// The name of the stored object in the result storage, for
     /// [`JobKind::TableExport`].
     Stored(String),
@@ -348,7 +349,7 @@ impl QueryResult {
     /// The inline body, if this is a [`JobKind::Query`] result.
     pub fn inline_body(&self) -> Option<&str> {
         match &self.body {
-            ResultBody::Inline(body) => Some(body),
+            ResultBody::Inline(body) => Some(&**body),
             _ => None,
         }
     }
@@ -373,10 +374,10 @@ pub struct AsyncQuery {
     /// Query or table export.
     pub kind: JobKind,
     /// The query text, opaque to the library.
-    pub query: String,
+    pub query: Arc<str>,
     /// The query language, opaque to the library (Elide: `GRAPHQL_V1_0`,
     /// `JSONAPI_V1_0`).
-    pub query_type: String,
+    pub query_type: Arc<str>,
     /// Who submitted it.
     pub principal: Principal,
     /// Current status.

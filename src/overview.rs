@@ -164,9 +164,9 @@ pub(crate) fn of(
     let mut expired = Vec::new();
     for job in active {
         let load = principals
-            .entry(job.principal.name.as_str())
+            .entry(&*job.principal.name)
             .or_insert_with(|| PrincipalLoad {
-                principal: job.principal.name.clone(),
+                principal: job.principal.name.to_string(),
                 queued: 0,
                 running: 0,
             });
@@ -192,7 +192,7 @@ pub(crate) fn of(
                     instance.expired_leases += 1;
                     expired.push(ExpiredLease {
                         id: job.id,
-                        principal: job.principal.name.clone(),
+                        principal: job.principal.name.to_string(),
                         instance: lease.owner,
                         expired_at: lease.expires_at,
                     });
@@ -213,7 +213,7 @@ pub(crate) fn of(
         oldest_queued: oldest.map(|job| QueuedJob {
             id: job.id,
             kind: job.kind.clone(),
-            principal: job.principal.name.clone(),
+            principal: job.principal.name.to_string(),
             created_on: job.created_on,
             waited: (now - job.created_on).to_std().unwrap_or_default(),
         }),

@@ -45,7 +45,7 @@ impl From<Refusal> for Error {
 /// #[async_trait::async_trait]
 /// impl SubmitPolicy for Rules {
 ///     async fn review(&self, principal: &Principal, request: &mut SubmitRequest) -> Result<(), Refusal> {
-///         if request.query_type != "SQL" {
+///         if &*request.query_type != "SQL" {
 ///             return Err(Refusal::Invalid(format!("query type {:?} is not allowed; use SQL", request.query_type)));
 ///         }
 ///         if matches!(request.kind, async_query::JobKind::TableExport { .. }) && !principal.has_role("analyst") {

@@ -6,6 +6,7 @@
 //! [`Config::max_async_after`](crate::Config::max_async_after): crate::Config::max_async_after
 //! [`Config::max_run_time`](crate::Config::max_run_time): crate::Config::max_run_time
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use uuid::Uuid;
@@ -21,9 +22,9 @@ pub struct SubmitRequest {
     /// Query or table export.
     pub kind: JobKind,
     /// The query text, passed to the executor as is.
-    pub query: String,
+    pub query: Arc<str>,
     /// The query language, opaque to the library.
-    pub query_type: String,
+    pub query_type: Arc<str>,
     /// How long `submit` waits for the result before returning the job
     /// unfinished; `None` uses
     /// [`Config::default_async_after`](crate::Config::default_async_after). Capped by
@@ -82,14 +83,21 @@ pub enum WaitTimeout {
     Cancel,
 }
 
+/// The empty query type every request starts with, shared: one allocation
+/// per process instead of one per request.
+fn no_query_type() -> Arc<str> {
+    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
+    Arc::clone(&EMPTY)
+}
+
 impl SubmitRequest {
     /// A [`JobKind::Query`] whose result is embedded in the record.
-    pub fn query(query: impl Into<String>) -> Self {
+    pub fn query(query: impl Into<Arc<str>>) -> Self {
         SubmitRequest {
             id: None,
             kind: JobKind::Query,
             query: query.into(),
-            query_type: String::new(),
+            query_type: no_query_type(),
             async_after: None,
             max_run_time: None,
             on_wait_timeout: WaitTimeout::Continue,
@@ -99,7 +107,7 @@ impl SubmitRequest {
     }
 
     /// A [`JobKind::TableExport`] in `format`.
-    pub fn export(query: impl Into<String>, format: ExportFormat) -> Self {
+    pub fn export(query: impl Into<Arc<str>>, format: ExportFormat) -> Self {
         SubmitRequest {
             kind: JobKind::TableExport { format },
             ..SubmitRequest::query(query)
@@ -113,7 +121,7 @@ impl SubmitRequest {
     }
 
     /// Sets the query language label.
-    pub fn with_query_type(mut self, query_type: impl Into<String>) -> Self {
+    pub fn with_query_type(mut self, query_type: impl Into<Arc<str>>) -> Self {
         self.query_type = query_type.into();
         self
     }

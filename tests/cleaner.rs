@@ -33,7 +33,7 @@ fn foreign(status: QueryStatus, owner: Option<Lease>, age: TimeDelta) -> AsyncQu
         id: uuid::Uuid::new_v4(),
         kind: JobKind::Query,
         query: "remote".into(),
-        query_type: String::new(),
+        query_type: "".into(),
         principal: alice(),
         status,
         async_after: Duration::ZERO,

@@ -54,7 +54,7 @@ async fn bob_is_not_held_back(
         .await
         .expect("alice's jobs are queued");
     let bobs_query = format!("sleep {}", ms - 1);
-    let bobs = SubmitRequest::query(&bobs_query).with_async_after(Duration::ZERO);
+    let bobs = SubmitRequest::query(bobs_query.as_str()).with_async_after(Duration::ZERO);
     let job = service.submit(&bob(), bobs).await.expect("bob submits");
     assert_eq!(job.status, QueryStatus::Queued, "every slot is busy");
     let done = service.wait(&bob(), job.id, within).await.expect("wait");

@@ -20,8 +20,8 @@ async fn fast_job_returns_complete_inline() {
     assert_eq!(result.body, ResultBody::Inline("hello".into()));
     assert_eq!(result.record_count, Some(1));
     assert_eq!(result.content_length, Some(5));
-    assert_eq!(job.query_type, "SQL");
-    assert_eq!(job.principal.name, "alice");
+    assert_eq!(&*job.query_type, "SQL");
+    assert_eq!(&*job.principal.name, "alice");
     assert_eq!(job.lease, None, "terminal jobs hold no lease");
     // The stored record is the same.
     assert_eq!(h.service.get(&alice(), job.id).await.unwrap(), job);
@@ -296,7 +296,7 @@ async fn client_supplied_ids_are_used_once() {
         Err(Error::DuplicateId { id: dup }) if dup == id
     ));
     // The original is untouched.
-    assert_eq!(h.service.get(&alice(), id).await.unwrap().query, "a");
+    assert_eq!(&*h.service.get(&alice(), id).await.unwrap().query, "a");
     // Also while the first is still running (known to this instance only).
     let running = uuid::Uuid::new_v4();
     h.service

@@ -170,7 +170,7 @@ async fn the_service_records_its_lifecycle_in_metrics() {
         id: uuid::Uuid::new_v4(),
         kind: JobKind::Query,
         query: "remote".into(),
-        query_type: String::new(),
+        query_type: "".into(),
         principal: alice(),
         status: QueryStatus::Processing,
         async_after: Duration::ZERO,

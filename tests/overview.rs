@@ -30,7 +30,7 @@ fn foreign(owner: &str, status: QueryStatus, lease: Option<Lease>, age: TimeDelt
         id: uuid::Uuid::new_v4(),
         kind: JobKind::Query,
         query: "remote".into(),
-        query_type: String::new(),
+        query_type: "".into(),
         principal: Principal::new(owner),
         status,
         async_after: Duration::ZERO,

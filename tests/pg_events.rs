@@ -62,7 +62,7 @@ async fn every_instance_reads_the_same_events_and_subscribers_see_remote_jobs() 
     let mut seen = Vec::new();
     while seen.last().map(|(_, to)| *to) != Some(QueryStatus::Complete) {
         let event = next_of(&mut on_front, job.id).await;
-        assert_eq!(event.owner, "alice");
+        assert_eq!(&*event.owner, "alice");
         seen.push((event.from, event.to));
     }
     // A free slot starts a job as it is created.
@@ -79,7 +79,7 @@ async fn every_instance_reads_the_same_events_and_subscribers_see_remote_jobs() 
         .await
         .unwrap();
     let first = next_of(&mut bobs_view, bob_job.id).await;
-    assert_eq!(first.owner, "bob");
+    assert_eq!(&*first.owner, "bob");
     let done = front
         .wait(&bob(), bob_job.id, Duration::from_secs(10))
         .await
@@ -90,7 +90,7 @@ async fn every_instance_reads_the_same_events_and_subscribers_see_remote_jobs() 
     // each principal's own stream: alice's 2 events are 1 and 2 whatever
     // bob did.
     for principal in [alice(), bob(), admin()] {
-        let want = match principal.name.as_str() {
+        let want = match &*principal.name {
             "root" => 5,
             "bob" => 3,
             _ => 2,

@@ -32,7 +32,7 @@ fn detached(query: &str) -> SubmitRequest {
 
 fn body(job: &AsyncQuery) -> String {
     match job.result.as_ref().map(|r| &r.body) {
-        Some(ResultBody::Inline(body)) => body.clone(),
+        Some(ResultBody::Inline(body)) => body.to_string(),
         other => panic!("no inline body: {other:?}"),
     }
 }

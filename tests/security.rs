@@ -66,7 +66,7 @@ async fn admin_sees_waits_on_and_cancels_anyones_job() {
         .into_record();
     assert_eq!(record.status, QueryStatus::CancelComplete);
     assert_eq!(
-        record.principal.name, "alice",
+        &*record.principal.name, "alice",
         "the owner stays the submitter"
     );
 }

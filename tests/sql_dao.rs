@@ -255,7 +255,7 @@ mod postgres {
                         "SELECT count(*) FROM async_query \
                          WHERE status = 'PROCESSING' AND principal_name = $1",
                     )
-                    .bind(&principal)
+                    .bind(&*principal)
                     .fetch_one(dao.pool())
                     .await
                     .expect("count");

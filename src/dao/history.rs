@@ -100,7 +100,7 @@ impl HistoryFilter {
     pub fn matches(&self, job: &AsyncQuery) -> bool {
         self.principal
             .as_ref()
-            .is_none_or(|p| *p == job.principal.name)
+            .is_none_or(|p| **p == *job.principal.name)
             && (self.statuses.is_empty() || self.statuses.contains(&job.status))
             && self.kind.is_none_or(|k| k.matches(&job.kind))
             && self.created_from.is_none_or(|t| job.created_on >= t)
@@ -153,7 +153,7 @@ pub(super) async fn reusable<D: super::AsyncApiDao + ?Sized>(
     created_from: DateTime<Utc>,
 ) -> crate::Result<Option<AsyncQuery>> {
     let mut filter = HistoryFilter {
-        principal: Some(like.principal.name.clone()),
+        principal: Some(like.principal.name.to_string()),
         statuses: vec![QueryStatus::Complete],
         created_from: Some(created_from),
         limit: 100,

@@ -273,7 +273,7 @@ impl AsyncApiDao for MemoryDao {
         entry.job.idempotency_key = None;
         state
             .keys
-            .remove(&(entry.job.principal.name.clone(), key.to_owned()));
+            .remove(&(entry.job.principal.name.to_string(), key.to_owned()));
         Ok(true)
     }
 
@@ -443,7 +443,7 @@ impl AsyncApiDao for MemoryDao {
 /// A record's principal name and idempotency key, if it has one.
 fn key_of(job: &AsyncQuery) -> Option<(&str, &str)> {
     let key = job.idempotency_key.as_deref()?;
-    Some((job.principal.name.as_str(), key))
+    Some((&*job.principal.name, key))
 }
 
 /// Whether `job` is `COMPLETE` with output, last updated before `before`:

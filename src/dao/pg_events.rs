@@ -257,7 +257,7 @@ impl PostgresDao {
             let event = JobEvent {
                 id: row.try_get("job_id").map_err(fail)?,
                 kind: serde_json::from_str(&kind).map_err(|e| corrupt("event kind", e))?,
-                owner: row.try_get("owner").map_err(fail)?,
+                owner: row.try_get::<String, _>("owner").map_err(fail)?.into(),
                 from: from.as_deref().map(status).transpose()?,
                 to: status(&to)?,
                 at: time(row.try_get("at").map_err(fail)?, "event time")?,

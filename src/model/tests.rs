@@ -9,7 +9,7 @@ pub(crate) fn record(status: QueryStatus) -> AsyncQuery {
         id: uuid::Uuid::new_v4(),
         kind: JobKind::Query,
         query: "q".into(),
-        query_type: String::new(),
+        query_type: "".into(),
         principal: Principal::new("alice"),
         status,
         async_after: std::time::Duration::ZERO,

@@ -8,6 +8,7 @@
 //! cursor never reveals how much others did.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::event::{EventPage, EventStream, JobEvent, LoggedEvent};
 use crate::model::Principal;
@@ -56,7 +57,7 @@ impl Stream {
 #[derive(Debug, Default)]
 pub(super) struct EventLog {
     all: Stream,
-    owners: HashMap<String, Stream>,
+    owners: HashMap<Arc<str>, Stream>,
     /// Events kept per stream; 0 while the log is off.
     capacity: usize,
 }
@@ -137,7 +138,7 @@ mod tests {
         // events neither appear nor move her cursor.
         let all = log.page(&alice, "admin", None, 10);
         assert_eq!(seqs(&all), [2, 3, 4]);
-        assert!(all.events.iter().all(|e| e.event.owner == "alice"));
+        assert!(all.events.iter().all(|e| &*e.event.owner == "alice"));
         assert_eq!((all.last_id, all.missed, all.newest), (4, false, 4));
         let first = log.page(&alice, "admin", Some(1), 1);
         assert_eq!(seqs(&first), [2]);

@@ -82,7 +82,7 @@ impl QueryExecutor for ScriptedExecutor {
         self.started
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(job.query.clone());
+            .push(job.query.to_string());
         let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
         let _running = Running(&self.running);
@@ -177,7 +177,7 @@ impl QueryExecutor for ScriptedExecutor {
                     rows,
                 ))
             }
-            _ => Ok(QueryOutput::body(job.query.clone(), 1)),
+            _ => Ok(QueryOutput::body(job.query.to_string(), 1)),
         }
     }
 }

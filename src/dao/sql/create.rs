@@ -24,9 +24,9 @@ macro_rules! sql_create {
                 insert.push_values(rows, |mut row, (job, kind, roles, result, progress)| {
                     row.push_bind(job.id)
                         .push_bind(kind.as_str())
-                        .push_bind(job.query.as_str())
-                        .push_bind(job.query_type.as_str())
-                        .push_bind(job.principal.name.as_str())
+                        .push_bind(&*job.query)
+                        .push_bind(&*job.query_type)
+                        .push_bind(&*job.principal.name)
                         .push_bind(roles.as_str())
                         .push_bind(job.status.as_str())
                         .push_bind(millis(job.async_after))
@@ -108,7 +108,7 @@ macro_rules! sql_create {
                         let mut keys = std::collections::HashSet::new();
                         for job in jobs {
                             if let Some(key) = &job.idempotency_key {
-                                let name = job.principal.name.as_str();
+                                let name = &*job.principal.name;
                                 if !keys.insert((name, key.as_str()))
                                     || $crate::AsyncApiDao::find_by_idempotency_key(self, name, key)
                                         .await?

@@ -239,10 +239,10 @@ impl RawJob {
         Ok(AsyncQuery {
             id: self.id,
             kind,
-            query: self.query,
-            query_type: self.query_type,
+            query: self.query.into(),
+            query_type: self.query_type.into(),
             principal: Principal {
-                name: self.principal_name,
+                name: self.principal_name.into(),
                 roles,
             },
             status: status(&self.status)?,

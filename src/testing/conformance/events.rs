@@ -66,9 +66,9 @@ pub async fn dao_events(dao: &dyn AsyncApiDao) {
         .newest;
     let now = now();
     let mut job = record(now, Queued);
-    job.principal.name.clone_from(&alice);
+    job.principal.name = alice.as_str().into();
     let mut other = record(now, Queued);
-    other.principal.name.clone_from(&bob);
+    other.principal.name = bob.as_str().into();
     dao.create(&job).await.expect("create failed");
     dao.create(&other).await.expect("create failed");
     for (id, from, to) in [
@@ -107,7 +107,7 @@ pub async fn dao_events(dao: &dyn AsyncApiDao) {
     );
     let first = &page.events[0].event;
     assert!(
-        first.owner == alice && first.kind == job.kind && first.at == now,
+        *first.owner == *alice && first.kind == job.kind && first.at == now,
         "an event names the job's owner, kind and the change's time: {first:?}"
     );
     assert_eq!(
@@ -211,7 +211,7 @@ async fn follower_sees_every_change_once(dao: &dyn AsyncApiDao, start: u64) {
             for _ in 0..JOBS {
                 let now = now();
                 let mut job = record(now, Queued);
-                job.principal.name.clone_from(&owner);
+                job.principal.name = owner.as_str().into();
                 dao.create(&job).await.expect("create failed");
                 dao.update_status(job.id, StatusChange::new(Queued, Processing, now))
                     .await
@@ -248,7 +248,7 @@ async fn follower_sees_every_change_once(dao: &dyn AsyncApiDao, start: u64) {
                     "positions in the stream of every change follow one another"
                 );
                 last = event.seq;
-                if event.event.owner == owner {
+                if *event.event.owner == *owner {
                     assert!(
                         seen.insert((event.event.id, event.event.to)),
                         "a change was seen twice: {event:?}"

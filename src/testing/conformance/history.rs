@@ -59,7 +59,7 @@ pub async fn dao_history(dao: &dyn AsyncApiDao) {
     let mut created = Vec::new();
     for (seconds, status, export) in specs {
         let mut job = record(now + TimeDelta::seconds(seconds), status);
-        job.principal.name.clone_from(&mine);
+        job.principal.name = mine.as_str().into();
         if export {
             job.kind = JobKind::TableExport {
                 format: ExportFormat::CSV,
@@ -71,7 +71,7 @@ pub async fn dao_history(dao: &dyn AsyncApiDao) {
     let mut others = Vec::new();
     for seconds in [-4, -2] {
         let mut job = record(now + TimeDelta::seconds(seconds), QueryStatus::Complete);
-        job.principal.name.clone_from(&theirs);
+        job.principal.name = theirs.as_str().into();
         dao.create(&job).await.expect("create failed");
         others.push(job.id);
     }

@@ -20,7 +20,7 @@ async fn made(
 ) -> AsyncQuery {
     let job = AsyncQuery {
         principal: Principal::new(principal),
-        query: query.to_owned(),
+        query: query.into(),
         kind,
         ..record(at, QueryStatus::Queued)
     };
@@ -92,8 +92,8 @@ pub async fn dao_reuse(dao: &dyn AsyncApiDao) {
     // The id of the record that answers `like` in `kind`, from `from` on.
     let found = |kind: JobKind, from: DateTime<Utc>| {
         let like = AsyncQuery {
-            principal: Principal::new(&me),
-            query: q.clone(),
+            principal: Principal::new(me.as_str()),
+            query: q.as_str().into(),
             kind,
             ..record(t, QueryStatus::Queued)
         };
