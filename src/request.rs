@@ -83,13 +83,6 @@ pub enum WaitTimeout {
     Cancel,
 }
 
-/// The empty query type every request starts with, shared: one allocation
-/// per process instead of one per request.
-fn no_query_type() -> Arc<str> {
-    static EMPTY: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
-    Arc::clone(&EMPTY)
-}
-
 impl SubmitRequest {
     /// A [`JobKind::Query`] whose result is embedded in the record.
     pub fn query(query: impl Into<Arc<str>>) -> Self {
@@ -97,7 +90,8 @@ impl SubmitRequest {
             id: None,
             kind: JobKind::Query,
             query: query.into(),
-            query_type: no_query_type(),
+            // std's empty `Arc<str>` is one shared static: no allocation.
+            query_type: Arc::default(),
             async_after: None,
             max_run_time: None,
             on_wait_timeout: WaitTimeout::Continue,

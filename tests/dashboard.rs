@@ -899,6 +899,9 @@ fn a_dashboard_path_that_collides_with_the_api_is_refused() {
         ("/ui/{id}", "may hold only"),
         ("/ui/*rest", "may hold only"),
         ("/my ui", "may hold only"),
+        ("/ops/../ui", "segment"),
+        ("/ops/./ui", "segment"),
+        ("/ops//ui", "segment"),
     ] {
         match HttpOptions::default().with_dashboard_path(path) {
             Err(async_query::Error::Config { reason }) => {

@@ -56,6 +56,11 @@ pub(super) fn checked_path(path: &str) -> Result<String> {
     {
         return refuse("may hold only letters, digits, '-', '.', '_', '~' and '/'");
     }
+    // A browser drops `.` and `..` segments and may merge `//` before it
+    // asks, so a page there could never be reached.
+    if trimmed.split('/').any(|s| matches!(s, "" | "." | "..")) {
+        return refuse("has an empty, '.' or '..' segment");
+    }
     let first = trimmed.split('/').next().unwrap_or_default();
     let taken = ROUTES
         .iter()

@@ -239,10 +239,12 @@ impl HttpOptions {
     ///
     /// # Errors
     ///
-    /// [`Error::Config`](crate::Error::Config) for a path whose first
-    /// segment is one of the API's ([`ROUTES`]: the page would hide or
-    /// collide with a route), or that holds a character the router treats
-    /// as a pattern (`{`, `}`, `*`) or that a URL cannot carry as it is.
+    /// [`Error::Config`](crate::Error::Config) for a path that is empty,
+    /// whose first segment is one of the API's ([`ROUTES`]: the page would
+    /// hide or collide with a route), that holds a character the router
+    /// treats as a pattern (`{`, `}`, `*`) or that a URL cannot carry as it
+    /// is, or that has an empty, `.` or `..` segment (a browser would never
+    /// ask for it).
     #[cfg(feature = "dashboard")]
     pub fn with_dashboard_path(mut self, path: impl AsRef<str>) -> crate::Result<Self> {
         self.dashboard_path = dashboard::checked_path(path.as_ref())?;

@@ -1,7 +1,7 @@
 //! [`ScriptedExecutor`]: an executor whose query text says what to do.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -177,7 +177,7 @@ impl QueryExecutor for ScriptedExecutor {
                     rows,
                 ))
             }
-            _ => Ok(QueryOutput::body(job.query.to_string(), 1)),
+            _ => Ok(QueryOutput::body(Arc::clone(&job.query), 1)),
         }
     }
 }
